@@ -1,0 +1,5 @@
+"""LightningModules (one per task) and the ``rnnzoo`` LightningCLI."""
+
+from lightning_modules.language_model import LanguageModelTask
+
+__all__ = ["LanguageModelTask"]

@@ -1,0 +1,84 @@
+"""The ``rnnzoo`` command: LightningCLI (fit/validate/test/predict) plus ``generate``."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules.loading import DataError
+
+
+class RnnzooCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+
+    def _resolve_best(self) -> None:
+        """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""
+        config = self.config_init[self.subcommand]
+        callback = self.trainer.checkpoint_callback
+        if config.get("ckpt_path") != "best" or callback is None or callback.best_model_path:
+            return
+        if callback.dirpath is None:
+            raise SystemExit(
+                "--ckpt_path best in a new process needs ModelCheckpoint(dirpath=...) in the config "
+                "(the zoo configs set one); otherwise pass the checkpoint's path"
+            )
+        last = Path(callback.dirpath) / "last.ckpt"
+        if not last.is_file():
+            raise SystemExit(f"--ckpt_path best: no {last} to read the best checkpoint from; train first")
+        # Our own checkpoint (not a download), so unpickling it is fine.
+        states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+        best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), "")
+        if not best or not Path(best).is_file():
+            raise SystemExit(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})")
+        print(f"best checkpoint: {best}")
+        config["ckpt_path"] = best
+
+    before_validate = before_test = before_predict = _resolve_best
+
+
+def generate_main(argv: list[str]) -> None:
+    from lightning_modules.language_model import LanguageModelTask
+
+    parser = argparse.ArgumentParser(prog="rnnzoo generate", description="Sample text from a language-model checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`")
+    parser.add_argument("--prompt", default="", help="text to continue (a new sentence when empty)")
+    parser.add_argument("--max_tokens", type=int, default=50, help="stop after this many new tokens")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        parser.error(f"no checkpoint at {args.ckpt}")
+    task = LanguageModelTask.load_from_checkpoint(args.ckpt, map_location="cpu")
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        try:
+            print(task.generate_text(args.prompt, args.max_tokens, args.temperature, args.top_k, seed))
+        except ValueError as err:
+            parser.error(str(err))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["generate"]:
+        return generate_main(argv[1:])
+    try:
+        RnnzooCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+        )
+    except DataError as err:
+        raise SystemExit(f"rnnzoo: data error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Language modelling task: truncated BPTT over a contiguous stream, token-weighted perplexity."""
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torchmetrics import MeanMetric
+
+from datamodules.streams import IGNORE_INDEX
+from zoo.language_model import RNNLanguageModel, generate
+from zoo.recurrent import CellType, detach_state
+
+
+class LanguageModelTask(L.LightningModule):
+    """Trains a ``zoo.RNNLanguageModel``; the architecture arguments are that class's.
+
+    Args:
+        vocab_size: linked from the datamodule by the CLI.
+        loss_reduction: ``token_mean`` averages the loss over tokens (pytorch/examples: lr 20,
+            clip 0.25); ``sum_over_time`` sums over time steps and averages over the batch as
+            Zaremba et al. (2014) did, so their lr 1 / clip 5 carry over unchanged.
+
+    The hidden state is carried from one batch to the next and detached (truncated BPTT); it is
+    reset at the start of every epoch. Validation/test perplexity is exp of the token-weighted mean
+    negative log-likelihood over the whole split (synchronised across DDP ranks).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: CellType = "lstm",
+        embedding_dim: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        locked_dropout: bool = False,
+        tie_weights: bool = False,
+        residual: bool = False,
+        init_range: float | None = 0.1,
+        loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
+    ):
+        super().__init__()
+        if loss_reduction not in ("token_mean", "sum_over_time"):
+            raise ValueError(f"loss_reduction must be 'token_mean' or 'sum_over_time', got {loss_reduction!r}")
+        self.save_hyperparameters()
+        self.net = RNNLanguageModel(
+            vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout, locked_dropout, tie_weights, residual, init_range
+        )
+        self.val_nll = MeanMetric()
+        self.test_nll = MeanMetric()
+        self.tokenizer_json: str | None = None  # saved in every checkpoint, so a .ckpt can generate text
+        self._states: dict[str, object] = {}
+
+    # -- data-dependent state: the tokenizer travels inside the checkpoint --------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and self.tokenizer_json is None:
+            self.tokenizer_json = tokenizer.to_str()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("tokenizer")
+        if saved is not None and self.tokenizer_json is not None:
+            ours, theirs = Tokenizer.from_str(self.tokenizer_json).get_vocab(), Tokenizer.from_str(saved).get_vocab()
+            if ours != theirs:
+                raise ValueError(
+                    f"the checkpoint's vocabulary ({len(theirs)} tokens) differs from the datamodule's "
+                    f"({len(ours)} tokens): use the data (and level/max_samples settings) it was trained on"
+                )
+        self.tokenizer_json = saved
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self.tokenizer_json is None:
+            raise RuntimeError("this model has no tokenizer: train it with a datamodule or load a checkpoint")
+        return Tokenizer.from_str(self.tokenizer_json)
+
+    # -- steps -----------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, state=None):
+        return self.net(tokens, state)
+
+    def _nll(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood and token count of one window, carrying the state."""
+        inputs, targets = batch
+        logits, state = self.net(inputs, self._states.get(stage))
+        self._states[stage] = detach_state(state)
+        nll_sum = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return nll_sum, (targets != IGNORE_INDEX).sum()
+
+    def _reset_state(self, stage: str) -> None:
+        self._states.pop(stage, None)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_state("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_state("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_state("test")
+
+    def training_step(self, batch, batch_idx):
+        nll_sum, count = self._nll(batch, "train")
+        token_mean = nll_sum / count.clamp(min=1)
+        self.log("train_loss", token_mean, prog_bar=True)
+        self.log("train_ppl", token_mean.exp(), prog_bar=True)
+        if self.hparams.loss_reduction == "sum_over_time":
+            return nll_sum / batch[0].size(0)
+        return token_mean
+
+    def validation_step(self, batch, batch_idx):
+        nll_sum, count = self._nll(batch, "val")
+        self.val_nll.update(nll_sum / count.clamp(min=1), weight=count)
+
+    def test_step(self, batch, batch_idx):
+        nll_sum, count = self._nll(batch, "test")
+        self.test_nll.update(nll_sum / count.clamp(min=1), weight=count)
+
+    def _log_split(self, metric: MeanMetric, prefix: str) -> None:
+        nll = metric.compute()
+        self.log(f"{prefix}_loss", nll)
+        self.log(f"{prefix}_ppl", nll.exp(), prog_bar=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split(self.val_nll, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split(self.test_nll, "test")
+
+    # -- inference -------------------------------------------------------------------------------
+    def generate_text(
+        self,
+        prompt: str = "",
+        max_new_tokens: int = 50,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Continue ``prompt`` as a new sentence; stops at ``<eos>`` or after ``max_new_tokens``."""
+        tokenizer = self.tokenizer
+        eos_id = tokenizer.token_to_id("<eos>")
+        prompt_ids = [eos_id] + tokenizer.encode(prompt).ids
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        new_ids = generate(self.net, prompt_ids, max_new_tokens, temperature, top_k, eos_id, generator)
+        return tokenizer.decode(prompt_ids[1:] + new_ids, skip_special_tokens=False)

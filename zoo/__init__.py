@@ -1,0 +1,22 @@
+"""rnnzoo's model zoo: recurrent architectures in pure PyTorch and their registry."""
+
+from zoo.cells import GatedCell, JordanCell
+from zoo.dropout import LockedDropout
+from zoo.language_model import RNNLanguageModel, generate, sample_next
+from zoo.recurrent import CELLS, RecurrentStack, detach_state
+from zoo.registry import create_model, list_models, model_config
+
+__all__ = [
+    "CELLS",
+    "GatedCell",
+    "JordanCell",
+    "LockedDropout",
+    "RNNLanguageModel",
+    "RecurrentStack",
+    "create_model",
+    "detach_state",
+    "generate",
+    "list_models",
+    "model_config",
+    "sample_next",
+]
