@@ -81,7 +81,7 @@ class PTBDataModule(L.LightningDataModule):
         return self.tokenizer.token_to_id(EOS)
 
     def prepare_data(self):
-        self.splits  # downloads once, on the main process
+        _ = self.splits  # download (or check the local files) before any process sets up
 
     def encode(self, split: str) -> torch.Tensor:
         """The whole split as one stream of ids, ``<eos>`` after every sentence."""

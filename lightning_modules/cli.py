@@ -43,7 +43,9 @@ class RnnzooCLI(LightningCLI):
 def generate_main(argv: list[str]) -> None:
     from lightning_modules.language_model import LanguageModelTask
 
-    parser = argparse.ArgumentParser(prog="rnnzoo generate", description="Sample text from a language-model checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="rnnzoo generate", description="Sample text from a language-model checkpoint."
+    )
     parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`")
     parser.add_argument("--prompt", default="", help="text to continue (a new sentence when empty)")
     parser.add_argument("--max_tokens", type=int, default=50, help="stop after this many new tokens")

@@ -46,7 +46,16 @@ class LanguageModelTask(L.LightningModule):
             raise ValueError(f"loss_reduction must be 'token_mean' or 'sum_over_time', got {loss_reduction!r}")
         self.save_hyperparameters()
         self.net = RNNLanguageModel(
-            vocab_size, embedding_dim, hidden_size, num_layers, cell, dropout, locked_dropout, tie_weights, residual, init_range
+            vocab_size,
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            cell,
+            dropout,
+            locked_dropout,
+            tie_weights,
+            residual,
+            init_range,
         )
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()

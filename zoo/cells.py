@@ -13,9 +13,9 @@ from torch import nn
 class GatedCell(nn.Module):
     """The simple gated RNN: one update gate interpolates between the old state and a candidate.
 
-        c_t = tanh(W_c x_t + U_c h_{t-1} + b_c)
-        z_t = sigmoid(W_z x_t + U_z h_{t-1} + b_z)
-        h_t = z_t * h_{t-1} + (1 - z_t) * c_t
+    c_t = tanh(W_c x_t + U_c h_{t-1} + b_c)
+    z_t = sigmoid(W_z x_t + U_z h_{t-1} + b_z)
+    h_t = z_t * h_{t-1} + (1 - z_t) * c_t
     """
 
     def __init__(self, input_size: int, hidden_size: int):

@@ -42,7 +42,13 @@ class RNNLanguageModel(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = RecurrentStack(
-            embedding_dim, hidden_size, num_layers, cell, dropout=dropout, locked_dropout=locked_dropout, residual=residual
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            cell,
+            dropout=dropout,
+            locked_dropout=locked_dropout,
+            residual=residual,
         )
         self.dropout = make_dropout(dropout, locked_dropout)
         needs_bottleneck = tie_weights and embedding_dim != hidden_size

@@ -83,7 +83,9 @@ class RecurrentStack(nn.Module):
         return self.hidden_size * self.num_directions
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        zeros = torch.zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size, device=device, dtype=dtype)
+        zeros = torch.zeros(
+            self.num_layers * self.num_directions, batch_size, self.hidden_size, device=device, dtype=dtype
+        )
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
     def _layer_state(self, state: State | None, i: int) -> State | None:

@@ -1,0 +1,158 @@
+"""End-to-end: the `rnnzoo` command on the first rows of the real Penn Treebank."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+CONFIG = REPO / "zoo" / "configs" / "ptb_lstm_small.yaml"
+QUICK = [
+    "--data.max_samples",
+    "200",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--model.init_args.hidden_size",
+    "32",
+    "--model.init_args.embedding_dim",
+    "32",
+]
+
+
+def rnnzoo(cwd: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "rnnzoo"), *args]
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def global_step(checkpoint: Path) -> int:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_fit_test_resume_and_generate(tmp_path, ptb_dir):
+    data = ["--data.data_dir", str(ptb_dir)]
+    rnnzoo(
+        tmp_path,
+        "fit",
+        "--config",
+        str(CONFIG),
+        *data,
+        *QUICK,
+        "--trainer.max_steps",
+        "12",
+        "--trainer.val_check_interval",
+        "6",
+        "--trainer.limit_val_batches",
+        "5",
+    )
+    checkpoints = tmp_path / "checkpoints" / "ptb_lstm_small"
+    assert global_step(checkpoints / "last.ckpt") == 12
+    assert len(list(checkpoints.glob("epoch=*-val_ppl=*.ckpt"))) == 1
+
+    tested = rnnzoo(tmp_path, "test", "--config", str(CONFIG), *data, *QUICK, "--ckpt_path", "best")
+    assert "test_ppl" in tested.stdout and "best checkpoint:" in tested.stdout
+
+    rnnzoo(
+        tmp_path,
+        "fit",
+        "--config",
+        str(CONFIG),
+        *data,
+        *QUICK,
+        "--trainer.max_steps",
+        "20",
+        "--trainer.limit_val_batches",
+        "5",
+        "--ckpt_path",
+        "last",
+    )
+    assert global_step(checkpoints / "last.ckpt") == 20  # resumed at 12, not restarted
+
+    sampled = rnnzoo(
+        tmp_path,
+        "generate",
+        "--ckpt",
+        str(checkpoints / "last.ckpt"),
+        "--prompt",
+        "the company",
+        "--max_tokens",
+        "8",
+        "--top_k",
+        "10",
+        "--seed",
+        "0",
+        "--num_samples",
+        "2",
+    )
+    lines = sampled.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("the company") for line in lines)
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, ptb_dir):
+    rnnzoo(
+        tmp_path,
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--data.data_dir",
+        str(ptb_dir),
+        *QUICK,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        "4",
+        "--trainer.limit_val_batches",
+        "3",
+    )
+    checkpoint = torch.load(
+        tmp_path / "checkpoints" / "ptb_lstm_small" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert checkpoint["global_step"] == 4 and checkpoint["tokenizer"]
+
+
+def test_offline_without_data_dir_says_how_to_train_offline(tmp_path):
+    result = rnnzoo(
+        tmp_path,
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--trainer.max_steps",
+        "1",
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "--data.data_dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    result = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--data.data_dir", str(tmp_path / "nope"), check=False)
+    assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_needs_an_existing_checkpoint(tmp_path):
+    result = rnnzoo(tmp_path, "generate", "--ckpt", str(tmp_path / "missing.ckpt"), check=False)
+    assert result.returncode == 2 and "no checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("argument", ["--data.init_args.bptt"])
+def test_bad_config_value_is_reported(tmp_path, argument):
+    result = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--data.data_dir", "unused", argument, "0", check=False)
+    assert result.returncode != 0 and "bptt must be >= 1" in result.stderr

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from zoo import CELLS, GatedCell, JordanCell, LockedDropout, RecurrentStack
+from zoo.cells import reverse_padded
+
+B, T, F, H = 3, 7, 5, 4
+
+
+def inputs(seed=0):
+    return torch.randn(B, T, F, generator=torch.Generator().manual_seed(seed))
+
+
+def state_tensors(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_shapes(cell, bidirectional):
+    stack = RecurrentStack(F, H, num_layers=2, cell=cell, bidirectional=bidirectional)
+    out, state = stack(inputs())
+    directions = 2 if bidirectional else 1
+    assert out.shape == (B, T, directions * H)
+    for s in state_tensors(state):
+        assert s.shape == (2 * directions, B, H)
+    assert isinstance(state, tuple) == (cell == "lstm")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_batch_equals_each_sequence_alone(cell, bidirectional):
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, num_layers=2, cell=cell, bidirectional=bidirectional).eval()
+    x, lengths = inputs(), torch.tensor([7, 3, 5])
+    out, state = stack(x, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone_out, alone_state = stack(x[b : b + 1, :n])
+        torch.testing.assert_close(out[b, :n], alone_out[0])
+        assert out[b, n:].abs().sum() == 0  # padding positions output zeros
+        for batched, single in zip(state_tensors(state), state_tensors(alone_state), strict=True):
+            torch.testing.assert_close(batched[:, b], single[:, 0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_carry_equals_one_pass(cell):
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, num_layers=2, cell=cell).eval()
+    x = inputs()
+    whole, whole_state = stack(x)
+    first, state = stack(x[:, :3])
+    second, final_state = stack(x[:, 3:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
+    for a, b in zip(state_tensors(final_state), state_tensors(whole_state), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_gated_cell_matches_hand_loop():
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, cell="gated").eval()
+    cell: GatedCell = stack.layers[0].directions[0]
+    x = inputs()
+    wx, bx, uh = cell.input_proj.weight, cell.input_proj.bias, cell.hidden_proj.weight
+    h, outputs = torch.zeros(B, H), []
+    for t in range(T):
+        pre = x[:, t] @ wx.T + bx + h @ uh.T
+        candidate, z = torch.tanh(pre[:, :H]), torch.sigmoid(pre[:, H:])
+        h = z * h + (1 - z) * candidate
+        outputs.append(h)
+    out, state = stack(x)
+    torch.testing.assert_close(out, torch.stack(outputs, 1))
+    torch.testing.assert_close(state[0], h)
+
+
+def test_jordan_cell_feeds_back_the_output():
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, cell="jordan").eval()
+    cell: JordanCell = stack.layers[0].directions[0]
+    x = inputs()
+    y, outputs = torch.zeros(B, H), []
+    for t in range(T):
+        hidden = torch.tanh(
+            x[:, t] @ cell.input_proj.weight.T + cell.input_proj.bias + y @ cell.output_to_hidden.weight.T
+        )
+        y = torch.tanh(hidden @ cell.hidden_to_output.weight.T + cell.hidden_to_output.bias)
+        outputs.append(y)
+    out, state = stack(x)
+    torch.testing.assert_close(out, torch.stack(outputs, 1))
+    torch.testing.assert_close(state[0], y)
+
+
+def test_residual_adds_each_layer_input():
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, num_layers=3, cell="gru", residual=True).eval()
+    x = inputs()
+    first, _ = stack.layers[0](x)
+    second = stack.layers[1](first)[0] + first
+    third = stack.layers[2](second)[0] + second
+    torch.testing.assert_close(stack(x)[0], third)
+
+
+def test_reverse_padded_keeps_padding_in_place():
+    x = torch.arange(8.0).view(2, 4, 1)
+    reversed_x = reverse_padded(x, torch.tensor([4, 2]))
+    assert reversed_x[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
+
+
+def test_locked_dropout_uses_one_mask_per_sequence():
+    torch.manual_seed(0)
+    dropout = LockedDropout(0.5).train()
+    out = dropout(torch.ones(4, 10, 16))
+    assert (out == 0).any() and (out == 2).any()
+    assert torch.equal(out, out[:, :1].expand_as(out))  # the same mask at every step
+    assert torch.equal(dropout.eval()(torch.ones(4, 10, 16)), torch.ones(4, 10, 16))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown cell"):
+        RecurrentStack(F, H, cell="transformer")
+    with pytest.raises(ValueError, match="num_layers"):
+        RecurrentStack(F, H, num_layers=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LockedDropout(1.0)
