@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["generate"]:
         return generate_main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print("rnnzoo generate --help: sample text from a language-model checkpoint (see below for the rest)\n")
     try:
         RnnzooCLI(
             LightningModule,
