@@ -121,3 +121,13 @@ def test_bad_arguments():
         RecurrentStack(F, H, num_layers=0)
     with pytest.raises(ValueError, match="dropout"):
         LockedDropout(1.0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_fused_cells_run_under_cpu_bf16_autocast(cell):
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, num_layers=2, cell=cell)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = stack(inputs(), lengths=torch.tensor([7, 2, 4]))
+    out.sum().backward()
+    torch.testing.assert_close(out.float(), stack(inputs(), lengths=torch.tensor([7, 2, 4]))[0])

@@ -33,6 +33,14 @@ def detach_state(state: State | None) -> State | None:
     return state.detach()
 
 
+def _to_float(state: State | None) -> State | None:
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.float() for s in state)
+    return state.float()
+
+
 class RecurrentStack(nn.Module):
     """``num_layers`` recurrent layers of one cell type, batch-first.
 
@@ -99,6 +107,15 @@ class RecurrentStack(nn.Module):
     def _run_layer(self, layer: nn.Module, x, state, lengths):
         if isinstance(layer, LoopRecurrence):
             return layer(x, state, lengths)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no low-precision RNN primitive on most CPUs ("could not create a primitive
+            # descriptor"), so under CPU autocast the fused recurrence runs in float32.
+            with torch.autocast("cpu", enabled=False):
+                return self._run_fused(layer, x.float(), _to_float(state), lengths)
+        return self._run_fused(layer, x, state, lengths)
+
+    @staticmethod
+    def _run_fused(layer: nn.Module, x, state, lengths):
         if lengths is None:
             return layer(x, state)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
