@@ -11,16 +11,10 @@ import torch
 from tests.conftest import REPO
 
 CONFIG = REPO / "zoo" / "configs" / "ptb_lstm_small.yaml"
-QUICK = [
-    "--data.max_samples",
-    "200",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--model.init_args.hidden_size",
-    "32",
-    "--model.init_args.embedding_dim",
-    "32",
-]
+QUICK = (
+    "--data.max_samples 200 --trainer.enable_progress_bar false "
+    "--model.init_args.hidden_size 32 --model.init_args.embedding_dim 32"
+).split()
 
 
 def rnnzoo(cwd: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,89 +36,47 @@ def global_step(checkpoint: Path) -> int:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
 
 
+def fit(cwd: Path, ptb_dir: Path, extra: str) -> None:
+    rnnzoo(cwd, "fit", "--config", str(CONFIG), "--data.data_dir", str(ptb_dir), *QUICK, *extra.split())
+
+
 def test_fit_test_resume_and_generate(tmp_path, ptb_dir):
-    data = ["--data.data_dir", str(ptb_dir)]
-    rnnzoo(
-        tmp_path,
-        "fit",
-        "--config",
-        str(CONFIG),
-        *data,
-        *QUICK,
-        "--trainer.max_steps",
-        "12",
-        "--trainer.val_check_interval",
-        "6",
-        "--trainer.limit_val_batches",
-        "5",
-    )
+    fit(tmp_path, ptb_dir, "--trainer.max_steps 12 --trainer.val_check_interval 6 --trainer.limit_val_batches 5")
     checkpoints = tmp_path / "checkpoints" / "ptb_lstm_small"
     assert global_step(checkpoints / "last.ckpt") == 12
     assert len(list(checkpoints.glob("epoch=*-val_ppl=*.ckpt"))) == 1
 
-    tested = rnnzoo(tmp_path, "test", "--config", str(CONFIG), *data, *QUICK, "--ckpt_path", "best")
+    tested = rnnzoo(
+        tmp_path, "test", "--config", str(CONFIG), "--data.data_dir", str(ptb_dir), *QUICK, "--ckpt_path", "best"
+    )
     assert "test_ppl" in tested.stdout and "best checkpoint:" in tested.stdout
 
-    rnnzoo(
-        tmp_path,
-        "fit",
-        "--config",
-        str(CONFIG),
-        *data,
-        *QUICK,
-        "--trainer.max_steps",
-        "20",
-        "--trainer.limit_val_batches",
-        "5",
-        "--ckpt_path",
-        "last",
-    )
+    fit(tmp_path, ptb_dir, "--trainer.max_steps 20 --trainer.limit_val_batches 5 --ckpt_path last")
     assert global_step(checkpoints / "last.ckpt") == 20  # resumed at 12, not restarted
 
+    prompt = ["--prompt", "the company"]
     sampled = rnnzoo(
         tmp_path,
         "generate",
         "--ckpt",
         str(checkpoints / "last.ckpt"),
-        "--prompt",
-        "the company",
-        "--max_tokens",
-        "8",
-        "--top_k",
-        "10",
-        "--seed",
-        "0",
-        "--num_samples",
-        "2",
+        *prompt,
+        *"--max_tokens 8 --top_k 10 --seed 0 --num_samples 2".split(),
     )
     lines = sampled.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("the company") for line in lines)
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, ptb_dir):
-    rnnzoo(
+    fit(
         tmp_path,
-        "fit",
-        "--config",
-        str(CONFIG),
-        "--data.data_dir",
-        str(ptb_dir),
-        *QUICK,
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.max_steps",
-        "4",
-        "--trainer.limit_val_batches",
-        "3",
+        ptb_dir,
+        "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp "
+        "--trainer.max_steps 4 --trainer.limit_val_batches 3",
     )
-    checkpoint = torch.load(
-        tmp_path / "checkpoints" / "ptb_lstm_small" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert checkpoint["global_step"] == 4 and checkpoint["tokenizer"]
+    checkpoint = tmp_path / "checkpoints" / "ptb_lstm_small" / "last.ckpt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4 and saved["tokenizer"]
 
 
 def test_offline_without_data_dir_says_how_to_train_offline(tmp_path):

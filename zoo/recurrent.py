@@ -24,21 +24,18 @@ CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS)
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+def map_state(state: State | None, fn) -> State | None:
+    """Apply ``fn`` to every tensor of a state (``None`` stays ``None``)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(fn(s) for s in state)
+    return fn(state)
+
+
 def detach_state(state: State | None) -> State | None:
     """Cut the graph at a truncated-BPTT boundary, keeping the values."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
-
-
-def _to_float(state: State | None) -> State | None:
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.float() for s in state)
-    return state.float()
+    return map_state(state, torch.Tensor.detach)
 
 
 class RecurrentStack(nn.Module):
@@ -97,12 +94,8 @@ class RecurrentStack(nn.Module):
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
     def _layer_state(self, state: State | None, i: int) -> State | None:
-        if state is None:
-            return None
         rows = slice(i * self.num_directions, (i + 1) * self.num_directions)
-        if isinstance(state, tuple):
-            return tuple(s[rows].contiguous() for s in state)
-        return state[rows].contiguous()
+        return map_state(state, lambda s: s[rows].contiguous())
 
     def _run_layer(self, layer: nn.Module, x, state, lengths):
         if isinstance(layer, LoopRecurrence):
@@ -111,7 +104,7 @@ class RecurrentStack(nn.Module):
             # oneDNN has no low-precision RNN primitive on most CPUs ("could not create a primitive
             # descriptor"), so under CPU autocast the fused recurrence runs in float32.
             with torch.autocast("cpu", enabled=False):
-                return self._run_fused(layer, x.float(), _to_float(state), lengths)
+                return self._run_fused(layer, x.float(), map_state(state, torch.Tensor.float), lengths)
         return self._run_fused(layer, x, state, lengths)
 
     @staticmethod
