@@ -14,11 +14,15 @@ def load_splits(
     data_dir: str | Path | None,
     splits: tuple[str, ...],
     hub_config: str | None = None,
+    hub_revision: str | None = None,
+    hub_subdir: str | None = None,
 ) -> datasets.DatasetDict:
     """Load ``splits`` from ``data_dir`` (``<split>.parquet`` files) or, without one, from the Hub.
 
     Local folders use the layout the Hub's Parquet conversion uses, so a Hub dataset saved with
-    ``ds[split].to_parquet(f"{dir}/{split}.parquet")`` loads back identically.
+    ``ds[split].to_parquet(f"{dir}/{split}.parquet")`` loads back identically. ``hub_revision`` and
+    ``hub_subdir`` select a branch and folder of the Hub repository, e.g. the Parquet export
+    (``refs/convert/parquet``) of a dataset that only has a loading script.
     """
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
@@ -34,12 +38,19 @@ def load_splits(
             )
         return datasets.load_dataset("parquet", data_files={s: str(p) for s, p in files.items()})
     try:
-        loaded = datasets.load_dataset(hub_name, hub_config)
+        loaded = datasets.load_dataset(hub_name, hub_config, revision=hub_revision, data_dir=hub_subdir)
     except ConnectionError as err:
         raise DataError(
             f"could not download {hub_name!r} from the Hugging Face Hub ({err}). Without network access, "
             f"pass a local folder holding {', '.join(f'{s}.parquet' for s in splits)}, e.g. "
             "`--data.data_dir path/to/folder` (or data_dir=... in Python)."
+        ) from err
+    except RuntimeError as err:
+        if "scripts are no longer supported" not in str(err):
+            raise
+        raise DataError(
+            f"{hub_name!r} is a loading-script dataset, which `datasets` no longer runs; load its Parquet "
+            "export instead (hub_revision='refs/convert/parquet', hub_subdir=<config name>) or use data_dir"
         ) from err
     missing_splits = [s for s in splits if s not in loaded]
     if missing_splits:

@@ -25,7 +25,8 @@ class PTBDataModule(L.LightningDataModule):
 
     Args:
         data_dir: folder with ``train/validation/test.parquet``; ``None`` downloads ``hub_name``.
-        hub_name, hub_config: the Hugging Face Hub dataset to use when there is no ``data_dir``.
+        hub_name, hub_config, hub_revision, hub_subdir: the Hugging Face Hub dataset (and its
+            branch and folder) to use when there is no ``data_dir``.
         text_column: the column holding one sentence per row.
         level: ``word`` or ``char`` (every character, the space included, is a token).
         batch_size: rows of the training stream.
@@ -40,6 +41,10 @@ class PTBDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         hub_name: str = "ptb-text-only/ptb_text_only",
         hub_config: str | None = None,
+        # The Hub repository holds a loading script (no longer run by `datasets`); its Parquet
+        # export lives on this branch, one folder per config.
+        hub_revision: str | None = "refs/convert/parquet",
+        hub_subdir: str | None = "penn_treebank",
         text_column: str = "sentence",
         level: Literal["word", "char"] = "word",
         batch_size: int = 20,
@@ -60,7 +65,14 @@ class PTBDataModule(L.LightningDataModule):
 
     @cached_property
     def splits(self):
-        loaded = load_splits(self.hparams.hub_name, self.data_dir, SPLITS, self.hparams.hub_config)
+        loaded = load_splits(
+            self.hparams.hub_name,
+            self.data_dir,
+            SPLITS,
+            self.hparams.hub_config,
+            self.hparams.hub_revision,
+            self.hparams.hub_subdir,
+        )
         for split, dataset in loaded.items():
             require_column(dataset, self.hparams.text_column, split)
             if self.hparams.max_samples is not None:
