@@ -1,9 +1,17 @@
+import atexit
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
-import datasets
-import pytest
+# Keep the tests' Arrow caches (and those of the `rnnzoo` subprocesses they start) out of the
+# user's ~/.cache/huggingface; `datasets` reads this when it is imported, so set it first.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="rnnzoo-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
+
+import datasets  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RNNZOO_SHARED_DATA", REPO.parent / "shared" / "data"))
