@@ -66,10 +66,11 @@ def generate_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["generate"]:
-        return generate_main(argv[1:])
-    if not argv or argv[0] in ("-h", "--help"):
+    """Entry point; ``argv`` defaults to the command line."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["generate"]:
+        return generate_main(args[1:])
+    if not args or args[0] in ("-h", "--help"):
         print("rnnzoo generate --help: sample text from a language-model checkpoint (see below for the rest)\n")
     try:
         RnnzooCLI(
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            args=argv,  # None: LightningCLI reads sys.argv itself
         )
     except DataError as err:
         raise SystemExit(f"rnnzoo: data error: {err}") from None
