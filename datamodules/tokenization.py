@@ -2,27 +2,37 @@
 
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 
-def _fit_word_level(tokenizer: Tokenizer, texts: Iterable[str], special_tokens: list[str], unk_token: str) -> Tokenizer:
-    # The trainer sees no special tokens: given one that also occurs in the text (PTB's literal
-    # `<unk>`), WordLevelTrainer assigns it two ids and leaves a hole in the id range. Instead the
-    # special tokens take ids 0.. in the order given, then the words by decreasing frequency.
-    trainer = trainers.WordLevelTrainer(min_frequency=1, show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    ordered = special_tokens + [token for token, _ in by_id if token not in special_tokens]
-    tokenizer.model = models.WordLevel({token: i for i, token in enumerate(ordered)}, unk_token=unk_token)
-    tokenizer.add_special_tokens(special_tokens)
-    return tokenizer
+def text_normalizer(lowercase: bool = False, replacements: dict[str, str] | None = None) -> normalizers.Normalizer:
+    """Replace markup (e.g. IMDB's ``<br />``) and optionally lowercase, before splitting."""
+    steps = [normalizers.Replace(old, new) for old, new in (replacements or {}).items()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    return normalizers.Sequence(steps)
 
 
-def fit_word_tokenizer(texts: Iterable[str], special_tokens: list[str], unk_token: str = "<unk>") -> Tokenizer:
-    """Whitespace word-level vocabulary of every word in ``texts``, special tokens first."""
+def fit_word_tokenizer(
+    texts: Iterable[str],
+    special_tokens: list[str],
+    unk_token: str = "<unk>",
+    *,
+    normalizer: normalizers.Normalizer | None = None,
+    pre_tokenizer: pre_tokenizers.PreTokenizer | None = None,
+    max_size: int | None = None,
+    min_frequency: int = 1,
+) -> Tokenizer:
+    """Word-level vocabulary (whitespace-split unless ``pre_tokenizer`` says otherwise).
+
+    Ids: the special tokens in the order given, then words by decreasing frequency, at most
+    ``max_size`` entries in all, each word seen at least ``min_frequency`` times.
+    """
     tokenizer = Tokenizer(models.WordLevel(unk_token=unk_token))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return _fit_word_level(tokenizer, texts, special_tokens, unk_token)
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer or pre_tokenizers.WhitespaceSplit()
+    return _fit_word_level(tokenizer, texts, special_tokens, unk_token, max_size, min_frequency)
 
 
 def fit_char_tokenizer(texts: Iterable[str], special_tokens: list[str], unk_token: str = "<unk>") -> Tokenizer:
@@ -31,3 +41,51 @@ def fit_char_tokenizer(texts: Iterable[str], special_tokens: list[str], unk_toke
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     return _fit_word_level(tokenizer, texts, special_tokens, unk_token)
+
+
+def fit_bpe_tokenizer(
+    texts: Iterable[str],
+    special_tokens: list[str],
+    unk_token: str = "<unk>",
+    *,
+    normalizer: normalizers.Normalizer | None = None,
+    vocab_size: int = 16_000,
+    min_frequency: int = 2,
+) -> Tokenizer:
+    """Byte-pair encoding over whitespace/punctuation-split words (Sennrich et al. 2016)."""
+    tokenizer = Tokenizer(models.BPE(unk_token=unk_token, end_of_word_suffix="</w>"))
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _fit_word_level(
+    tokenizer: Tokenizer,
+    texts: Iterable[str],
+    special_tokens: list[str],
+    unk_token: str,
+    max_size: int | None = None,
+    min_frequency: int = 1,
+) -> Tokenizer:
+    # The trainer sees no special tokens: given one that also occurs in the text (PTB's literal
+    # `<unk>`), WordLevelTrainer assigns it two ids and leaves a hole in the id range. Instead the
+    # special tokens take ids 0.. in the order given, then the words by decreasing frequency.
+    trainer = trainers.WordLevelTrainer(min_frequency=min_frequency, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    ordered = special_tokens + [token for token, _ in by_id if token not in special_tokens]
+    if max_size is not None:
+        ordered = ordered[:max_size]
+    tokenizer.model = models.WordLevel({token: i for i, token in enumerate(ordered)}, unk_token=unk_token)
+    tokenizer.add_special_tokens(special_tokens)
+    return tokenizer

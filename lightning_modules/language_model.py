@@ -2,18 +2,17 @@
 
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torchmetrics import MeanMetric
 
 from datamodules.streams import IGNORE_INDEX
+from lightning_modules.tokenizer_state import TokenizerInCheckpoint
 from zoo.language_model import RNNLanguageModel, generate
 from zoo.recurrent import CellType, detach_state
 
 
-class LanguageModelTask(L.LightningModule):
+class LanguageModelTask(TokenizerInCheckpoint):
     """Trains a ``zoo.RNNLanguageModel``; the architecture arguments are that class's.
 
     Args:
@@ -59,35 +58,7 @@ class LanguageModelTask(L.LightningModule):
         )
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
-        self.tokenizer_json: str | None = None  # saved in every checkpoint, so a .ckpt can generate text
         self._states: dict[str, object] = {}
-
-    # -- data-dependent state: the tokenizer travels inside the checkpoint --------------------------
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and self.tokenizer_json is None:
-            self.tokenizer_json = tokenizer.to_str()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer"] = self.tokenizer_json
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("tokenizer")
-        if saved is not None and self.tokenizer_json is not None:
-            ours, theirs = Tokenizer.from_str(self.tokenizer_json).get_vocab(), Tokenizer.from_str(saved).get_vocab()
-            if ours != theirs:
-                raise ValueError(
-                    f"the checkpoint's vocabulary ({len(theirs)} tokens) differs from the datamodule's "
-                    f"({len(ours)} tokens): use the data (and level/max_samples settings) it was trained on"
-                )
-        self.tokenizer_json = saved
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self.tokenizer_json is None:
-            raise RuntimeError("this model has no tokenizer: train it with a datamodule or load a checkpoint")
-        return Tokenizer.from_str(self.tokenizer_json)
 
     # -- steps -----------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, state=None):
