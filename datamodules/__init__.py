@@ -2,5 +2,6 @@
 
 from datamodules.loading import DataError, load_splits
 from datamodules.ptb import PTBDataModule
+from datamodules.text_classification import IMDBDataModule
 
-__all__ = ["DataError", "PTBDataModule", "load_splits"]
+__all__ = ["DataError", "IMDBDataModule", "PTBDataModule", "load_splits"]

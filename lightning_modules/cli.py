@@ -1,6 +1,7 @@
 """The ``rnnzoo`` command: LightningCLI (fit/validate/test/predict) plus ``generate``."""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from datamodules.loading import DataError
 
 class RnnzooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
+        # Sizes the data decides. A link whose source or target a chosen class lacks is skipped, so
+        # one parser serves every task (the language model has no labels).
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""
@@ -38,6 +42,12 @@ class RnnzooCLI(LightningCLI):
         config["ckpt_path"] = best
 
     before_validate = before_test = before_predict = _resolve_best
+
+    def after_predict(self) -> None:
+        """Print predictions as JSON lines (tasks whose ``predict_step`` returns lists of dicts)."""
+        for batch in self.trainer.predict_loop.predictions or []:
+            for row in batch if isinstance(batch, list) else []:
+                print(json.dumps(row))
 
 
 def generate_main(argv: list[str]) -> None:

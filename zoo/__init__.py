@@ -1,6 +1,8 @@
 """rnnzoo's model zoo: recurrent architectures in pure PyTorch and their registry."""
 
 from zoo.cells import GatedCell, JordanCell
+from zoo.classifier import SequenceClassifier
+from zoo.crf import CRF, bio_constraints
 from zoo.dropout import LockedDropout
 from zoo.language_model import RNNLanguageModel, generate, sample_next
 from zoo.recurrent import CELLS, RecurrentStack, detach_state
@@ -8,6 +10,9 @@ from zoo.registry import create_model, list_models, model_config
 
 __all__ = [
     "CELLS",
+    "CRF",
+    "SequenceClassifier",
+    "bio_constraints",
     "GatedCell",
     "JordanCell",
     "LockedDropout",

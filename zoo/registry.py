@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from zoo.classifier import SequenceClassifier
 from zoo.language_model import RNNLanguageModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -18,6 +19,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # Which zoo network each task of ``lightning_modules`` wraps, by the task's class name.
 ARCHITECTURE_OF_TASK: dict[str, type[nn.Module]] = {
     "LanguageModelTask": RNNLanguageModel,
+    "ClassificationTask": SequenceClassifier,
 }
 
 

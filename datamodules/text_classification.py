@@ -1,0 +1,203 @@
+"""Text classification (IMDB sentiment by default): bucketed, padded batches with lengths."""
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.batching import BucketedBatches, pad_sequences
+from datamodules.loading import DataError, load_splits, require_column
+from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, text_normalizer
+
+log = logging.getLogger(__name__)
+PAD, UNK = "<pad>", "<unk>"
+
+
+class IMDBDataModule(L.LightningDataModule):
+    """Reviews (or any ``text``/``label`` dataset with a ``ClassLabel`` label) for classification.
+
+    IMDB has no validation split: a seeded, stratified ``val_size`` rows are carved from train, and
+    test is never used for model selection. Label names come from the dataset's features.
+
+    Args:
+        data_dir: folder with ``train.parquet`` and ``test.parquet``; ``None`` downloads ``hub_name``.
+        tokenizer: ``word`` (lowercased words and punctuation, ``<br />`` removed) or ``bpe``.
+        max_vocab: vocabulary size (word: most frequent words; bpe: merges target).
+        min_frequency: drop words seen fewer times in train.
+        max_length: longer texts are truncated (a warning says how many).
+        val_size: rows of train held out for validation.
+        predict_texts: raw texts for ``rnnzoo predict``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        hub_name: str = "stanfordnlp/imdb",
+        text_column: str = "text",
+        label_column: str = "label",
+        tokenizer: Literal["word", "bpe"] = "word",
+        max_vocab: int = 30_000,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+        max_length: int = 400,
+        val_size: int = 2_500,
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_samples: int | None = None,
+        predict_texts: list[str] | None = None,
+        num_proc: int | None = None,
+    ):
+        super().__init__()
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("max_length", max_length),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if tokenizer not in ("word", "bpe"):
+            raise ValueError(f"tokenizer must be 'word' or 'bpe', got {tokenizer!r}")
+        self.save_hyperparameters()
+        self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
+        self.examples: dict[str, list[tuple[list[int], int]]] = {}
+
+    @cached_property
+    def splits(self) -> datasets.DatasetDict:
+        hp = self.hparams
+        loaded = load_splits(hp.hub_name, self.data_dir, ("train", "test"))
+        for split, dataset in loaded.items():
+            require_column(dataset, hp.text_column, split)
+            require_column(dataset, hp.label_column, split)
+        feature = loaded["train"].features[hp.label_column]
+        if not isinstance(feature, datasets.ClassLabel):
+            raise DataError(
+                f"label column {hp.label_column!r} is {feature}, not a ClassLabel; cast it first, e.g. "
+                f"ds.cast_column({hp.label_column!r}, datasets.ClassLabel(names=[...]))"
+            )
+        if hp.max_samples is not None:  # quick runs: a class-balanced subset of each split
+            loaded = datasets.DatasetDict(
+                {s: d.shuffle(seed=hp.seed).select(range(min(hp.max_samples, len(d)))) for s, d in loaded.items()}
+            )
+        held_out = loaded["train"].train_test_split(
+            test_size=hp.val_size, seed=hp.seed, stratify_by_column=hp.label_column
+        )
+        return datasets.DatasetDict(
+            {"train": held_out["train"], "validation": held_out["test"], "test": loaded["test"]}
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.splits["train"].features[self.hparams.label_column].names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @cached_property
+    def tokenizer(self):
+        hp = self.hparams
+        normalizer = text_normalizer(lowercase=hp.lowercase, replacements={"<br />": " "})
+        texts = self.splits["train"][hp.text_column]
+        if hp.tokenizer == "bpe":
+            tokenizer = fit_bpe_tokenizer(texts, [PAD, UNK], UNK, normalizer=normalizer, vocab_size=hp.max_vocab)
+        else:
+            from tokenizers import pre_tokenizers
+
+            tokenizer = fit_word_tokenizer(
+                texts,
+                [PAD, UNK],
+                UNK,
+                normalizer=normalizer,
+                pre_tokenizer=pre_tokenizers.Whitespace(),
+                max_size=hp.max_vocab,
+                min_frequency=hp.min_frequency,
+            )
+        tokenizer.enable_truncation(hp.max_length)
+        return tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+
+    def _encode_split(self, split: str) -> list[tuple[list[int], int]]:
+        hp, tokenizer = self.hparams, self.tokenizer
+
+        def numericalize(batch):
+            encodings = tokenizer.encode_batch(batch[hp.text_column])
+            return {"ids": [e.ids for e in encodings], "truncated": [bool(e.overflowing) for e in encodings]}
+
+        dataset = self.splits[split]
+        encoded = dataset.map(numericalize, batched=True, num_proc=hp.num_proc, remove_columns=[hp.text_column])
+        truncated = sum(encoded["truncated"])
+        if truncated:
+            log.warning(
+                f"{truncated} of {len(encoded)} {split} texts exceed max_length={hp.max_length} tokens; truncated"
+            )
+        labels, ids = encoded[hp.label_column], encoded["ids"]
+        if labels and not 0 <= min(labels) <= max(labels) < self.num_classes:
+            raise DataError(f"the {split!r} split has labels outside 0..{self.num_classes - 1} ({self.labels})")
+        examples = [(row, label) for row, label in zip(ids, labels, strict=True) if row]
+        if len(examples) < len(ids):
+            log.warning(f"dropped {len(ids) - len(examples)} empty {split} texts")
+        return examples
+
+    def setup(self, stage: str | None = None):
+        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
+        for split in needed:
+            if split not in self.examples:
+                self.examples[split] = self._encode_split(split)
+
+    @staticmethod
+    def collate(examples: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        input_ids, lengths = pad_sequences([ids for ids, _ in examples])
+        return {"input_ids": input_ids, "lengths": lengths, "labels": torch.tensor([label for _, label in examples])}
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        examples = self.examples[split]
+        trainer = self.trainer
+        batches = BucketedBatches(
+            examples,
+            [len(ids) for ids, _ in examples],
+            batch_size,
+            self.collate,
+            shuffle,
+            self.hparams.seed,
+            epoch=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        return DataLoader(batches, batch_size=None)
+
+    def train_dataloader(self):
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("validation", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self):
+        texts = self.hparams.predict_texts
+        if not texts:
+            raise DataError('nothing to predict: pass texts with --data.init_args.predict_texts \'["...", "..."]\'')
+        encoded = self.encode_texts(texts)
+        empty = [i for i, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise DataError(f"predict_texts {empty} are empty (no tokens after normalisation)")
+        rows = [{"text": text, "ids": ids} for text, ids in zip(texts, encoded, strict=True)]
+
+        def collate(batch):
+            input_ids, lengths = pad_sequences([row["ids"] for row in batch])
+            return {"input_ids": input_ids, "lengths": lengths, "texts": [row["text"] for row in batch]}
+
+        return DataLoader(rows, batch_size=self.hparams.eval_batch_size, collate_fn=collate)

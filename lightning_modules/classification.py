@@ -1,0 +1,122 @@
+"""Sequence classification task: cross-entropy, accuracy, macro F1, a test confusion matrix."""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from lightning_modules.tokenizer_state import TokenizerInCheckpoint
+from zoo.classifier import SequenceClassifier
+from zoo.pooling import Pooling
+from zoo.recurrent import CellType
+
+
+class ClassificationTask(TokenizerInCheckpoint):
+    """Trains a ``zoo.SequenceClassifier``; ``vocab_size`` and ``labels`` are linked from the datamodule.
+
+    At test time the confusion matrix is written as ``confusion_matrix.png`` in the logger's folder.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        labels: list[str],
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        cell: CellType = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        locked_dropout: bool = False,
+        residual: bool = False,
+        pooling: Pooling = "last",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SequenceClassifier(
+            vocab_size,
+            len(labels),
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            cell,
+            bidirectional,
+            dropout,
+            locked_dropout,
+            residual,
+            pooling,
+        )
+        n = len(labels)
+        metrics = MetricCollection({"acc": MulticlassAccuracy(n), "macro_f1": MulticlassF1Score(n, average="macro")})
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
+        self.confusion = MulticlassConfusionMatrix(n)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trained_on = checkpoint.get("hyper_parameters", {}).get("labels")
+        if trained_on is not None and list(trained_on) != list(self.hparams.labels):
+            raise ValueError(
+                f"the checkpoint was trained with labels {list(trained_on)}, the data has {self.hparams.labels}"
+            )
+        super().on_load_checkpoint(checkpoint)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids, lengths)
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["input_ids"], batch["lengths"])
+        loss = F.cross_entropy(logits, batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["lengths"])
+        metrics.update(logits, batch["labels"])
+        self.log_dict(metrics, prog_bar=True, batch_size=len(logits))
+        return logits
+
+    def validation_step(self, batch, batch_idx):
+        logits = self._evaluate(batch, self.val_metrics)
+        self.log("val_loss", F.cross_entropy(logits, batch["labels"]), batch_size=len(logits))
+
+    def test_step(self, batch, batch_idx):
+        logits = self._evaluate(batch, self.test_metrics)
+        self.confusion.update(logits, batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        matrix = self.confusion.compute()
+        self.confusion.reset()
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            save_confusion_matrix(matrix.cpu(), self.hparams.labels, folder / "confusion_matrix.png")
+
+    def predict_step(self, batch, batch_idx):
+        probabilities = self(batch["input_ids"], batch["lengths"]).softmax(-1)
+        best = probabilities.max(-1)
+        return [
+            {"text": text, "label": self.hparams.labels[i], "probability": round(float(p), 4)}
+            for text, i, p in zip(batch["texts"], best.indices.tolist(), best.values.tolist(), strict=True)
+        ]
+
+
+def save_confusion_matrix(matrix: torch.Tensor, labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4, len(labels) * 0.6)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true")
+    ax.set_xticklabels(labels, rotation=45, ha="right")
+    ax.set_yticklabels(labels)
+    for row in range(len(labels)):
+        for col in range(len(labels)):
+            ax.text(col, row, int(matrix[row, col]), ha="center", va="center")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

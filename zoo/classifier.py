@@ -1,0 +1,57 @@
+"""Many-to-one: a recurrent sequence classifier (sentiment, topic, ...)."""
+
+import torch
+from torch import nn
+
+from zoo.dropout import make_dropout
+from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool
+from zoo.recurrent import CellType, RecurrentStack
+
+
+class SequenceClassifier(nn.Module):
+    """Embedding -> recurrent stack -> pooling over valid steps -> linear classifier.
+
+    Args:
+        vocab_size, num_classes: sizes set by the data.
+        embedding_dim, hidden_size, num_layers, cell, bidirectional, residual: the stack.
+        dropout: on the embeddings, between layers and on the pooled vector.
+        locked_dropout: one dropout mask per sequence instead of one per step.
+        pooling: ``last`` (final state; both directions of a BiRNN), ``mean``, ``max`` or
+            ``attention`` (learned additive attention over the steps).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        cell: CellType = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        locked_dropout: bool = False,
+        residual: bool = False,
+        pooling: Pooling = "last",
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.pooling = pooling
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.embedding_dropout = make_dropout(dropout, locked_dropout)
+        self.rnn = RecurrentStack(
+            embedding_dim, hidden_size, num_layers, cell, bidirectional, dropout, locked_dropout, residual
+        )
+        self.attention = AttentionPooling(self.rnn.output_size) if pooling == "attention" else None
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.rnn.output_size, num_classes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``(B, T)`` padded ids, ``lengths`` ``(B,)`` -> logits ``(B, num_classes)``."""
+        x = self.embedding_dropout(self.embedding(tokens))
+        outputs, state = self.rnn(x, lengths=lengths)
+        pooled = pool(self.pooling, outputs, lengths, state, self.rnn.num_directions, self.attention)
+        return self.classifier(self.dropout(pooled))

@@ -1,0 +1,54 @@
+"""Pooling a recurrent stack's outputs into one vector per sequence, over valid positions only."""
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["last", "mean", "max", "attention"]
+POOLINGS = ("last", "mean", "max", "attention")
+
+
+def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(B, T)`` bool: True at the first ``lengths[b]`` positions of each row."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def last_layer_state(state, num_directions: int) -> torch.Tensor:
+    """The final hidden state of the top layer, both directions concatenated: ``(B, D*H)``.
+
+    For a bidirectional layer the backward direction's final state is the one at position 0,
+    so "last" pooling sees the whole sequence from both ends.
+    """
+    h = state[0] if isinstance(state, tuple) else state
+    return torch.cat(list(h[-num_directions:]), dim=-1)
+
+
+class AttentionPooling(nn.Module):
+    """Additive self-attention: ``a = softmax(v^T tanh(W h_t))`` over valid steps, ``sum_t a_t h_t``."""
+
+    def __init__(self, size: int, attention_size: int | None = None):
+        super().__init__()
+        self.project = nn.Linear(size, attention_size or size)
+        self.score = nn.Linear(attention_size or size, 1, bias=False)
+
+    def forward(self, outputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.score(torch.tanh(self.project(outputs))).squeeze(-1)
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return torch.einsum("bt,bth->bh", weights, outputs), weights
+
+
+def pool(
+    kind: Pooling, outputs: torch.Tensor, lengths: torch.Tensor, state, num_directions: int, attention=None
+) -> torch.Tensor:
+    """``outputs`` ``(B, T, F)`` -> ``(B, F)``; padding positions never contribute."""
+    if kind == "last":
+        return last_layer_state(state, num_directions)
+    mask = valid_mask(lengths.to(outputs.device), outputs.size(1))
+    if kind == "mean":
+        return (outputs * mask.unsqueeze(-1)).sum(1) / lengths.to(outputs).clamp(min=1).unsqueeze(-1)
+    if kind == "max":
+        return outputs.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values
+    if kind == "attention":
+        return attention(outputs, mask)[0]
+    raise ValueError(f"unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}")
