@@ -125,6 +125,9 @@ class IMDBDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
+    def prepare_data(self):
+        _ = self.splits  # download (or check the local files) before any process sets up
+
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
 

@@ -81,9 +81,9 @@ def test_datamodule_refuses_bad_labels(tmp_path):
             str(folder / f"{split}.parquet")
         )
     with pytest.raises(DataError, match="not a ClassLabel"):
-        IMDBDataModule(data_dir=str(folder), val_size=4).labels
+        IMDBDataModule(data_dir=str(folder), val_size=4).prepare_data()
     with pytest.raises(DataError, match="no column 'stars'"):
-        IMDBDataModule(data_dir=str(folder), label_column="stars").labels
+        IMDBDataModule(data_dir=str(folder), label_column="stars").prepare_data()
 
 
 class Task(ClassificationTask):
