@@ -1,5 +1,6 @@
 """End-to-end: the `rnnzoo` command on the first rows of the real Penn Treebank."""
 
+import json
 import os
 import subprocess
 import sys
@@ -108,3 +109,22 @@ def test_generate_needs_an_existing_checkpoint(tmp_path):
 def test_bad_config_value_is_reported(tmp_path, argument):
     result = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--data.data_dir", "unused", argument, "0", check=False)
     assert result.returncode != 0 and "bptt must be >= 1" in result.stderr
+
+
+def test_imdb_fit_test_and_predict_raw_text(tmp_path):
+    from tests.conftest import shared_dataset
+
+    config = str(REPO / "zoo" / "configs" / "imdb_bilstm.yaml")
+    common = ["--config", config, "--data.data_dir", str(shared_dataset("imdb")), "--data.max_samples", "300"]
+    small = "--data.val_size 60 --model.init_args.hidden_size 16 --model.init_args.embedding_dim 16".split()
+    rnnzoo(tmp_path, "fit", *common, *small, *"--trainer.max_steps 6 --trainer.enable_progress_bar false".split())
+    last = str(tmp_path / "checkpoints" / "imdb_bilstm" / "last.ckpt")
+    tested = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", last)
+    assert "test_acc" in tested.stdout and "test_macro_f1" in tested.stdout
+    assert list(tmp_path.glob("runs/imdb_bilstm/*/confusion_matrix.png"))
+
+    texts = '["A wonderful, moving film.", "Dull and far too long."]'
+    predicted = rnnzoo(tmp_path, "predict", *common, *small, "--ckpt_path", last, "--data.predict_texts", texts)
+    rows = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
+    assert [row["text"] for row in rows] == json.loads(texts)
+    assert all(row["label"] in ("neg", "pos") and 0.5 <= row["probability"] <= 1 for row in rows)
