@@ -1,7 +1,8 @@
 """LightningDataModules on Hugging Face ``datasets`` and ``tokenizers``."""
 
+from datamodules.conll import CoNLLDataModule
 from datamodules.loading import DataError, load_splits
 from datamodules.ptb import PTBDataModule
 from datamodules.text_classification import IMDBDataModule
 
-__all__ = ["DataError", "IMDBDataModule", "PTBDataModule", "load_splits"]
+__all__ = ["CoNLLDataModule", "DataError", "IMDBDataModule", "PTBDataModule", "load_splits"]

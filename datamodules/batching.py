@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,3 +78,19 @@ class BucketedBatches(IterableDataset):
     def __iter__(self):
         for batch in self._rank_batches():
             yield self.collate([self.examples[i] for i in batch])
+
+
+def bucketed_loader(examples, lengths, batch_size: int, collate: Callable, shuffle: bool, seed: int, trainer):
+    """A DataLoader over ``BucketedBatches`` that follows the trainer's epoch, rank and world size."""
+    batches = BucketedBatches(
+        examples,
+        lengths,
+        batch_size,
+        collate,
+        shuffle,
+        seed,
+        epoch=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+        rank=trainer.global_rank if trainer else 0,
+        world_size=trainer.world_size if trainer else 1,
+    )
+    return DataLoader(batches, batch_size=None)

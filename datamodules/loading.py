@@ -61,3 +61,10 @@ def load_splits(
 def require_column(dataset: datasets.Dataset, column: str, split: str) -> None:
     if column not in dataset.column_names:
         raise DataError(f"the {split!r} split has no column {column!r}; its columns are {dataset.column_names}")
+
+
+def require_positive(**sizes: int) -> None:
+    """Refuse sizes below 1 with the argument's name (``bptt must be >= 1, got 0``)."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")

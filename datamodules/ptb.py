@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.loading import DataError, load_splits, require_column
+from datamodules.loading import DataError, load_splits, require_column, require_positive
 from datamodules.streams import BPTTWindows, stream_layout
 from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
 
@@ -54,9 +54,7 @@ class PTBDataModule(L.LightningDataModule):
         num_proc: int | None = None,
     ):
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("bptt", bptt)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, bptt=bptt)
         if level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', got {level!r}")
         self.save_hyperparameters()

@@ -10,8 +10,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.batching import BucketedBatches, pad_sequences
-from datamodules.loading import DataError, load_splits, require_column
+from datamodules.batching import bucketed_loader, pad_sequences
+from datamodules.loading import DataError, load_splits, require_column, require_positive
 from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, text_normalizer
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,7 @@ class IMDBDataModule(L.LightningDataModule):
         num_proc: int | None = None,
     ):
         super().__init__()
-        for name, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("max_length", max_length),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
         if tokenizer not in ("word", "bpe"):
             raise ValueError(f"tokenizer must be 'word' or 'bpe', got {tokenizer!r}")
         self.save_hyperparameters()
@@ -166,19 +160,8 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         examples = self.examples[split]
-        trainer = self.trainer
-        batches = BucketedBatches(
-            examples,
-            [len(ids) for ids, _ in examples],
-            batch_size,
-            self.collate,
-            shuffle,
-            self.hparams.seed,
-            epoch=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        return DataLoader(batches, batch_size=None)
+        lengths = [len(ids) for ids, _ in examples]
+        return bucketed_loader(examples, lengths, batch_size, self.collate, shuffle, self.hparams.seed, self.trainer)
 
     def train_dataloader(self):
         return self._loader("train", self.hparams.batch_size, shuffle=True)

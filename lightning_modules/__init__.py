@@ -2,5 +2,6 @@
 
 from lightning_modules.classification import ClassificationTask
 from lightning_modules.language_model import LanguageModelTask
+from lightning_modules.tagging import TaggingTask
 
-__all__ = ["ClassificationTask", "LanguageModelTask"]
+__all__ = ["ClassificationTask", "LanguageModelTask", "TaggingTask"]

@@ -18,6 +18,7 @@ class RnnzooCLI(LightningCLI):
         # one parser serves every task (the language model has no labels).
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
+        parser.link_arguments("data.char_vocab_size", "model.init_args.char_vocab_size", apply_on="instantiate")
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""

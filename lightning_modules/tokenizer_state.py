@@ -1,35 +1,52 @@
-"""Carry the datamodule's tokenizer inside every checkpoint, so a ``.ckpt`` alone can predict."""
+"""Carry the datamodule's tokenizers inside every checkpoint, so a ``.ckpt`` alone can predict."""
 
 import lightning as L
 from tokenizers import Tokenizer
 
 
 class TokenizerInCheckpoint(L.LightningModule):
-    """Base for tasks: takes the tokenizer from the datamodule and saves/restores/checks it."""
+    """Base for tasks: copies the datamodule's tokenizers, saves them, restores and checks them.
 
-    tokenizer_json: str | None = None
+    ``tokenizer_names`` are datamodule attributes (and checkpoint keys); a tagger also has a
+    ``char_tokenizer``.
+    """
+
+    tokenizer_names: tuple[str, ...] = ("tokenizer",)
+
+    def __init__(self):
+        super().__init__()
+        self.tokenizer_jsons: dict[str, str] = {}
 
     def setup(self, stage: str) -> None:
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        if tokenizer is not None and self.tokenizer_json is None:
-            self.tokenizer_json = tokenizer.to_str()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for name in self.tokenizer_names:
+            tokenizer = getattr(datamodule, name, None)
+            if tokenizer is not None and name not in self.tokenizer_jsons:
+                self.tokenizer_jsons[name] = tokenizer.to_str()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer"] = self.tokenizer_json
+        for name in self.tokenizer_names:
+            checkpoint[name] = self.tokenizer_jsons.get(name)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("tokenizer")
-        if saved is not None and self.tokenizer_json is not None:
-            ours, theirs = Tokenizer.from_str(self.tokenizer_json).get_vocab(), Tokenizer.from_str(saved).get_vocab()
-            if ours != theirs:
-                raise ValueError(
-                    f"the checkpoint's vocabulary ({len(theirs)} tokens) differs from the datamodule's "
-                    f"({len(ours)} tokens): use the data (and tokenizer settings) it was trained on"
-                )
-        self.tokenizer_json = saved
+        for name in self.tokenizer_names:
+            saved, ours = checkpoint.get(name), self.tokenizer_jsons.get(name)
+            if saved is None:
+                continue
+            if ours is not None:
+                theirs, mine = Tokenizer.from_str(saved).get_vocab(), Tokenizer.from_str(ours).get_vocab()
+                if theirs != mine:
+                    raise ValueError(
+                        f"the checkpoint's vocabulary ({name}: {len(theirs)} tokens) differs from the datamodule's "
+                        f"({len(mine)} tokens): use the data (and tokenizer settings) it was trained on"
+                    )
+            self.tokenizer_jsons[name] = saved
+
+    def get_tokenizer(self, name: str = "tokenizer") -> Tokenizer:
+        if name not in self.tokenizer_jsons:
+            raise RuntimeError(f"this model has no {name}: train it with a datamodule or load a checkpoint")
+        return Tokenizer.from_str(self.tokenizer_jsons[name])
 
     @property
     def tokenizer(self) -> Tokenizer:
-        if self.tokenizer_json is None:
-            raise RuntimeError("this model has no tokenizer: train it with a datamodule or load a checkpoint")
-        return Tokenizer.from_str(self.tokenizer_json)
+        return self.get_tokenizer("tokenizer")

@@ -13,6 +13,7 @@ from torch import nn
 
 from zoo.classifier import SequenceClassifier
 from zoo.language_model import RNNLanguageModel
+from zoo.tagger import SequenceTagger
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -20,6 +21,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 ARCHITECTURE_OF_TASK: dict[str, type[nn.Module]] = {
     "LanguageModelTask": RNNLanguageModel,
     "ClassificationTask": SequenceClassifier,
+    "TaggingTask": SequenceTagger,
 }
 
 

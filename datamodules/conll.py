@@ -1,0 +1,184 @@
+"""CoNLL-2003 token tagging (NER by default; POS or chunk tags selectable)."""
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import datasets
+import lightning as L
+import torch
+from tokenizers import Regex, normalizers
+from torch.utils.data import DataLoader
+
+from datamodules.batching import bucketed_loader, pad_sequences
+from datamodules.loading import DataError, load_splits, require_column, require_positive
+from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
+
+log = logging.getLogger(__name__)
+PAD, UNK = "<pad>", "<unk>"
+SPLITS = ("train", "validation", "test")
+
+Example = tuple[list[int], list[list[int]], list[int]]  # word ids, char ids per word, tag ids
+
+
+class CoNLLDataModule(L.LightningDataModule):
+    """Sentences as word ids (+ character ids per word) and one tag per word.
+
+    Args:
+        data_dir: folder with ``train/validation/test.parquet``; ``None`` downloads ``hub_name``.
+        tag_column: ``ner_tags`` (default), ``pos_tags`` or ``chunk_tags``; names from the features.
+        min_frequency: words seen fewer times in train map to ``<unk>`` (characters still see them).
+        lowercase: lowercase words (digits always map to 0).
+        use_chars: build the character vocabulary for character-level word features.
+        max_length: longer sentences are truncated, with a warning.
+        predict_sentences: whitespace-tokenised sentences for ``rnnzoo predict``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        hub_name: str = "eriktks/conll2003",
+        tokens_column: str = "tokens",
+        tag_column: str = "ner_tags",
+        min_frequency: int = 2,
+        lowercase: bool = False,
+        use_chars: bool = True,
+        max_length: int = 200,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        seed: int = 0,
+        max_samples: int | None = None,
+        predict_sentences: list[str] | None = None,
+    ):
+        super().__init__()
+        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
+        self.save_hyperparameters()
+        self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
+        self.examples: dict[str, list[Example]] = {}
+
+    @cached_property
+    def splits(self) -> datasets.DatasetDict:
+        hp = self.hparams
+        loaded = load_splits(hp.hub_name, self.data_dir, SPLITS)
+        for split, dataset in loaded.items():
+            require_column(dataset, hp.tokens_column, split)
+            require_column(dataset, hp.tag_column, split)
+            if hp.max_samples is not None:
+                loaded[split] = dataset.select(range(min(hp.max_samples, len(dataset))))
+        feature = loaded["train"].features[hp.tag_column]
+        names = getattr(getattr(feature, "feature", None), "names", None)
+        if names is None:
+            raise DataError(f"tag column {hp.tag_column!r} is {feature}, not a sequence of ClassLabel")
+        return loaded
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.splits["train"].features[self.hparams.tag_column].feature.names)
+
+    def prepare_data(self):
+        _ = self.splits  # download (or check the local files) before any process sets up
+
+    @cached_property
+    def tokenizer(self):
+        steps = [normalizers.Replace(Regex(r"\d"), "0")] + ([normalizers.Lowercase()] if self.hparams.lowercase else [])
+        sentences = (" ".join(tokens) for tokens in self.splits["train"][self.hparams.tokens_column])
+        return fit_word_tokenizer(
+            sentences, [PAD, UNK], UNK, normalizer=normalizers.Sequence(steps), min_frequency=self.hparams.min_frequency
+        )
+
+    @cached_property
+    def char_tokenizer(self):
+        if not self.hparams.use_chars:
+            return None
+        sentences = (" ".join(tokens) for tokens in self.splits["train"][self.hparams.tokens_column])
+        return fit_char_tokenizer(sentences, [PAD, UNK], UNK)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def char_vocab_size(self) -> int:
+        return self.char_tokenizer.get_vocab_size() if self.char_tokenizer else 0
+
+    def encode_sentences(self, sentences: list[list[str]]) -> list[tuple[list[int], list[list[int]]]]:
+        """Word ids and per-word character ids; truncated to ``max_length`` words."""
+        limit = self.hparams.max_length
+        sentences = [words[:limit] for words in sentences]
+        encoded = self.tokenizer.encode_batch(sentences, is_pretokenized=True)
+        words = [word for sentence in sentences for word in sentence]
+        chars = [e.ids for e in self.char_tokenizer.encode_batch(words)] if self.char_tokenizer else [[]] * len(words)
+        result, start = [], 0
+        for sentence, encoding in zip(sentences, encoded, strict=True):
+            if len(encoding.ids) != len(sentence):
+                raise DataError(f"a token contains whitespace and split into several words: {sentence}")
+            result.append((encoding.ids, chars[start : start + len(sentence)]))
+            start += len(sentence)
+        return result
+
+    def _encode_split(self, split: str) -> list[Example]:
+        dataset = self.splits[split]
+        sentences, tags = dataset[self.hparams.tokens_column], dataset[self.hparams.tag_column]
+        too_long = sum(len(words) > self.hparams.max_length for words in sentences)
+        if too_long:
+            log.warning(f"{too_long} {split} sentences exceed max_length={self.hparams.max_length} words; truncated")
+        examples = [
+            (ids, chars, sentence_tags[: len(ids)])
+            for (ids, chars), sentence_tags in zip(self.encode_sentences(sentences), tags, strict=True)
+            if ids
+        ]
+        if len(examples) < len(sentences):
+            log.warning(f"dropped {len(sentences) - len(examples)} empty {split} sentences")
+        flat = [tag for _, _, sentence_tags in examples for tag in sentence_tags]
+        if flat and not 0 <= min(flat) <= max(flat) < len(self.labels):
+            raise DataError(f"the {split!r} split has tags outside 0..{len(self.labels) - 1} ({self.labels})")
+        return examples
+
+    def setup(self, stage: str | None = None):
+        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
+        for split in needed:
+            if split not in self.examples:
+                self.examples[split] = self._encode_split(split)
+
+    @staticmethod
+    def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+        input_ids, lengths = pad_sequences([ids for ids, _, _ in examples])
+        width = max((len(word) for _, chars, _ in examples for word in chars), default=1)
+        chars = torch.zeros(len(examples), input_ids.size(1), width, dtype=torch.long)
+        char_lengths = torch.zeros(len(examples), input_ids.size(1), dtype=torch.long)
+        for row, (_, words, _) in enumerate(examples):
+            for col, word in enumerate(words):
+                chars[row, col, : len(word)] = torch.tensor(word, dtype=torch.long)
+                char_lengths[row, col] = len(word)
+        tags, _ = pad_sequences([tags for _, _, tags in examples], pad_value=-100)
+        return {"input_ids": input_ids, "lengths": lengths, "chars": chars, "char_lengths": char_lengths, "tags": tags}
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        examples = self.examples[split]
+        lengths = [len(ids) for ids, _, _ in examples]
+        return bucketed_loader(examples, lengths, batch_size, self.collate, shuffle, self.hparams.seed, self.trainer)
+
+    def train_dataloader(self):
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("validation", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self):
+        sentences = [text.split() for text in self.hparams.predict_sentences or []]
+        if not sentences:
+            raise DataError("nothing to tag: pass --data.init_args.predict_sentences '[\"EU rejects German call\"]'")
+        empty = [i for i, words in enumerate(sentences) if not words]
+        if empty:
+            raise DataError(f"predict_sentences {empty} are empty")
+        rows = [(ids, chars, [0] * len(ids)) for ids, chars in self.encode_sentences(sentences)]
+
+        def collate(batch_indices):
+            batch = self.collate([rows[i] for i in batch_indices])
+            batch["words"] = [sentences[i][: self.hparams.max_length] for i in batch_indices]
+            return batch
+
+        return DataLoader(range(len(rows)), batch_size=self.hparams.eval_batch_size, collate_fn=collate)

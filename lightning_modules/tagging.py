@@ -1,0 +1,136 @@
+"""Token tagging task: CRF or softmax loss; entity-level F1 with seqeval, token accuracy."""
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+
+from lightning_modules.tokenizer_state import TokenizerInCheckpoint
+from zoo.recurrent import CellType
+from zoo.tagger import SequenceTagger
+
+
+def is_iob2(labels: list[str]) -> bool:
+    return all(label == "O" or label[:2] in ("B-", "I-") for label in labels)
+
+
+class TaggingTask(TokenizerInCheckpoint):
+    """Trains a ``zoo.SequenceTagger``; ``vocab_size``, ``char_vocab_size`` and ``labels`` come from the data.
+
+    Validation/test report token accuracy and, for IOB2 tag sets (NER, chunking), the CoNLL
+    entity-level precision/recall/F1 computed by seqeval in strict IOB2 mode (per type at test).
+    """
+
+    tokenizer_names = ("tokenizer", "char_tokenizer")
+
+    def __init__(
+        self,
+        vocab_size: int,
+        labels: list[str],
+        char_vocab_size: int = 0,
+        embedding_dim: int = 100,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        cell: CellType = "lstm",
+        dropout: float = 0.5,
+        locked_dropout: bool = False,
+        residual: bool = False,
+        char_embedding_dim: int = 30,
+        char_hidden_size: int = 25,
+        output: Literal["softmax", "crf"] = "crf",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SequenceTagger(
+            vocab_size,
+            labels,
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            cell,
+            dropout,
+            locked_dropout,
+            residual,
+            char_vocab_size,
+            char_embedding_dim,
+            char_hidden_size,
+            output,
+        )
+        self._gold: list[list[str]] = []
+        self._predicted: list[list[str]] = []
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trained_on = checkpoint.get("hyper_parameters", {}).get("labels")
+        if trained_on is not None and list(trained_on) != list(self.hparams.labels):
+            raise ValueError(
+                f"the checkpoint was trained with tags {list(trained_on)}, the data has {self.hparams.labels}"
+            )
+        super().on_load_checkpoint(checkpoint)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.net(batch["input_ids"], batch["lengths"], batch.get("chars"), batch.get("char_lengths"))
+
+    @staticmethod
+    def _mask(batch) -> torch.Tensor:
+        steps = torch.arange(batch["input_ids"].size(1), device=batch["lengths"].device)
+        return steps.unsqueeze(0) < batch["lengths"].unsqueeze(1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.net.loss(self(batch), batch["tags"], self._mask(batch))
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
+        return loss
+
+    def _collect(self, batch, prefix: str) -> None:
+        mask = self._mask(batch)
+        emissions = self(batch)
+        loss = self.net.loss(emissions, batch["tags"], mask)
+        self.log(f"{prefix}_loss", loss, batch_size=len(batch["lengths"]))
+        predicted = self.net.decode(emissions, mask)
+        labels = self.hparams.labels
+        for row, n in enumerate(batch["lengths"].tolist()):
+            self._gold.append([labels[t] for t in batch["tags"][row, :n].tolist()])
+            self._predicted.append([labels[t] for t in predicted[row, :n].tolist()])
+
+    def validation_step(self, batch, batch_idx):
+        self._collect(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._collect(batch, "test")
+
+    def _report(self, prefix: str) -> None:
+        gold, predicted = self._gold, self._predicted
+        self._gold, self._predicted = [], []
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (gold, predicted))
+            gold = [s for g, _ in gathered for s in g]
+            predicted = [s for _, p in gathered for s in p]
+        tokens = sum(len(s) for s in gold)
+        correct = sum(g == p for gs, ps in zip(gold, predicted, strict=True) for g, p in zip(gs, ps, strict=True))
+        metrics = {f"{prefix}_token_acc": correct / max(tokens, 1)}
+        if is_iob2(self.hparams.labels):
+            strict = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+            metrics[f"{prefix}_f1"] = f1_score(gold, predicted, **strict)
+            metrics[f"{prefix}_precision"] = precision_score(gold, predicted, **strict)
+            metrics[f"{prefix}_recall"] = recall_score(gold, predicted, **strict)
+            if prefix == "test":
+                per_type = classification_report(gold, predicted, output_dict=True, **strict)
+                metrics |= {f"test_f1_{t}": v["f1-score"] for t, v in per_type.items() if " avg" not in t}
+        self.log_dict(metrics, prog_bar=prefix == "val", rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def predict_step(self, batch, batch_idx):
+        mask = self._mask(batch)
+        predicted = self.net.decode(self(batch), mask)
+        labels = self.hparams.labels
+        return [
+            {"words": words, "tags": [labels[t] for t in predicted[row, : len(words)].tolist()]}
+            for row, words in enumerate(batch["words"])
+        ]
