@@ -128,3 +128,25 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     rows = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
     assert [row["text"] for row in rows] == json.loads(texts)
     assert all(row["label"] in ("neg", "pos") and 0.5 <= row["probability"] <= 1 for row in rows)
+
+
+def test_conll_fit_test_and_tag_raw_sentences(tmp_path):
+    from tests.conftest import shared_dataset
+
+    config = str(REPO / "zoo" / "configs" / "conll_bilstm_crf.yaml")
+    common = ["--config", config, "--data.data_dir", str(shared_dataset("conll2003")), "--data.max_samples", "200"]
+    small = "--model.init_args.hidden_size 16 --model.init_args.embedding_dim 16 --model.init_args.num_layers 1".split()
+    rnnzoo(tmp_path, "fit", *common, *small, *"--trainer.max_steps 6 --trainer.enable_progress_bar false".split())
+    last = str(tmp_path / "checkpoints" / "conll_bilstm_crf" / "last.ckpt")
+    tested = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", last)
+    assert "test_f1" in tested.stdout and "test_token_acc" in tested.stdout
+
+    sentences = '["EU rejects German call to boycott British lamb .", "Peter Blackburn"]'
+    tagged = rnnzoo(tmp_path, "predict", *common, *small, "--ckpt_path", last, "--data.predict_sentences", sentences)
+    rows = [json.loads(line) for line in tagged.stdout.splitlines() if line.startswith("{")]
+    assert [len(row["tags"]) for row in rows] == [9, 2]
+    assert all(
+        tag in ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+        for r in rows
+        for tag in r["tags"]
+    )
