@@ -78,6 +78,11 @@ class IMDBDataModule(L.LightningDataModule):
             loaded = datasets.DatasetDict(
                 {s: d.shuffle(seed=hp.seed).select(range(min(hp.max_samples, len(d)))) for s, d in loaded.items()}
             )
+        if not len(feature.names) <= hp.val_size < len(loaded["train"]):
+            raise DataError(
+                f"val_size={hp.val_size} must be at least the number of classes ({len(feature.names)}) "
+                f"and below the {len(loaded['train'])} training rows"
+            )
         held_out = loaded["train"].train_test_split(
             test_size=hp.val_size, seed=hp.seed, stratify_by_column=hp.label_column
         )

@@ -82,6 +82,8 @@ def test_datamodule_refuses_bad_labels(tmp_path):
         )
     with pytest.raises(DataError, match="not a ClassLabel"):
         IMDBDataModule(data_dir=str(folder), val_size=4).prepare_data()
+    with pytest.raises(DataError, match="val_size=1 must be at least the number of classes"):
+        IMDBDataModule(data_dir=str(synthetic_reviews(tmp_path / "r")), val_size=1).prepare_data()
     with pytest.raises(DataError, match="no column 'stars'"):
         IMDBDataModule(data_dir=str(folder), label_column="stars").prepare_data()
 
