@@ -5,12 +5,12 @@ from functools import cached_property
 from pathlib import Path
 
 import datasets
-import lightning as L
 import torch
 from tokenizers import Regex, normalizers
 from torch.utils.data import DataLoader
 
-from datamodules.batching import bucketed_loader, pad_sequences
+from datamodules.base import BucketedDataModule
+from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column, require_positive
 from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
 
@@ -21,7 +21,7 @@ SPLITS = ("train", "validation", "test")
 Example = tuple[list[int], list[list[int]], list[int]]  # word ids, char ids per word, tag ids
 
 
-class CoNLLDataModule(L.LightningDataModule):
+class CoNLLDataModule(BucketedDataModule):
     """Sentences as word ids (+ character ids per word) and one tag per word.
 
     Args:
@@ -54,7 +54,6 @@ class CoNLLDataModule(L.LightningDataModule):
         require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
         self.save_hyperparameters()
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
-        self.examples: dict[str, list[Example]] = {}
 
     @cached_property
     def splits(self) -> datasets.DatasetDict:
@@ -74,9 +73,6 @@ class CoNLLDataModule(L.LightningDataModule):
     @property
     def labels(self) -> list[str]:
         return list(self.splits["train"].features[self.hparams.tag_column].feature.names)
-
-    def prepare_data(self):
-        _ = self.splits  # download (or check the local files) before any process sets up
 
     @cached_property
     def tokenizer(self):
@@ -134,12 +130,6 @@ class CoNLLDataModule(L.LightningDataModule):
             raise DataError(f"the {split!r} split has tags outside 0..{len(self.labels) - 1} ({self.labels})")
         return examples
 
-    def setup(self, stage: str | None = None):
-        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
-        for split in needed:
-            if split not in self.examples:
-                self.examples[split] = self._encode_split(split)
-
     @staticmethod
     def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
         input_ids, lengths = pad_sequences([ids for ids, _, _ in examples])
@@ -152,20 +142,6 @@ class CoNLLDataModule(L.LightningDataModule):
                 char_lengths[row, col] = len(word)
         tags, _ = pad_sequences([tags for _, _, tags in examples], pad_value=-100)
         return {"input_ids": input_ids, "lengths": lengths, "chars": chars, "char_lengths": char_lengths, "tags": tags}
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        examples = self.examples[split]
-        lengths = [len(ids) for ids, _, _ in examples]
-        return bucketed_loader(examples, lengths, batch_size, self.collate, shuffle, self.hparams.seed, self.trainer)
-
-    def train_dataloader(self):
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("validation", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self):
         sentences = [text.split() for text in self.hparams.predict_sentences or []]

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Literal
 
 import datasets
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.batching import bucketed_loader, pad_sequences
+from datamodules.base import BucketedDataModule
+from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column, require_positive
 from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, text_normalizer
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 PAD, UNK = "<pad>", "<unk>"
 
 
-class IMDBDataModule(L.LightningDataModule):
+class IMDBDataModule(BucketedDataModule):
     """Reviews (or any ``text``/``label`` dataset with a ``ClassLabel`` label) for classification.
 
     IMDB has no validation split: a seeded, stratified ``val_size`` rows are carved from train, and
@@ -59,7 +59,6 @@ class IMDBDataModule(L.LightningDataModule):
             raise ValueError(f"tokenizer must be 'word' or 'bpe', got {tokenizer!r}")
         self.save_hyperparameters()
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
-        self.examples: dict[str, list[tuple[list[int], int]]] = {}
 
     @cached_property
     def splits(self) -> datasets.DatasetDict:
@@ -124,9 +123,6 @@ class IMDBDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def prepare_data(self):
-        _ = self.splits  # download (or check the local files) before any process sets up
-
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
 
@@ -152,30 +148,10 @@ class IMDBDataModule(L.LightningDataModule):
             log.warning(f"dropped {len(ids) - len(examples)} empty {split} texts")
         return examples
 
-    def setup(self, stage: str | None = None):
-        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
-        for split in needed:
-            if split not in self.examples:
-                self.examples[split] = self._encode_split(split)
-
     @staticmethod
     def collate(examples: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         input_ids, lengths = pad_sequences([ids for ids, _ in examples])
         return {"input_ids": input_ids, "lengths": lengths, "labels": torch.tensor([label for _, label in examples])}
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        examples = self.examples[split]
-        lengths = [len(ids) for ids, _ in examples]
-        return bucketed_loader(examples, lengths, batch_size, self.collate, shuffle, self.hparams.seed, self.trainer)
-
-    def train_dataloader(self):
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("validation", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self):
         texts = self.hparams.predict_texts

@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from lightning_modules.tokenizer_state import TokenizerInCheckpoint
+from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.classifier import SequenceClassifier
 from zoo.pooling import Pooling
 from zoo.recurrent import CellType
 
 
-class ClassificationTask(TokenizerInCheckpoint):
+class ClassificationTask(DataStateInCheckpoint):
     """Trains a ``zoo.SequenceClassifier``; ``vocab_size`` and ``labels`` are linked from the datamodule.
 
     At test time the confusion matrix is written as ``confusion_matrix.png`` in the logger's folder.
@@ -53,14 +53,6 @@ class ClassificationTask(TokenizerInCheckpoint):
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
         self.confusion = MulticlassConfusionMatrix(n)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trained_on = checkpoint.get("hyper_parameters", {}).get("labels")
-        if trained_on is not None and list(trained_on) != list(self.hparams.labels):
-            raise ValueError(
-                f"the checkpoint was trained with labels {list(trained_on)}, the data has {self.hparams.labels}"
-            )
-        super().on_load_checkpoint(checkpoint)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids, lengths)

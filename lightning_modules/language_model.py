@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from datamodules.streams import IGNORE_INDEX
-from lightning_modules.tokenizer_state import TokenizerInCheckpoint
+from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.language_model import RNNLanguageModel, generate
 from zoo.recurrent import CellType, detach_state
 
 
-class LanguageModelTask(TokenizerInCheckpoint):
+class LanguageModelTask(DataStateInCheckpoint):
     """Trains a ``zoo.RNNLanguageModel``; the architecture arguments are that class's.
 
     Args:

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from lightning_modules.tokenizer_state import TokenizerInCheckpoint
+from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.recurrent import CellType
 from zoo.tagger import SequenceTagger
 
@@ -16,7 +16,7 @@ def is_iob2(labels: list[str]) -> bool:
     return all(label == "O" or label[:2] in ("B-", "I-") for label in labels)
 
 
-class TaggingTask(TokenizerInCheckpoint):
+class TaggingTask(DataStateInCheckpoint):
     """Trains a ``zoo.SequenceTagger``; ``vocab_size``, ``char_vocab_size`` and ``labels`` come from the data.
 
     Validation/test report token accuracy and, for IOB2 tag sets (NER, chunking), the CoNLL
@@ -60,14 +60,6 @@ class TaggingTask(TokenizerInCheckpoint):
         )
         self._gold: list[list[str]] = []
         self._predicted: list[list[str]] = []
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trained_on = checkpoint.get("hyper_parameters", {}).get("labels")
-        if trained_on is not None and list(trained_on) != list(self.hparams.labels):
-            raise ValueError(
-                f"the checkpoint was trained with tags {list(trained_on)}, the data has {self.hparams.labels}"
-            )
-        super().on_load_checkpoint(checkpoint)
 
     def forward(self, batch) -> torch.Tensor:
         return self.net(batch["input_ids"], batch["lengths"], batch.get("chars"), batch.get("char_lengths"))

@@ -1,10 +1,11 @@
-"""Carry the datamodule's tokenizers inside every checkpoint, so a ``.ckpt`` alone can predict."""
+"""Carry the datamodule's tokenizers inside every checkpoint, so a ``.ckpt`` alone can predict,
+and refuse a checkpoint whose vocabulary or labels differ from the data it is used with."""
 
 import lightning as L
 from tokenizers import Tokenizer
 
 
-class TokenizerInCheckpoint(L.LightningModule):
+class DataStateInCheckpoint(L.LightningModule):
     """Base for tasks: copies the datamodule's tokenizers, saves them, restores and checks them.
 
     ``tokenizer_names`` are datamodule attributes (and checkpoint keys); a tagger also has a
@@ -29,6 +30,10 @@ class TokenizerInCheckpoint(L.LightningModule):
             checkpoint[name] = self.tokenizer_jsons.get(name)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trained_on = checkpoint.get("hyper_parameters", {}).get("labels")
+        ours = self.hparams.get("labels")
+        if trained_on is not None and ours is not None and list(trained_on) != list(ours):
+            raise ValueError(f"the checkpoint was trained with labels {list(trained_on)}, the data has {list(ours)}")
         for name in self.tokenizer_names:
             saved, ours = checkpoint.get(name), self.tokenizer_jsons.get(name)
             if saved is None:
