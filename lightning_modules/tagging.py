@@ -101,7 +101,7 @@ class TaggingTask(DataStateInCheckpoint):
             predicted = [s for _, p in gathered for s in p]
         tokens = sum(len(s) for s in gold)
         correct = sum(g == p for gs, ps in zip(gold, predicted, strict=True) for g, p in zip(gs, ps, strict=True))
-        metrics = {f"{prefix}_token_acc": correct / max(tokens, 1)}
+        metrics = {f"{prefix}_token_acc": correct / max(tokens, 1), f"{prefix}_sentences": float(len(gold))}
         if is_iob2(self.hparams.labels):
             strict = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
             metrics[f"{prefix}_f1"] = f1_score(gold, predicted, **strict)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_dataset
 
 CONFIG = REPO / "zoo" / "configs" / "ptb_lstm_small.yaml"
 QUICK = (
@@ -112,8 +112,6 @@ def test_bad_config_value_is_reported(tmp_path, argument):
 
 
 def test_imdb_fit_test_and_predict_raw_text(tmp_path):
-    from tests.conftest import shared_dataset
-
     config = str(REPO / "zoo" / "configs" / "imdb_bilstm.yaml")
     common = ["--config", config, "--data.data_dir", str(shared_dataset("imdb")), "--data.max_samples", "300"]
     small = "--data.val_size 60 --model.init_args.hidden_size 16 --model.init_args.embedding_dim 16".split()
@@ -131,8 +129,6 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
 
 
 def test_conll_fit_test_and_tag_raw_sentences(tmp_path):
-    from tests.conftest import shared_dataset
-
     config = str(REPO / "zoo" / "configs" / "conll_bilstm_crf.yaml")
     common = ["--config", config, "--data.data_dir", str(shared_dataset("conll2003")), "--data.max_samples", "200"]
     small = "--model.init_args.hidden_size 16 --model.init_args.embedding_dim 16 --model.init_args.num_layers 1".split()
@@ -150,3 +146,17 @@ def test_conll_fit_test_and_tag_raw_sentences(tmp_path):
         for r in rows
         for tag in r["tags"]
     )
+
+
+def test_conll_ddp_gathers_every_sentence_for_seqeval(tmp_path):
+    config = str(REPO / "zoo" / "configs" / "conll_bilstm_crf.yaml")
+    args = ["--config", config, "--data.data_dir", str(shared_dataset("conll2003")), "--data.max_samples", "120"]
+    args += "--model.init_args.hidden_size 8 --model.init_args.embedding_dim 8 --model.init_args.num_layers 1".split()
+    args += "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp".split()
+    args += "--trainer.enable_progress_bar false".split()
+    rnnzoo(tmp_path, "fit", *args, "--trainer.max_steps", "3")
+    tested = rnnzoo(
+        tmp_path, "test", *args, "--ckpt_path", str(tmp_path / "checkpoints" / "conll_bilstm_crf" / "last.ckpt")
+    )
+    sentences = next(line for line in tested.stdout.splitlines() if "test_sentences" in line)
+    assert "120" in sentences  # both ranks' sentences reach seqeval, none twice
