@@ -9,8 +9,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.classifier import SequenceClassifier
-from zoo.pooling import Pooling
-from zoo.recurrent import CellType
 
 
 class ClassificationTask(DataStateInCheckpoint):
@@ -19,35 +17,11 @@ class ClassificationTask(DataStateInCheckpoint):
     At test time the confusion matrix is written as ``confusion_matrix.png`` in the logger's folder.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        labels: list[str],
-        embedding_dim: int = 128,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: CellType = "lstm",
-        bidirectional: bool = True,
-        dropout: float = 0.0,
-        locked_dropout: bool = False,
-        residual: bool = False,
-        pooling: Pooling = "last",
-    ):
+    def __init__(self, vocab_size: int, labels: list[str], **architecture):
+        """``architecture``: the keyword arguments of ``zoo.SequenceClassifier`` (cell, sizes, pooling...)."""
         super().__init__()
         self.save_hyperparameters()
-        self.net = SequenceClassifier(
-            vocab_size,
-            len(labels),
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            cell,
-            bidirectional,
-            dropout,
-            locked_dropout,
-            residual,
-            pooling,
-        )
+        self.net = SequenceClassifier(vocab_size, len(labels), **architecture)
         n = len(labels)
         metrics = MetricCollection({"acc": MulticlassAccuracy(n), "macro_f1": MulticlassF1Score(n, average="macro")})
         self.val_metrics = metrics.clone(prefix="val_")

@@ -9,11 +9,11 @@ from torchmetrics import MeanMetric
 from datamodules.streams import IGNORE_INDEX
 from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.language_model import RNNLanguageModel, generate
-from zoo.recurrent import CellType, detach_state
+from zoo.recurrent import detach_state
 
 
 class LanguageModelTask(DataStateInCheckpoint):
-    """Trains a ``zoo.RNNLanguageModel``; the architecture arguments are that class's.
+    """Trains a ``zoo.RNNLanguageModel``.
 
     Args:
         vocab_size: linked from the datamodule by the CLI.
@@ -29,33 +29,15 @@ class LanguageModelTask(DataStateInCheckpoint):
     def __init__(
         self,
         vocab_size: int,
-        cell: CellType = "lstm",
-        embedding_dim: int = 200,
-        hidden_size: int = 200,
-        num_layers: int = 2,
-        dropout: float = 0.0,
-        locked_dropout: bool = False,
-        tie_weights: bool = False,
-        residual: bool = False,
-        init_range: float | None = 0.1,
         loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
+        **architecture,
     ):
+        """``architecture``: the keyword arguments of ``zoo.RNNLanguageModel`` (cell, sizes, dropout...)."""
         super().__init__()
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ValueError(f"loss_reduction must be 'token_mean' or 'sum_over_time', got {loss_reduction!r}")
         self.save_hyperparameters()
-        self.net = RNNLanguageModel(
-            vocab_size,
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            cell,
-            dropout,
-            locked_dropout,
-            tie_weights,
-            residual,
-            init_range,
-        )
+        self.net = RNNLanguageModel(vocab_size, **architecture)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
         self._states: dict[str, object] = {}

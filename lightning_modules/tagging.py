@@ -1,14 +1,11 @@
 """Token tagging task: CRF or softmax loss; entity-level F1 with seqeval, token accuracy."""
 
-from typing import Literal
-
 import torch
 import torch.distributed as dist
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
 from lightning_modules.data_state import DataStateInCheckpoint
-from zoo.recurrent import CellType
 from zoo.tagger import SequenceTagger
 
 
@@ -25,39 +22,11 @@ class TaggingTask(DataStateInCheckpoint):
 
     tokenizer_names = ("tokenizer", "char_tokenizer")
 
-    def __init__(
-        self,
-        vocab_size: int,
-        labels: list[str],
-        char_vocab_size: int = 0,
-        embedding_dim: int = 100,
-        hidden_size: int = 200,
-        num_layers: int = 2,
-        cell: CellType = "lstm",
-        dropout: float = 0.5,
-        locked_dropout: bool = False,
-        residual: bool = False,
-        char_embedding_dim: int = 30,
-        char_hidden_size: int = 25,
-        output: Literal["softmax", "crf"] = "crf",
-    ):
+    def __init__(self, vocab_size: int, labels: list[str], char_vocab_size: int = 0, **architecture):
+        """``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
         super().__init__()
         self.save_hyperparameters()
-        self.net = SequenceTagger(
-            vocab_size,
-            labels,
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            cell,
-            dropout,
-            locked_dropout,
-            residual,
-            char_vocab_size,
-            char_embedding_dim,
-            char_hidden_size,
-            output,
-        )
+        self.net = SequenceTagger(vocab_size, labels, char_vocab_size=char_vocab_size, **architecture)
         self._gold: list[list[str]] = []
         self._predicted: list[list[str]] = []
 

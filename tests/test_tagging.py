@@ -111,7 +111,16 @@ class Task(TaggingTask):
 def test_tagging_task_learns_entities_and_reports_seqeval(tmp_path):
     dm = CoNLLDataModule(data_dir=str(synthetic_ner(tmp_path / "ner")), min_frequency=1, batch_size=16)
     torch.manual_seed(0)
-    task = Task(dm.vocab_size, dm.labels, dm.char_vocab_size, 16, 16, 1, dropout=0.0, char_hidden_size=8)
+    task = Task(
+        dm.vocab_size,
+        dm.labels,
+        dm.char_vocab_size,
+        embedding_dim=16,
+        hidden_size=16,
+        num_layers=1,
+        dropout=0.0,
+        char_hidden_size=8,
+    )
     trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     trainer.fit(task, dm)
     metrics = trainer.test(task, dm, verbose=False)[0]
