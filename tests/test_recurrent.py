@@ -1,8 +1,11 @@
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo import CELLS, GatedCell, JordanCell, LockedDropout, RecurrentStack
 from zoo.cells import reverse_padded
+from zoo.fused import FusedBidirectional, run_to_lengths
 
 B, T, F, H = 3, 7, 5, 4
 
@@ -131,3 +134,34 @@ def test_fused_cells_run_under_cpu_bf16_autocast(cell):
         out, _ = stack(inputs(), lengths=torch.tensor([7, 2, 4]))
     out.sum().backward()
     torch.testing.assert_close(out.float(), stack(inputs(), lengths=torch.tensor([7, 2, 4]))[0])
+
+
+@pytest.mark.parametrize("rnn_class", [nn.RNN, nn.LSTM, nn.GRU])
+def test_bidirectional_layer_matches_packed_torch_reference(rnn_class):
+    """Outputs, final states and gradients equal torch's packed bidirectional module with the same weights."""
+    torch.manual_seed(0)
+    reference = rnn_class(F, H, batch_first=True, bidirectional=True)
+    layer = FusedBidirectional(rnn_class, F, H)
+    with torch.no_grad():
+        for direction, suffix in zip(layer.directions, ["", "_reverse"], strict=True):
+            for name, param in direction.named_parameters():
+                param.copy_(getattr(reference, name + suffix))
+    x, lengths = inputs(), torch.tensor([4, 7, 4])  # unsorted, with a tie
+    state = torch.randn(2, B, H)
+    state = (state, torch.randn(2, B, H)) if rnn_class is nn.LSTM else state
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref_out, ref_state = reference(packed, state)
+    ref_out, _ = pad_packed_sequence(ref_out, batch_first=True, total_length=T)
+    out, got_state = layer(x, state, lengths)
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(state_tensors(got_state), state_tensors(ref_state), strict=True):
+        torch.testing.assert_close(a, b)
+    (ref_out.square().sum() + sum(s.sum() for s in state_tensors(ref_state))).backward()
+    (out.square().sum() + sum(s.sum() for s in state_tensors(got_state))).backward()
+    torch.testing.assert_close(layer.directions[1].weight_hh_l0.grad, reference.weight_hh_l0_reverse.grad)
+    torch.testing.assert_close(layer.directions[0].weight_ih_l0.grad, reference.weight_ih_l0.grad)
+
+
+def test_zero_length_is_refused():
+    with pytest.raises(ValueError, match="at least one step"):
+        run_to_lengths(nn.GRU(F, H, batch_first=True), inputs(), None, torch.tensor([3, 0, 2]))

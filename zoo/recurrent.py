@@ -6,14 +6,15 @@ Layers are kept as separate modules so that dropout (standard or locked) and res
 can sit between them.
 """
 
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo.cells import LOOP_CELLS, LoopRecurrence
 from zoo.dropout import make_dropout
+from zoo.fused import FusedBidirectional, run_to_lengths
 
 CellType = Literal["rnn", "lstm", "gru", "gated", "jordan"]
 FUSED_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -79,8 +80,10 @@ class RecurrentStack(nn.Module):
         self.inter_layer_dropout = make_dropout(dropout, locked_dropout)
 
     def _make_layer(self, input_size: int, bidirectional: bool) -> nn.Module:
+        if self.cell in FUSED_CELLS and bidirectional:
+            return FusedBidirectional(FUSED_CELLS[self.cell], input_size, self.hidden_size)
         if self.cell in FUSED_CELLS:
-            return FUSED_CELLS[self.cell](input_size, self.hidden_size, batch_first=True, bidirectional=bidirectional)
+            return FUSED_CELLS[self.cell](input_size, self.hidden_size, batch_first=True)
         return LoopRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
 
     @property
@@ -100,26 +103,18 @@ class RecurrentStack(nn.Module):
     def _run_layer(self, layer: nn.Module, x, state, lengths):
         if isinstance(layer, LoopRecurrence):
             return layer(x, state, lengths)
+        run = layer if isinstance(layer, FusedBidirectional) else partial(run_to_lengths, layer)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN has no low-precision RNN primitive on most CPUs ("could not create a primitive
             # descriptor"), so under CPU autocast the fused recurrence runs in float32.
             with torch.autocast("cpu", enabled=False):
-                return self._run_fused(layer, x.float(), map_state(state, torch.Tensor.float), lengths)
-        return self._run_fused(layer, x, state, lengths)
-
-    @staticmethod
-    def _run_fused(layer: nn.Module, x, state, lengths):
-        if lengths is None:
-            return layer(x, state)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, state = layer(packed, state)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-        return out, state
+                return run(x.float(), map_state(state, torch.Tensor.float), lengths)
+        return run(x, state, lengths)
 
     def forward(
         self, x: torch.Tensor, state: State | None = None, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
-        """``x``: ``(B, T, input_size)``; ``lengths``: valid steps per sequence (packed when given).
+        """``x``: ``(B, T, input_size)``; ``lengths``: valid steps per sequence (each row stops there).
 
         Returns the last layer's outputs ``(B, T, output_size)`` and the final state of every layer.
         """

@@ -1,0 +1,98 @@
+"""Variable-length sequences through the fused ``nn.RNN``/``nn.LSTM``/``nn.GRU`` kernels.
+
+``pack_padded_sequence`` gives the right answer, but on CPU a packed batch of unequal lengths
+leaves the oneDNN kernel for a per-step path whose backward is about 25x slower (a 32 x 400
+BiLSTM batch: 20 s against 0.8 s on a 2-core CPU). ``run_to_lengths`` gets the same outputs and
+final states from one fused call per distinct length instead: the batch is sorted by length and
+each call carries the state of the rows still running into the next stretch of steps. With
+length-bucketed batches almost all steps fall in the first call.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zoo.cells import reverse_padded
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _rows(state, rows):
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s[:, rows] for s in state)
+    return state[:, rows]
+
+
+def _cat_rows(pieces):
+    if isinstance(pieces[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
+    return torch.cat(pieces, dim=1)
+
+
+def run_to_lengths(rnn: nn.RNNBase, x: torch.Tensor, state: State | None, lengths: torch.Tensor | None):
+    """Run one-direction ``rnn`` over right-padded ``x`` ``(B, T, F)``, each row stopping at its length.
+
+    Outputs past a row's length are zero and the returned state is each row's state after its last
+    valid step, exactly as with packed sequences. Lengths must be >= 1.
+    """
+    if lengths is None:
+        return rnn(x, state)
+    lengths = lengths.to("cpu")
+    if int(lengths.min()) < 1:
+        raise ValueError("every sequence needs at least one step (a length of 0 was given)")
+    if bool((lengths == x.size(1)).all()):
+        return rnn(x, state)
+    order = lengths.argsort(descending=True, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    order = order.to(x.device)
+    x = x.index_select(0, order)
+    if state is not None:
+        state = _rows(state, order)
+    batch = x.size(0)
+    outputs, finished, start = [], [], 0
+    for stop in sorted(set(sorted_lengths)):
+        active = sum(length >= stop for length in sorted_lengths)
+        out, state = rnn(x[:active, start:stop], state)
+        outputs.append(F.pad(out, (0, 0, 0, 0, 0, batch - active)))
+        still_running = sum(length > stop for length in sorted_lengths)
+        finished.append(_rows(state, slice(still_running, active)))
+        state = _rows(state, slice(0, still_running))
+        start = stop
+    outputs.append(x.new_zeros(batch, x.size(1) - start, outputs[0].size(-1)))
+    restore = order.argsort()
+    final_state = _cat_rows(finished[::-1])
+    output = torch.cat(outputs, dim=1).index_select(0, restore)
+    if isinstance(final_state, tuple):
+        return output, tuple(s.index_select(1, restore).contiguous() for s in final_state)
+    return output, final_state.index_select(1, restore).contiguous()
+
+
+class FusedBidirectional(nn.Module):
+    """A bidirectional layer as two one-direction fused modules (so each can run to its lengths).
+
+    Same calling convention and state layout as a bidirectional single-layer ``nn.LSTM``.
+    """
+
+    def __init__(self, rnn_class: type[nn.RNNBase], input_size: int, hidden_size: int):
+        super().__init__()
+        self.directions = nn.ModuleList(rnn_class(input_size, hidden_size, batch_first=True) for _ in range(2))
+
+    def forward(self, x, state=None, lengths=None):
+        forward_state = _direction(state, 0)
+        backward_state = _direction(state, 1)
+        out_fwd, state_fwd = run_to_lengths(self.directions[0], x, forward_state, lengths)
+        out_bwd, state_bwd = run_to_lengths(self.directions[1], reverse_padded(x, lengths), backward_state, lengths)
+        out = torch.cat([out_fwd, reverse_padded(out_bwd, lengths)], dim=-1)
+        if isinstance(state_fwd, tuple):
+            return out, tuple(torch.cat(pair) for pair in zip(state_fwd, state_bwd, strict=True))
+        return out, torch.cat([state_fwd, state_bwd])
+
+
+def _direction(state, i):
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s[i : i + 1].contiguous() for s in state)
+    return state[i : i + 1].contiguous()
