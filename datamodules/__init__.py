@@ -4,5 +4,6 @@ from datamodules.conll import CoNLLDataModule
 from datamodules.loading import DataError, load_splits
 from datamodules.ptb import PTBDataModule
 from datamodules.text_classification import IMDBDataModule
+from datamodules.translation import TranslationDataModule
 
-__all__ = ["CoNLLDataModule", "DataError", "IMDBDataModule", "PTBDataModule", "load_splits"]
+__all__ = ["CoNLLDataModule", "DataError", "IMDBDataModule", "PTBDataModule", "TranslationDataModule", "load_splits"]

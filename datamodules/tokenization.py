@@ -69,6 +69,49 @@ def fit_bpe_tokenizer(
     return tokenizer
 
 
+def reversible_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Words marked with a leading ``▁`` where a space was, punctuation split off (SentencePiece
+    style): with ``decoders.Metaspace()`` decoding gives back the original spacing, which
+    detokenized metrics such as sacreBLEU need."""
+    return pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+
+
+def fit_reversible_tokenizer(
+    texts: Iterable[str],
+    special_tokens: list[str],
+    unk_token: str = "<unk>",
+    *,
+    kind: str = "bpe",
+    lowercase: bool = False,
+    vocab_size: int = 8_000,
+    min_frequency: int = 2,
+) -> Tokenizer:
+    """A ``bpe`` or ``word`` tokenizer whose ``decode`` restores the text (up to ``lowercase``)."""
+    normalizer = text_normalizer(lowercase=lowercase)
+    if kind == "word":
+        tokenizer = fit_word_tokenizer(
+            texts,
+            special_tokens,
+            unk_token,
+            normalizer=normalizer,
+            pre_tokenizer=reversible_pre_tokenizer(),
+            max_size=vocab_size,
+            min_frequency=min_frequency,
+        )
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=unk_token))
+        tokenizer.normalizer = normalizer
+        tokenizer.pre_tokenizer = reversible_pre_tokenizer()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens, show_progress=False
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+    else:
+        raise ValueError(f"tokenizer kind must be 'bpe' or 'word', got {kind!r}")
+    tokenizer.decoder = decoders.Metaspace()
+    return tokenizer
+
+
 def _fit_word_level(
     tokenizer: Tokenizer,
     texts: Iterable[str],

@@ -3,5 +3,6 @@
 from lightning_modules.classification import ClassificationTask
 from lightning_modules.language_model import LanguageModelTask
 from lightning_modules.tagging import TaggingTask
+from lightning_modules.translation import TranslationTask
 
-__all__ = ["ClassificationTask", "LanguageModelTask", "TaggingTask"]
+__all__ = ["ClassificationTask", "LanguageModelTask", "TaggingTask", "TranslationTask"]

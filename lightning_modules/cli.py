@@ -1,4 +1,4 @@
-"""The ``rnnzoo`` command: LightningCLI (fit/validate/test/predict) plus ``generate``."""
+"""The ``rnnzoo`` command: LightningCLI (fit/validate/test/predict) plus ``generate`` and ``translate``."""
 
 import argparse
 import json
@@ -19,6 +19,9 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
         parser.link_arguments("data.char_vocab_size", "model.init_args.char_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.source_vocab_size", "model.init_args.source_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""
@@ -76,13 +79,44 @@ def generate_main(argv: list[str]) -> None:
             parser.error(str(err))
 
 
+def translate_main(argv: list[str]) -> None:
+    from lightning_modules.translation import TranslationTask
+
+    parser = argparse.ArgumentParser(prog="rnnzoo translate", description="Translate sentences with a checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit` with a translation config")
+    parser.add_argument("--text", action="append", required=True, help="a source sentence (repeat for several)")
+    parser.add_argument("--beam_size", type=int, default=None, help="1 = greedy (default: the model's, 5)")
+    parser.add_argument("--attention_png", default=None, help="save the first sentence's attention heatmap here")
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        parser.error(f"no checkpoint at {args.ckpt}")
+    if args.beam_size is not None and args.beam_size < 1:
+        parser.error(f"--beam_size must be >= 1, got {args.beam_size}")
+    task = TranslationTask.load_from_checkpoint(args.ckpt, map_location="cpu")
+    try:
+        for source, translation in zip(args.text, task.translate(args.text, args.beam_size), strict=True):
+            print(json.dumps({"source": source, "translation": translation}, ensure_ascii=False))
+        if args.attention_png:
+            task.plot_attention(args.text[0], args.attention_png)
+            print(f"attention heatmap: {args.attention_png}", file=sys.stderr)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+SUBCOMMANDS = {"generate": generate_main, "translate": translate_main}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point; ``argv`` defaults to the command line."""
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["generate"]:
-        return generate_main(args[1:])
+    if args[:1] and args[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[args[0]](args[1:])
     if not args or args[0] in ("-h", "--help"):
-        print("rnnzoo generate --help: sample text from a language-model checkpoint (see below for the rest)\n")
+        print(
+            "rnnzoo generate --help: sample text from a language-model checkpoint\n"
+            "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
+            "(LightningCLI subcommands below)\n"
+        )
     try:
         RnnzooCLI(
             LightningModule,

@@ -9,10 +9,11 @@ class DataStateInCheckpoint(L.LightningModule):
     """Base for tasks: copies the datamodule's tokenizers, saves them, restores and checks them.
 
     ``tokenizer_names`` are datamodule attributes (and checkpoint keys); a tagger also has a
-    ``char_tokenizer``.
+    ``char_tokenizer``, a translator a ``source_tokenizer`` and a ``target_tokenizer``.
     """
 
     tokenizer_names: tuple[str, ...] = ("tokenizer",)
+    checked_hparams: tuple[str, ...] = ("labels",)  # must equal the data's when a checkpoint is loaded
 
     def __init__(self):
         super().__init__()
@@ -30,10 +31,12 @@ class DataStateInCheckpoint(L.LightningModule):
             checkpoint[name] = self.tokenizer_jsons.get(name)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trained_on = checkpoint.get("hyper_parameters", {}).get("labels")
-        ours = self.hparams.get("labels")
-        if trained_on is not None and ours is not None and list(trained_on) != list(ours):
-            raise ValueError(f"the checkpoint was trained with labels {list(trained_on)}, the data has {list(ours)}")
+        for key in self.checked_hparams:
+            trained_on, ours = checkpoint.get("hyper_parameters", {}).get(key), self.hparams.get(key)
+            if isinstance(trained_on, tuple | list) and isinstance(ours, tuple | list):
+                trained_on, ours = list(trained_on), list(ours)
+            if trained_on is not None and ours is not None and trained_on != ours:
+                raise ValueError(f"the checkpoint was trained with {key} {trained_on}, the data has {ours}")
         for name in self.tokenizer_names:
             saved, ours = checkpoint.get(name), self.tokenizer_jsons.get(name)
             if saved is None:

@@ -160,3 +160,42 @@ def test_conll_ddp_gathers_every_sentence_for_seqeval(tmp_path):
     )
     sentences = next(line for line in tested.stdout.splitlines() if "test_sentences" in line)
     assert "120" in sentences  # both ranks' sentences reach seqeval, none twice
+
+
+def test_multi30k_fit_test_predict_and_translate(tmp_path):
+    config = str(REPO / "zoo" / "configs" / "multi30k_bahdanau.yaml")
+    common = ["--config", config, "--data.data_dir", str(shared_dataset("multi30k")), "--data.max_samples", "200"]
+    small = "--model.init_args.hidden_size 16 --model.init_args.embedding_dim 16 --data.vocab_size 500".split()
+    rnnzoo(tmp_path, "fit", *common, *small, *"--trainer.max_steps 4 --trainer.enable_progress_bar false".split())
+    last = str(tmp_path / "checkpoints" / "multi30k_bahdanau" / "last.ckpt")
+    tested = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", last, "--model.init_args.beam_size", "2")
+    assert "test_bleu" in tested.stdout and "test_chrf" in tested.stdout
+    assert (
+        "sacreBLEU signature: nrefs:1|case:mixed|eff:no|tok:13a" in tested.stdout and "200 sentences" in tested.stdout
+    )
+
+    texts = '["Ein Hund läuft im Schnee.", "Zwei Männer ☃ spielen Fußball."]'
+    predicted = rnnzoo(tmp_path, "predict", *common, *small, "--ckpt_path", last, "--data.predict_texts", texts)
+    rows = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
+    assert [row["source"] for row in rows] == json.loads(texts)
+    assert all(isinstance(row["translation"], str) for row in rows)
+
+    heatmap = tmp_path / "attention.png"
+    translated = rnnzoo(
+        tmp_path,
+        "translate",
+        "--ckpt",
+        last,
+        "--text",
+        "Ein Hund.",
+        "--beam_size",
+        "3",
+        "--attention_png",
+        str(heatmap),
+    )
+    assert json.loads(translated.stdout.splitlines()[0])["source"] == "Ein Hund." and heatmap.stat().st_size > 0
+    refused = rnnzoo(tmp_path, "translate", "--ckpt", last, "--text", "x", "--beam_size", "0", check=False)
+    assert refused.returncode != 0 and "--beam_size must be >= 1" in refused.stderr
+    reversed_pair = ["--data.source_lang", "en", "--data.target_lang", "de"]
+    wrong = rnnzoo(tmp_path, "test", *common, *small, *reversed_pair, "--ckpt_path", last, check=False)
+    assert wrong.returncode != 0 and "language_pair de-en, the data has en-de" in wrong.stderr

@@ -7,11 +7,13 @@ from zoo.dropout import LockedDropout
 from zoo.language_model import RNNLanguageModel, generate, sample_next
 from zoo.recurrent import CELLS, RecurrentStack, detach_state
 from zoo.registry import create_model, list_models, model_config
+from zoo.seq2seq import Seq2Seq
 from zoo.tagger import SequenceTagger
 
 __all__ = [
     "CELLS",
     "CRF",
+    "Seq2Seq",
     "SequenceClassifier",
     "SequenceTagger",
     "bio_constraints",

@@ -13,6 +13,7 @@ from torch import nn
 
 from zoo.classifier import SequenceClassifier
 from zoo.language_model import RNNLanguageModel
+from zoo.seq2seq import Seq2Seq
 from zoo.tagger import SequenceTagger
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -22,6 +23,7 @@ ARCHITECTURE_OF_TASK: dict[str, type[nn.Module]] = {
     "LanguageModelTask": RNNLanguageModel,
     "ClassificationTask": SequenceClassifier,
     "TaggingTask": SequenceTagger,
+    "TranslationTask": Seq2Seq,
 }
 
 

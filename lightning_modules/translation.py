@@ -1,0 +1,194 @@
+"""Translation task: teacher-forced cross-entropy, perplexity, sacreBLEU and chrF on detokenized output."""
+
+from functools import cached_property
+from pathlib import Path
+
+import sacrebleu
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from lightning_modules.data_state import DataStateInCheckpoint
+from zoo.decoding import beam_search, greedy_decode
+from zoo.seq2seq import Seq2Seq
+
+
+class TranslationTask(DataStateInCheckpoint):
+    """Trains a ``zoo.Seq2Seq``; vocabulary sizes and ``language_pair`` come from the datamodule.
+
+    Validation reports token-weighted loss/perplexity and greedy BLEU; test decodes with
+    ``beam_size`` (1 = greedy) and reports sacreBLEU and chrF against the raw references, printing
+    sacreBLEU's signature.
+
+    Args:
+        label_smoothing: of the training loss (validation/test loss is plain cross-entropy).
+        teacher_forcing: probability of feeding the reference token during training (< 1:
+            scheduled sampling).
+        beam_size, length_penalty, max_decode_length: test-time and ``translate`` decoding
+            (``max_decode_length`` None: twice the source length plus 10).
+    """
+
+    tokenizer_names = ("source_tokenizer", "target_tokenizer")
+    checked_hparams = ("language_pair",)
+
+    def __init__(
+        self,
+        source_vocab_size: int,
+        target_vocab_size: int,
+        language_pair: str = "",
+        label_smoothing: float = 0.0,
+        teacher_forcing: float = 1.0,
+        beam_size: int = 5,
+        length_penalty: float = 1.0,
+        max_decode_length: int | None = None,
+        **architecture,
+    ):
+        """``architecture``: the keyword arguments of ``zoo.Seq2Seq`` (sizes, cell, context, attention...)."""
+        super().__init__()
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if not 0.0 <= teacher_forcing <= 1.0:
+            raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing}")
+        self.save_hyperparameters()
+        self.net = Seq2Seq(source_vocab_size, target_vocab_size, **architecture)
+        self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
+        self._outputs: list[tuple[int, str, str]] = []
+        self.bleu_signature = ""
+
+    @cached_property
+    def _special_ids(self) -> tuple[int, int]:
+        tokenizer = self.get_tokenizer("target_tokenizer")
+        return tokenizer.token_to_id("<bos>"), tokenizer.token_to_id("<eos>")
+
+    def forward(self, source, lengths, target_in, teacher_forcing: float = 1.0) -> torch.Tensor:
+        return self.net(source, lengths, target_in, teacher_forcing)
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["source"], batch["lengths"], batch["target_in"], self.hparams.teacher_forcing)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), batch["target_out"].flatten(), label_smoothing=self.hparams.label_smoothing
+        )
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
+        return loss
+
+    def _nll(self, batch, metric: MeanMetric) -> None:
+        logits = self(batch["source"], batch["lengths"], batch["target_in"])
+        targets = batch["target_out"].flatten()
+        tokens = (targets != -100).sum()
+        metric.update(F.cross_entropy(logits.flatten(0, 1), targets), weight=tokens)
+
+    def decode(self, source, lengths, beam_size: int) -> list[list[int]]:
+        bos, eos = self._special_ids
+        max_length = self.hparams.max_decode_length
+        if beam_size == 1:
+            return greedy_decode(self.net, source, lengths, bos, eos, max_length)
+        return beam_search(self.net, source, lengths, bos, eos, beam_size, max_length, self.hparams.length_penalty)
+
+    def _translate_batch(self, batch, beam_size: int) -> None:
+        tokenizer = self.get_tokenizer("target_tokenizer")
+        hypotheses = tokenizer.decode_batch(self.decode(batch["source"], batch["lengths"], beam_size))
+        self._outputs += list(zip(batch["ids"], hypotheses, batch["references"], strict=True))
+
+    def validation_step(self, batch, batch_idx):
+        self._nll(batch, self.val_nll)
+        self._translate_batch(batch, beam_size=1)
+
+    def test_step(self, batch, batch_idx):
+        self._nll(batch, self.test_nll)
+        self._translate_batch(batch, self.hparams.beam_size)
+
+    def _report(self, prefix: str, metric: MeanMetric) -> None:
+        nll = metric.compute()
+        metric.reset()
+        outputs, self._outputs = self._outputs, []
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, outputs)
+            outputs = [row for rank_rows in gathered for row in rank_rows]
+        by_id = dict((i, (hypothesis, reference)) for i, hypothesis, reference in outputs)  # DDP repeats some
+        hypotheses = [by_id[i][0] for i in sorted(by_id)]
+        references = [by_id[i][1] for i in sorted(by_id)]
+        bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+        metrics = {
+            f"{prefix}_loss": nll,
+            f"{prefix}_ppl": nll.exp(),
+            f"{prefix}_bleu": bleu.corpus_score(hypotheses, [references]).score,
+            f"{prefix}_chrf": chrf.corpus_score(hypotheses, [references]).score,
+        }
+        self.log_dict(metrics, prog_bar=prefix == "val", sync_dist=False)
+        if prefix == "test":
+            self.bleu_signature = str(bleu.get_signature())
+            if self.trainer.is_global_zero:
+                beam = self.hparams.beam_size
+                print(f"sacreBLEU signature: {self.bleu_signature} (beam {beam}, {len(by_id)} sentences)")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val", self.val_nll)
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test", self.test_nll)
+
+    def predict_step(self, batch, batch_idx):
+        tokenizer = self.get_tokenizer("target_tokenizer")
+        translations = tokenizer.decode_batch(self.decode(batch["source"], batch["lengths"], self.hparams.beam_size))
+        return [{"source": s, "translation": t} for s, t in zip(batch["texts"], translations, strict=True)]
+
+    # -- inference outside the trainer ------------------------------------------------------------
+    def encode_sources(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded source ids ``(B, S)`` ending in ``<eos>`` and their lengths; empty texts are refused."""
+        empty = [i for i, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise ValueError(f"texts {empty} are empty: nothing to translate")
+        tokenizer = self.get_tokenizer("source_tokenizer")
+        eos = tokenizer.token_to_id("<eos>")
+        rows = [encoding.ids + [eos] for encoding in tokenizer.encode_batch(texts)]
+        lengths = torch.tensor([len(row) for row in rows])
+        source = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for i, row in enumerate(rows):
+            source[i, : len(row)] = torch.tensor(row)
+        return source.to(self.device), lengths
+
+    @torch.no_grad()
+    def translate(self, texts: list[str], beam_size: int | None = None) -> list[str]:
+        """Translate raw sentences (``beam_size`` defaults to the task's)."""
+        self.eval()
+        source, lengths = self.encode_sources(texts)
+        ids = self.decode(source, lengths, beam_size or self.hparams.beam_size)
+        return self.get_tokenizer("target_tokenizer").decode_batch(ids)
+
+    @torch.no_grad()
+    def plot_attention(self, text: str, path: str | Path) -> str:
+        """Greedy-translate ``text`` and save its attention weights (source x target) as a PNG."""
+        if self.net.attention is None:
+            raise ValueError("this model has no attention (context is not 'attention')")
+        self.eval()
+        source, lengths = self.encode_sources([text])
+        bos, eos = self._special_ids
+        (hypothesis,), (weights,) = greedy_decode(
+            self.net, source, lengths, bos, eos, self.hparams.max_decode_length, return_attention=True
+        )
+        source_tokens = [self.get_tokenizer("source_tokenizer").id_to_token(i) for i in source[0].tolist()]
+        target = self.get_tokenizer("target_tokenizer")
+        target_tokens = [target.id_to_token(i) for i in hypothesis] + ["<eos>"]
+        save_attention_heatmap(weights[: len(target_tokens)], source_tokens, target_tokens[: len(weights)], path)
+        return target.decode(hypothesis)
+
+
+def save_attention_heatmap(weights: torch.Tensor, source: list[str], target: list[str], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(source)), max(3, 0.4 * len(target))))
+    ax.imshow(weights.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(source)))
+    ax.set_xticklabels(source, rotation=60, ha="right")
+    ax.set_yticks(range(len(target)))
+    ax.set_yticklabels(target)
+    ax.set(xlabel="source", ylabel="translation")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
