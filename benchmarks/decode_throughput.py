@@ -66,8 +66,10 @@ def main():
     for batch_size in (1, 64):
         greedy, beam = rates[batch_size, 1], rates[batch_size, args.beam_size]
         print(f"| {batch_size:>5} | {greedy:>13.1f} | {beam:>13.1f} | {greedy / beam:>12.2f}x |")
-    print(f"\nbatch 64 / batch 1: greedy {rates[64, 1] / rates[1, 1]:.1f}x, "
-          f"beam {rates[64, args.beam_size] / rates[1, args.beam_size]:.1f}x")
+    print(
+        f"\nbatch 64 / batch 1: greedy {rates[64, 1] / rates[1, 1]:.1f}x, "
+        f"beam {rates[64, args.beam_size] / rates[1, args.beam_size]:.1f}x"
+    )
 
 
 if __name__ == "__main__":

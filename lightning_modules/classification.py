@@ -21,6 +21,7 @@ class ClassificationTask(DataStateInCheckpoint):
         """``architecture``: the keyword arguments of ``zoo.SequenceClassifier`` (cell, sizes, pooling...)."""
         super().__init__()
         self.save_hyperparameters()
+        self.network_arguments = {"vocab_size": vocab_size, "num_classes": len(labels), **architecture}
         self.net = SequenceClassifier(vocab_size, len(labels), **architecture)
         n = len(labels)
         metrics = MetricCollection({"acc": MulticlassAccuracy(n), "macro_f1": MulticlassF1Score(n, average="macro")})

@@ -14,6 +14,9 @@ class DataStateInCheckpoint(L.LightningModule):
 
     tokenizer_names: tuple[str, ...] = ("tokenizer",)
     checked_hparams: tuple[str, ...] = ("labels",)  # must equal the data's when a checkpoint is loaded
+    # The arguments of the zoo architecture in ``self.net``. Each task still calls the architecture
+    # with ``**architecture`` spelled out: LightningCLI reads that call to learn the accepted options.
+    network_arguments: dict
 
     def __init__(self):
         super().__init__()

@@ -37,6 +37,7 @@ class LanguageModelTask(DataStateInCheckpoint):
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ValueError(f"loss_reduction must be 'token_mean' or 'sum_over_time', got {loss_reduction!r}")
         self.save_hyperparameters()
+        self.network_arguments = {"vocab_size": vocab_size, **architecture}
         self.net = RNNLanguageModel(vocab_size, **architecture)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()

@@ -26,6 +26,12 @@ class TaggingTask(DataStateInCheckpoint):
         """``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
         super().__init__()
         self.save_hyperparameters()
+        self.network_arguments = {
+            "vocab_size": vocab_size,
+            "labels": list(labels),
+            "char_vocab_size": char_vocab_size,
+            **architecture,
+        }
         self.net = SequenceTagger(vocab_size, labels, char_vocab_size=char_vocab_size, **architecture)
         self._gold: list[list[str]] = []
         self._predicted: list[list[str]] = []

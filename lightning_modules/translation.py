@@ -51,6 +51,11 @@ class TranslationTask(DataStateInCheckpoint):
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing}")
         self.save_hyperparameters()
+        self.network_arguments = {
+            "source_vocab_size": source_vocab_size,
+            "target_vocab_size": target_vocab_size,
+            **architecture,
+        }
         self.net = Seq2Seq(source_vocab_size, target_vocab_size, **architecture)
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
         self._outputs: list[tuple[int, str, str]] = []

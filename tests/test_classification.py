@@ -8,6 +8,7 @@ import torch
 from datamodules import DataError, IMDBDataModule
 from datamodules.batching import BucketedBatches, bucket_batches
 from lightning_modules import ClassificationTask
+from lightning_modules.pretrained import publish, task_from_pretrained
 from zoo import SequenceClassifier
 from zoo.pooling import POOLINGS, AttentionPooling, valid_mask
 
@@ -105,6 +106,12 @@ def test_trains_tests_and_refuses_other_labels(tmp_path):
 
     ckpt = tmp_path / "model.ckpt"
     trainer.save_checkpoint(ckpt)
+    restored = task_from_pretrained(publish(ckpt, tmp_path / "pretrained", metrics=metrics))
+    batch = next(iter(dm.test_dataloader()))
+    expected = task.eval()(batch["input_ids"], batch["lengths"])
+    torch.testing.assert_close(restored(batch["input_ids"], batch["lengths"]), expected)
+    assert restored.tokenizer.get_vocab() == dm.tokenizer.get_vocab() and restored.hparams.labels == LABELS
+
     other = Task(dm.vocab_size, ["negative", "positive"], embedding_dim=16, hidden_size=16, pooling="mean")
     with pytest.raises(ValueError, match=r"\['neg', 'pos'\].*\['negative', 'positive'\]"):
         L.Trainer(logger=False).test(other, dm, ckpt_path=ckpt)

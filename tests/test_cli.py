@@ -127,6 +127,15 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     assert [row["text"] for row in rows] == json.loads(texts)
     assert all(row["label"] in ("neg", "pos") and 0.5 <= row["probability"] <= 1 for row in rows)
 
+    published = tmp_path / "imdb-tiny"
+    publish = ["zoo", "publish", last, "--out", str(published), "--dtype", "float16", "--metric", "test_acc=0.5"]
+    rnnzoo(tmp_path, *publish, "--command", "rnnzoo test ...")
+    files = {p.name for p in published.iterdir()}
+    assert files == {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"}
+    assert json.loads((published / "metrics.json").read_text())["metrics"] == {"test_acc": 0.5}
+    missing = rnnzoo(tmp_path, "zoo", "publish", "nowhere.ckpt", "--out", "x", check=False)
+    assert missing.returncode == 2 and "no checkpoint at nowhere.ckpt" in missing.stderr
+
 
 def test_conll_fit_test_and_tag_raw_sentences(tmp_path):
     config = str(REPO / "zoo" / "configs" / "conll_bilstm_crf.yaml")

@@ -1,0 +1,151 @@
+"""The pretrained folder format: ``config.json``, ``model.safetensors``, tokenizer JSON files, ``metrics.json``.
+
+Like Hugging Face ``save_pretrained``: weights are safetensors (never a pickle, so loading a
+downloaded model runs no code) and everything else is JSON. ``config.json`` names the zoo
+architecture and its arguments (enough to rebuild the network here, without Lightning) and the
+Lightning task with its hyperparameters (enough for ``lightning_modules.pretrained`` to rebuild the
+task for prediction or fine-tuning).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from zoo.classifier import SequenceClassifier
+from zoo.language_model import RNNLanguageModel
+from zoo.seq2seq import Seq2Seq
+from zoo.tagger import SequenceTagger
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (RNNLanguageModel, SequenceClassifier, SequenceTagger, Seq2Seq)
+}
+
+
+@dataclass
+class Pretrained:
+    """A loaded pretrained folder: the network (eval mode, float32) and what it needs to predict."""
+
+    network: nn.Module
+    config: dict
+    tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+def save_pretrained(
+    directory: str | os.PathLike,
+    network: nn.Module,
+    *,
+    arguments: dict,
+    task: str,
+    task_arguments: dict,
+    tokenizers: dict[str, str],
+    metrics: dict | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``network`` as a pretrained folder; returns its path.
+
+    ``arguments`` rebuild the network (``ARCHITECTURES[name](**arguments)``); ``tokenizers`` maps a
+    name (``tokenizer``, ``source_tokenizer``...) to a ``tokenizers`` JSON string; ``dtype`` (e.g.
+    ``torch.float16``) stores the floating-point weights in that type. The folder appears whole or
+    not at all: it is written next to its destination and renamed into place.
+    """
+    architecture = type(network).__name__
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{architecture} is not a zoo architecture ({', '.join(ARCHITECTURES)})")
+    weights, aliases = _unique_tensors(network, dtype)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "arguments": arguments,
+        "task": task,
+        "task_arguments": task_arguments,
+        "tokenizers": {name: f"{name}.json" for name in sorted(tokenizers)},
+        "weights_dtype": str(dtype or next(network.parameters()).dtype).removeprefix("torch."),
+        "tied_weights": aliases,
+    }
+    destination = Path(directory)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        save_file(weights, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        for name, tokenizer_json in tokenizers.items():
+            (staging / f"{name}.json").write_text(tokenizer_json)
+        if metrics is not None:
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def _unique_tensors(network: nn.Module, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with each tied tensor stored once, and the tied names mapped to the stored one.
+
+    safetensors refuses tensors that share memory (e.g. a tied embedding and output projection).
+    """
+    weights, aliases, first_name_of = {}, {}, {}
+    for name, tensor in network.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.stride())
+        if key in first_name_of:
+            aliases[name] = first_name_of[key]
+            continue
+        first_name_of[key] = name
+        tensor = tensor.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        weights[name] = tensor.contiguous().cpu()
+    return weights, aliases
+
+
+def load_pretrained(directory: str | os.PathLike) -> Pretrained:
+    """Rebuild the network of a pretrained folder (float32, eval mode) with its tokenizers and metrics."""
+    folder = Path(directory)
+    config = read_config(folder)
+    architecture = ARCHITECTURES.get(config.get("architecture"))
+    if architecture is None:
+        raise ValueError(f"{folder / CONFIG_FILE}: unknown architecture {config.get('architecture')!r}")
+    network = architecture(**config["arguments"])
+    try:
+        weights = load_file(folder / WEIGHTS_FILE)
+    except (FileNotFoundError, SafetensorError) as err:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: cannot read the weights ({err})") from err
+    for alias, stored in config.get("tied_weights", {}).items():
+        weights[alias] = weights[stored]
+    reference = network.state_dict()
+    weights = {k: v.to(reference[k].dtype) if k in reference else v for k, v in weights.items()}
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as err:
+        architecture_call = f"{config['architecture']}({config['arguments']})"
+        raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
+    tokenizers = {
+        name: Tokenizer.from_file(str(folder / file_name)) for name, file_name in config.get("tokenizers", {}).items()
+    }
+    metrics_path = folder / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return Pretrained(network.eval(), config, tokenizers, metrics)
+
+
+def read_config(folder: Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a pretrained folder: it has no {CONFIG_FILE}")
+    config = json.loads(path.read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {config.get('format_version')!r}, this rnnzoo reads {FORMAT_VERSION}")
+    return config
