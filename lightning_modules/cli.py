@@ -128,7 +128,27 @@ def zoo_main(argv: list[str]) -> None:
     print(f"wrote {folder}")
 
 
-SUBCOMMANDS = {"generate": generate_main, "translate": translate_main, "zoo": zoo_main}
+def export_main(argv: list[str]) -> None:
+    from deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export
+
+    parser = argparse.ArgumentParser(
+        prog="rnnzoo export", description="Export a checkpoint or pretrained folder to ONNX, verified against PyTorch."
+    )
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`, or a pretrained folder")
+    parser.add_argument("--out", required=True, help="the folder to write (replaced only if the export succeeds)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |onnxruntime - torch|")
+    args = parser.parse_args(argv)
+    try:
+        config = export(args.ckpt, args.out, args.opset, args.tolerance)
+    except (FileNotFoundError, ValueError, ExportError) as err:
+        parser.error(str(err))
+    for graph, check in config["verification"].items():
+        print(f"{graph}: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})")
+    print(f"wrote {args.out}")
+
+
+SUBCOMMANDS = {"generate": generate_main, "translate": translate_main, "zoo": zoo_main, "export": export_main}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             "rnnzoo generate --help: sample text from a language-model checkpoint\n"
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
             "rnnzoo zoo --help: pretrained zoo folders (publish a checkpoint)\n"
+            "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"
             "(LightningCLI subcommands below)\n"
         )
     try:

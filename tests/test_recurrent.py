@@ -5,7 +5,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo import CELLS, GatedCell, JordanCell, LockedDropout, RecurrentStack
 from zoo.cells import reverse_padded
-from zoo.fused import FusedBidirectional, run_to_lengths
+from zoo.fused import FusedBidirectional, prepare_for_onnx_export, run_to_lengths
 
 B, T, F, H = 3, 7, 5, 4
 
@@ -165,3 +165,18 @@ def test_bidirectional_layer_matches_packed_torch_reference(rnn_class):
 def test_zero_length_is_refused():
     with pytest.raises(ValueError, match="at least one step"):
         run_to_lengths(nn.GRU(F, H, batch_first=True), inputs(), None, torch.tensor([3, 0, 2]))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_onnx_export_path_matches_the_training_path(cell, bidirectional, monkeypatch):
+    torch.manual_seed(0)
+    stack = RecurrentStack(F, H, num_layers=2, cell=cell, bidirectional=bidirectional).eval()
+    lengths = torch.tensor([T, 2, 5])
+    expected_out, expected_state = stack(inputs(), lengths=lengths)
+    exported = prepare_for_onnx_export(stack)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # packed, merged-direction path
+    out, state = exported(inputs(), lengths=lengths)
+    torch.testing.assert_close(out, expected_out)
+    for actual, expected in zip(state_tensors(state), state_tensors(expected_state), strict=True):
+        torch.testing.assert_close(actual, expected)

@@ -6,11 +6,17 @@ BiLSTM batch: 20 s against 0.8 s on a 2-core CPU). ``run_to_lengths`` gets the s
 final states from one fused call per distinct length instead: the batch is sorted by length and
 each call carries the state of the rows still running into the next stretch of steps. With
 length-bucketed batches almost all steps fall in the first call.
+
+Under ``torch.onnx.export`` both take the packed path instead: the exporter turns packing into the
+``sequence_lens`` input of ONNX's own RNN/LSTM/GRU ops, so one fused op handles every length.
 """
+
+import copy
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo.cells import reverse_padded
 
@@ -39,6 +45,8 @@ def run_to_lengths(rnn: nn.RNNBase, x: torch.Tensor, state: State | None, length
     """
     if lengths is None:
         return rnn(x, state)
+    if torch.onnx.is_in_onnx_export():
+        return run_packed(rnn, x, state, lengths)
     lengths = lengths.to("cpu")
     if int(lengths.min()) < 1:
         raise ValueError("every sequence needs at least one step (a length of 0 was given)")
@@ -69,6 +77,19 @@ def run_to_lengths(rnn: nn.RNNBase, x: torch.Tensor, state: State | None, length
     return output, final_state.index_select(1, restore).contiguous()
 
 
+def run_packed(rnn: nn.RNNBase, x: torch.Tensor, state: State | None, lengths: torch.Tensor):
+    """``run_to_lengths`` through ``pack_padded_sequence``: what the ONNX exporter understands."""
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed, state)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+    # The exporter crashes on a packed RNN whose padded output is never read (a model that keeps
+    # only the final state); adding an empty sum of it keeps it in the graph at no cost.
+    keep_output = out[:1, :0].sum()
+    if isinstance(state, tuple):
+        return out, tuple(s + keep_output for s in state)
+    return out, state + keep_output
+
+
 class FusedBidirectional(nn.Module):
     """A bidirectional layer as two one-direction fused modules (so each can run to its lengths).
 
@@ -78,8 +99,13 @@ class FusedBidirectional(nn.Module):
     def __init__(self, rnn_class: type[nn.RNNBase], input_size: int, hidden_size: int):
         super().__init__()
         self.directions = nn.ModuleList(rnn_class(input_size, hidden_size, batch_first=True) for _ in range(2))
+        self.merged: nn.RNNBase | None = None  # the export form, set by prepare_for_onnx_export
 
     def forward(self, x, state=None, lengths=None):
+        if torch.onnx.is_in_onnx_export():
+            if self.merged is None:
+                raise RuntimeError("export a copy made by zoo.fused.prepare_for_onnx_export(network)")
+            return self.merged(x, state) if lengths is None else run_packed(self.merged, x, state, lengths)
         forward_state = _direction(state, 0)
         backward_state = _direction(state, 1)
         out_fwd, state_fwd = run_to_lengths(self.directions[0], x, forward_state, lengths)
@@ -88,6 +114,29 @@ class FusedBidirectional(nn.Module):
         if isinstance(state_fwd, tuple):
             return out, tuple(torch.cat(pair) for pair in zip(state_fwd, state_bwd, strict=True))
         return out, torch.cat([state_fwd, state_bwd])
+
+    def as_one_module(self) -> nn.RNNBase:
+        """The equivalent bidirectional ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (one fused ONNX op when exported)."""
+        forward, backward = self.directions
+        merged = type(forward)(forward.input_size, forward.hidden_size, batch_first=True, bidirectional=True)
+        with torch.no_grad():
+            for name, weight in forward.named_parameters():
+                getattr(merged, name).copy_(weight)
+                getattr(merged, f"{name}_reverse").copy_(getattr(backward, name))
+        return merged.to(forward.weight_ih_l0.device)
+
+
+def prepare_for_onnx_export(network: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``network`` whose bidirectional layers each run as one fused module.
+
+    The merged modules are built here because building one while the exporter traces would record
+    its random initialisation as graph operations.
+    """
+    network = copy.deepcopy(network).eval()
+    for module in network.modules():
+        if isinstance(module, FusedBidirectional):
+            module.merged = module.as_one_module()
+    return network
 
 
 def _direction(state, i):

@@ -21,7 +21,7 @@ def last_layer_state(state, num_directions: int) -> torch.Tensor:
     so "last" pooling sees the whole sequence from both ends.
     """
     h = state[0] if isinstance(state, tuple) else state
-    return torch.cat(list(h[-num_directions:]), dim=-1)
+    return h[-num_directions:].transpose(0, 1).flatten(1)  # (D, B, H) -> (B, D*H), forward first
 
 
 class AttentionPooling(nn.Module):

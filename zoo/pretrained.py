@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,23 +76,34 @@ def save_pretrained(
         "weights_dtype": str(dtype or next(network.parameters()).dtype).removeprefix("torch."),
         "tied_weights": aliases,
     }
+    with staged_folder(directory) as staging:
+        save_file(weights, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        write_json(staging / CONFIG_FILE, config)
+        for name, tokenizer_json in tokenizers.items():
+            (staging / f"{name}.json").write_text(tokenizer_json)
+        if metrics is not None:
+            write_json(staging / METRICS_FILE, metrics)
+    return Path(directory)
+
+
+@contextmanager
+def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
+    """Fill a folder that replaces ``directory`` only if the block succeeds (else nothing changes)."""
     destination = Path(directory)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
-        save_file(weights, staging / WEIGHTS_FILE, metadata={"format": "pt"})
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        for name, tokenizer_json in tokenizers.items():
-            (staging / f"{name}.json").write_text(tokenizer_json)
-        if metrics is not None:
-            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        yield staging
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return destination
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _unique_tensors(network: nn.Module, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

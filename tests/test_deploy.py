@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers.models import WordLevel
+
+import deploy
+from deploy.export import ExportError, classifier_graphs, export, verify
+from tests.conftest import REPO
+from zoo import RNNLanguageModel, SequenceClassifier, generate
+from zoo.pretrained import save_pretrained
+
+WORDS = [f"w{i}" for i in range(20)]
+ONNX_OP = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def word_tokenizer() -> str:
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<eos>", *WORDS])}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer.to_str()
+
+
+def pretrained_folder(path, network, arguments, task_arguments=None):
+    return save_pretrained(
+        path,
+        network,
+        arguments=arguments,
+        task="Task",
+        task_arguments=task_arguments or {},
+        tokenizers={"tokenizer": word_tokenizer()},
+    )
+
+
+def ops(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_language_model_exports_a_fused_op_and_generates_like_torch(tmp_path, cell):
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8, "num_layers": 2, "cell": cell}
+    network = RNNLanguageModel(**arguments).eval()
+    config = export(pretrained_folder(tmp_path / "lm", network, arguments), tmp_path / "onnx")
+    graph_ops = ops(tmp_path / "onnx" / "model.onnx")
+    assert ONNX_OP[cell] in graph_ops and "Loop" not in graph_ops
+    assert config["verification"]["model.onnx"]["max_abs_diff"] <= 1e-4
+    assert config["state"] == {"cell": cell, "num_layers": 2, "num_directions": 1, "hidden_size": 8}
+
+    predictor = deploy.load(tmp_path / "onnx")
+    prompt = "w1 w2 w3"
+    tokenizer = Tokenizer.from_str(word_tokenizer())
+    prompt_ids = [2] + tokenizer.encode(prompt).ids
+    expected = generate(network, prompt_ids, max_new_tokens=12, temperature=0, eos_id=2)
+    assert predictor.generate(prompt, max_tokens=12, temperature=0) == tokenizer.decode(prompt_ids[1:] + expected)
+    sampled = predictor.generate(prompt, max_tokens=5, temperature=1.0, top_k=3, seed=0)
+    assert sampled.startswith(prompt) and sampled == predictor.generate(prompt, 5, 1.0, 3, seed=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("pooling", ["last", "max", "mean", "attention"])
+def test_bidirectional_classifier_matches_torch_on_variable_lengths(tmp_path, cell, pooling):
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 23, "num_classes": 3, "embedding_dim": 8, "hidden_size": 6, "num_layers": 2}
+    arguments |= {"cell": cell, "pooling": pooling, "bidirectional": True}
+    network = SequenceClassifier(**arguments).eval()
+    labels = ["a", "b", "c"]
+    export(pretrained_folder(tmp_path / "clf", network, arguments, {"labels": labels}), tmp_path / "onnx")
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    recurrences = [node for node in graph.node if node.op_type == ONNX_OP[cell]]
+    assert len(recurrences) == 2 and all(node.input[4] for node in recurrences)  # sequence_lens is wired
+
+    texts = ["w1 w2 w3 w4 w5 w6 w7", "w3", "w9 w9 w0 nonsense"]  # unknown words become <unk>
+    predictor = deploy.load(tmp_path / "onnx", threads=1)
+    ids, lengths = predictor.encode(texts)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
+    np.testing.assert_allclose(predictor.logits(texts), expected, atol=1e-5)
+    alone = np.concatenate([predictor.logits([text]) for text in texts])  # padding never changes a result
+    np.testing.assert_allclose(alone, expected, atol=1e-5)
+    rows = predictor.classify(texts)
+    assert [row["label"] for row in rows] == [labels[i] for i in expected.argmax(-1)]
+    with pytest.raises(ValueError, match="empty"):
+        predictor.classify(["w1", ""])
+
+
+def test_runtime_never_imports_torch(tmp_path):
+    arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 4, "hidden_size": 4, "pooling": "max"}
+    folder = pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments, {"labels": ["n", "p"]})
+    export(folder, tmp_path / "onnx")
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "import deploy, json\n"
+        f"print(json.dumps(deploy.load({str(tmp_path / 'onnx')!r}).classify(['w1 w2', 'w3'])))\n"
+        "assert 'lightning' not in sys.modules and 'zoo' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [row["label"] in ("n", "p") for row in json.loads(result.stdout)] == [True, True]
+
+
+def test_a_graph_that_disagrees_with_torch_fails_verification(tmp_path):
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 4, "hidden_size": 4}
+    export(pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments), tmp_path / "onnx")
+    other = classifier_graphs(SequenceClassifier(**arguments).eval())[0]  # other weights, same shapes
+    with pytest.raises(ExportError, match="differ by"):
+        verify(other, tmp_path / "onnx" / "model.onnx", tolerance=1e-4)
+
+
+def test_failed_export_writes_nothing(tmp_path, monkeypatch):
+    arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 4, "hidden_size": 4}
+    folder = pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments)
+    gated = {**arguments, "cell": "gated"}
+    with pytest.raises(ExportError, match="only the fused cells"):
+        export(pretrained_folder(tmp_path / "gated", SequenceClassifier(**gated), gated), tmp_path / "onnx")
+
+    def disagree(*args, **kwargs):
+        raise ExportError("differ")
+
+    monkeypatch.setattr("deploy.export.verify", disagree)
+    with pytest.raises(ExportError):
+        export(folder, tmp_path / "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf", "gated"]  # no folder, no staging left
+    with pytest.raises(FileNotFoundError, match="no checkpoint or pretrained folder"):
+        export(tmp_path / "missing", tmp_path / "onnx")
+    with pytest.raises(ValueError, match="not an exported model folder"):
+        deploy.load(tmp_path / "clf")
+    with pytest.raises(FileNotFoundError, match="not an exported model folder"):
+        deploy.load(tmp_path)
