@@ -30,26 +30,32 @@ def main():
     tokenizer.no_truncation()
     vocab, unk_id = tokenizer.get_vocab(), tokenizer.token_to_id("<unk>")
 
-    timings = {"tokenizers (Rust, batched)": [], "plain Python (re + dict)": []}
+    paths = {
+        "tokenizers encode_batch": lambda: [e.ids for e in tokenizer.encode_batch(texts)],
+        # no character offsets: the fastest batched call of the library
+        "tokenizers encode_batch_fast": lambda: [e.ids for e in tokenizer.encode_batch_fast(texts)],
+        "plain Python (re + dict)": lambda: python_baseline(texts, vocab, unk_id),
+    }
+    timings, outputs = {name: [] for name in paths}, {}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        fast = [e.ids for e in tokenizer.encode_batch(texts)]
-        timings["tokenizers (Rust, batched)"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        slow = python_baseline(texts, vocab, unk_id)
-        timings["plain Python (re + dict)"].append(time.perf_counter() - start)
+        for name, run in paths.items():
+            start = time.perf_counter()
+            outputs[name] = run()
+            timings[name].append(time.perf_counter() - start)
+    fast, slow = outputs["tokenizers encode_batch"], outputs["plain Python (re + dict)"]
     mismatches = sum(a != b for a, b in zip(fast, slow, strict=True))
     tokens = sum(map(len, fast))
 
     print(f"\nIMDB train: {len(texts):,} reviews, {tokens:,} tokens, vocabulary {len(vocab):,}; best of {args.repeats}")
-    print(f"| {'path':<28} | {'seconds':>8} | {'tokens/s':>12} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 14}|")
+    print(f"| {'path':<30} | {'seconds':>8} | {'tokens/s':>12} |")
+    print(f"|{'-' * 32}|{'-' * 10}|{'-' * 14}|")
     rates = {}
     for name, runs in timings.items():
         rates[name] = tokens / min(runs)
-        print(f"| {name:<28} | {min(runs):>8.2f} | {rates[name]:>12,.0f} |")
-    ratio = rates["tokenizers (Rust, batched)"] / rates["plain Python (re + dict)"]
-    print(f"\nspeed-up tokenizers / Python: {ratio:.1f}x; reviews tokenised differently: {mismatches}")
+        print(f"| {name:<30} | {min(runs):>8.2f} | {rates[name]:>12,.0f} |")
+    best = max(rates[name] for name in paths if name.startswith("tokenizers"))
+    ratio = best / rates["plain Python (re + dict)"]
+    print(f"\nspeed-up best tokenizers path / Python: {ratio:.2f}x; reviews tokenised differently: {mismatches}")
 
 
 if __name__ == "__main__":
