@@ -138,13 +138,16 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="the folder to write (replaced only if the export succeeds)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |onnxruntime - torch|")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="onnxruntime dynamic quantization")
     args = parser.parse_args(argv)
     try:
-        config = export(args.ckpt, args.out, args.opset, args.tolerance)
+        config = export(args.ckpt, args.out, args.opset, args.tolerance, args.quantize)
     except (FileNotFoundError, ValueError, ExportError) as err:
         parser.error(str(err))
     for graph, check in config["verification"].items():
         print(f"{graph}: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})")
+        if "int8_max_abs_diff" in check:
+            print(f"{graph}: after int8 quantization, max |onnxruntime - torch| = {check['int8_max_abs_diff']:.2e}")
     print(f"wrote {args.out}")
 
 

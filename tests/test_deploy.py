@@ -133,3 +133,20 @@ def test_failed_export_writes_nothing(tmp_path, monkeypatch):
         deploy.load(tmp_path / "clf")
     with pytest.raises(FileNotFoundError, match="not an exported model folder"):
         deploy.load(tmp_path)
+
+
+@pytest.mark.parametrize(("cell", "integer_op"), [("lstm", "DynamicQuantizeLSTM"), ("gru", "MatMulInteger")])
+def test_int8_quantization(tmp_path, cell, integer_op):
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 23, "embedding_dim": 32, "hidden_size": 32, "num_layers": 2, "cell": cell}
+    folder = pretrained_folder(tmp_path / "lm", RNNLanguageModel(**arguments), arguments)
+    export(folder, tmp_path / "fp32")
+    config = export(folder, tmp_path / "int8", quantize="int8")
+    graph_ops = ops(tmp_path / "int8" / "model.onnx")
+    assert integer_op in graph_ops and "LSTM" not in graph_ops  # a GRU stays a float GRU op
+    assert config["quantization"] == "int8"
+    assert 0 < config["verification"]["model.onnx"]["int8_max_abs_diff"] < 0.5
+    fp32, int8 = deploy.load(tmp_path / "fp32"), deploy.load(tmp_path / "int8")
+    tokens = np.array([[3, 4, 5, 6]])
+    quantized_logits, logits = (p.step(tokens, p.zero_state(1))[0] for p in (int8, fp32))
+    np.testing.assert_allclose(quantized_logits, logits, atol=0.5)
