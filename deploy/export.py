@@ -31,6 +31,7 @@ from zoo.fused import prepare_for_onnx_export
 from zoo.language_model import RNNLanguageModel
 from zoo.pretrained import Pretrained, load_pretrained, staged_folder, write_json
 from zoo.recurrent import FUSED_CELLS, RecurrentStack
+from zoo.seq2seq import DecoderState, Memory, Seq2Seq
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
@@ -51,6 +52,9 @@ class Graph:
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
+
+    def __post_init__(self):
+        self.module.eval()  # a new wrapper starts in training mode, and the exporter restores that mode
 
 
 class LanguageModelGraph(nn.Module):
@@ -113,12 +117,118 @@ def classifier_graphs(network: SequenceClassifier) -> list[Graph]:
     return [Graph("model.onnx", ClassifierGraph(network), make_inputs, ["tokens", "lengths"], ["logits"], axes)]
 
 
+# What the decoder step reads from the encoded source, by how the decoder sees it.
+MEMORY_FIELDS = {"initial": [], "every_step": ["summary"], "attention": ["outputs", "mask", "keys"]}
+MEMORY_NAMES = {"outputs": "memory", "mask": "memory_mask", "summary": "summary", "keys": "keys"}
+
+
+class EncoderGraph(nn.Module):
+    """source ``(B, S)`` and lengths -> the memory the decoder reads and its initial state."""
+
+    def __init__(self, network: Seq2Seq):
+        super().__init__()
+        self.network = network
+
+    def forward(self, source, lengths):
+        memory, state = self.network.encode(source, lengths)
+        fields = [getattr(memory, field) for field in MEMORY_FIELDS[self.network.context]]
+        feed = [] if state.feed is None else [state.feed]
+        return (*fields, *_tensors(state.rnn), *feed)
+
+
+class DecoderStepGraph(nn.Module):
+    """previous tokens ``(B,)``, the decoder state and the memory -> logits ``(B, V)``, the new state
+    and (with attention) the weights ``(B, S)``: the step that greedy and beam search repeat."""
+
+    def __init__(self, network: Seq2Seq):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens, *inputs):
+        network = self.network
+        state_count = 2 if network.cell == "lstm" else 1
+        rnn = inputs[:state_count] if state_count == 2 else inputs[0]
+        feed = inputs[state_count] if network.input_feeding else None
+        fields = dict(zip(MEMORY_FIELDS[network.context], inputs[state_count + network.input_feeding :], strict=True))
+        memory = Memory(**{field: fields.get(field) for field in Memory._fields})
+        logits, state, weights = network.decode_step(tokens, DecoderState(rnn, feed), memory)
+        feed = [] if state.feed is None else [state.feed]
+        return (logits, *_tensors(state.rnn), *feed, *([] if weights is None else [weights]))
+
+
+def _tensors(state) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def seq2seq_graphs(network: Seq2Seq) -> list[Graph]:
+    vocab, target_vocab = network.source_embedding.num_embeddings, network.target_embedding.num_embeddings
+    memory_names = [MEMORY_NAMES[field] for field in MEMORY_FIELDS[network.context]]
+    state_names = ["h", "c"] if network.cell == "lstm" else ["h"]
+    state_names += ["feed"] if network.input_feeding else []
+    encoder = EncoderGraph(network)
+
+    def encoder_inputs(batch, time, generator):
+        return torch.randint(0, vocab, (batch, time), generator=generator), _random_lengths(batch, time, generator)
+
+    def decoder_inputs(batch, time, generator):
+        with torch.no_grad():
+            encoded = encoder(*encoder_inputs(batch, time, generator))
+        memory, state = encoded[: len(memory_names)], encoded[len(memory_names) :]
+        return (torch.randint(0, target_vocab, (batch,), generator=generator), *state, *memory)
+
+    encoder_outputs = memory_names + state_names
+    decoder_inputs_names = ["tokens", *state_names, *memory_names]
+    decoder_outputs = ["logits", *(f"{name}_out" for name in state_names)]
+    decoder_outputs += ["attention"] if network.context == "attention" else []
+
+    def axes(names: list[str]) -> dict[str, dict[int, str]]:
+        return {name: SEQ2SEQ_AXES[name.removesuffix("_out")] for name in names}
+
+    return [
+        Graph(
+            "encoder.onnx",
+            encoder,
+            encoder_inputs,
+            ["source", "lengths"],
+            encoder_outputs,
+            axes(["source", "lengths", *encoder_outputs]),
+        ),
+        Graph(
+            "decoder.onnx",
+            DecoderStepGraph(network),
+            decoder_inputs,
+            decoder_inputs_names,
+            decoder_outputs,
+            axes(decoder_inputs_names + decoder_outputs),
+        ),
+    ]
+
+
+_SOURCE = {0: "batch", 1: "source_time"}
+SEQ2SEQ_AXES = {
+    "source": _SOURCE,
+    "lengths": {0: "batch"},
+    "memory": _SOURCE,
+    "memory_mask": _SOURCE,
+    "keys": _SOURCE,
+    "summary": {0: "batch"},
+    "h": {1: "batch"},
+    "c": {1: "batch"},
+    "feed": {0: "batch"},
+    "tokens": {0: "batch"},
+    "logits": {0: "batch"},
+    "attention": _SOURCE,
+}
+
+
 # The runtime's name for each architecture's task, and how to cut it into graphs.
 TASKS: dict[type[nn.Module], tuple[str, Callable[[nn.Module], list[Graph]]]] = {
     RNNLanguageModel: ("language_model", language_model_graphs),
     SequenceClassifier: ("classification", classifier_graphs),
+    Seq2Seq: ("translation", seq2seq_graphs),
 }
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+DECODING_SETTINGS = ("beam_size", "length_penalty", "max_decode_length")
 
 
 def load_source(source: str | os.PathLike) -> tuple[Pretrained, str]:
@@ -186,7 +296,8 @@ def export(
             "tokenizers": tokenizer_files,
             "special_tokens": _special_tokens(pretrained),
             "graphs": {graph.file: _describe(staging / graph.file) for graph in graphs},
-            "state": _state_sizes(stacks[0]),
+            "state": {name: _state_sizes(m) for name, m in network.named_modules() if isinstance(m, RecurrentStack)},
+            "decoding": {k: v for k, v in pretrained.config["task_arguments"].items() if k in DECODING_SETTINGS},
             "opset": opset,
             "quantization": quantize,
             "rnnzoo_version": version("rnnzoo"),
@@ -241,7 +352,7 @@ def verify(graph: Graph, path: Path, tolerance: float | None = None) -> dict:
         feed = {name: tensor.numpy() for name, tensor in zip(graph.input_names, inputs, strict=True)}
         actual = session.run(graph.output_names, feed)
         for name, a, e in zip(graph.output_names, actual, expected, strict=True):
-            difference = float(np.abs(a - e.numpy()).max())
+            difference = float(np.abs(a.astype(np.float64) - e.double().numpy()).max()) if a.size else 0.0
             if tolerance is not None and not difference <= tolerance:
                 raise ExportError(
                     f"{graph.file}: onnxruntime and PyTorch differ by {difference:.3g} on {name} "

@@ -12,7 +12,8 @@ from tokenizers.models import WordLevel
 import deploy
 from deploy.export import ExportError, classifier_graphs, export, verify
 from tests.conftest import REPO
-from zoo import RNNLanguageModel, SequenceClassifier, generate
+from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, generate
+from zoo.decoding import beam_search, greedy_decode
 from zoo.pretrained import save_pretrained
 
 WORDS = [f"w{i}" for i in range(20)]
@@ -50,7 +51,7 @@ def test_language_model_exports_a_fused_op_and_generates_like_torch(tmp_path, ce
     graph_ops = ops(tmp_path / "onnx" / "model.onnx")
     assert ONNX_OP[cell] in graph_ops and "Loop" not in graph_ops
     assert config["verification"]["model.onnx"]["max_abs_diff"] <= 1e-4
-    assert config["state"] == {"cell": cell, "num_layers": 2, "num_directions": 1, "hidden_size": 8}
+    assert config["state"] == {"rnn": {"cell": cell, "num_layers": 2, "num_directions": 1, "hidden_size": 8}}
 
     predictor = deploy.load(tmp_path / "onnx")
     prompt = "w1 w2 w3"
@@ -150,3 +151,54 @@ def test_int8_quantization(tmp_path, cell, integer_op):
     tokens = np.array([[3, 4, 5, 6]])
     quantized_logits, logits = (p.step(tokens, p.zero_state(1))[0] for p in (int8, fp32))
     np.testing.assert_allclose(quantized_logits, logits, atol=0.5)
+
+
+def translation_tokenizer() -> str:
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *WORDS])}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer.to_str()
+
+
+SEQ2SEQ_VARIANTS = {
+    "bahdanau-gru": {"context": "attention", "attention": "bahdanau", "cell": "gru"},
+    "luong-feeding-lstm": {"context": "attention", "attention": "general", "input_feeding": True, "cell": "lstm"},
+    "every-step-gru": {"context": "every_step", "cell": "gru", "bidirectional_encoder": False},
+    "initial-lstm": {"context": "initial", "cell": "lstm", "num_layers": 2},
+}
+
+
+@pytest.mark.parametrize("variant", SEQ2SEQ_VARIANTS)
+def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path, variant):
+    torch.manual_seed(0)
+    arguments = {"source_vocab_size": 24, "target_vocab_size": 24, "embedding_dim": 8, "hidden_size": 8}
+    arguments |= SEQ2SEQ_VARIANTS[variant]
+    network = Seq2Seq(**arguments).eval()
+    tokenizers = {"source_tokenizer": translation_tokenizer(), "target_tokenizer": translation_tokenizer()}
+    folder = save_pretrained(
+        tmp_path / "s2s",
+        network,
+        arguments=arguments,
+        task="TranslationTask",
+        task_arguments={"beam_size": 3, "length_penalty": 1.0, "max_decode_length": 12},
+        tokenizers=tokenizers,
+    )
+    config = export(folder, tmp_path / "onnx")
+    assert set(config["graphs"]) == {"encoder.onnx", "decoder.onnx"}
+    assert ONNX_OP[arguments["cell"]] in ops(tmp_path / "onnx" / "encoder.onnx")
+    assert ONNX_OP[arguments["cell"]] in ops(tmp_path / "onnx" / "decoder.onnx")
+
+    predictor = deploy.load(tmp_path / "onnx")
+    texts = ["w1 w2 w3 w4 w5", "w7", "w2 w2 w9 w11 w0 w3 w8 w8"]
+    source, lengths = predictor.encode_sources(texts)
+    tokenizer = Tokenizer.from_str(translation_tokenizer())
+    for beam in (1, 3):
+        if beam == 1:
+            expected = greedy_decode(network, torch.from_numpy(source), torch.from_numpy(lengths), 2, 3, 12)
+        else:
+            expected = beam_search(network, torch.from_numpy(source), torch.from_numpy(lengths), 2, 3, beam, 12)
+        assert predictor.translate(texts, beam_size=beam) == tokenizer.decode_batch(expected)
+    with pytest.raises(ValueError, match="empty"):
+        predictor.translate(["w1", "  "])
+    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+        predictor.translate(["w1"], beam_size=0)
