@@ -29,9 +29,11 @@ from torch import nn
 from zoo.classifier import SequenceClassifier
 from zoo.fused import prepare_for_onnx_export
 from zoo.language_model import RNNLanguageModel
+from zoo.pooling import valid_mask
 from zoo.pretrained import Pretrained, load_pretrained, staged_folder, write_json
 from zoo.recurrent import FUSED_CELLS, RecurrentStack
 from zoo.seq2seq import DecoderState, Memory, Seq2Seq
+from zoo.tagger import SequenceTagger
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
@@ -115,6 +117,40 @@ def classifier_graphs(network: SequenceClassifier) -> list[Graph]:
 
     axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
     return [Graph("model.onnx", ClassifierGraph(network), make_inputs, ["tokens", "lengths"], ["logits"], axes)]
+
+
+class TaggerGraph(nn.Module):
+    """tokens ``(B, T)``, lengths and (with character features) chars ``(B, T, W)`` and their lengths
+    ``(B, T)`` -> emissions ``(B, T, tags)`` and the decoded tag ids ``(B, T)`` (Viterbi with a CRF)."""
+
+    def __init__(self, network: SequenceTagger):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens, lengths, chars=None, char_lengths=None):
+        emissions = self.network(tokens, lengths, chars, char_lengths)
+        return emissions, self.network.decode(emissions, valid_mask(lengths, tokens.size(1)))
+
+
+def tagger_graphs(network: SequenceTagger) -> list[Graph]:
+    vocab_size = network.embedding.num_embeddings
+    char_vocab_size = network.chars.embedding.num_embeddings if network.chars is not None else 0
+
+    def make_inputs(batch, time, generator):
+        tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
+        lengths = _random_lengths(batch, time, generator)
+        if not char_vocab_size:
+            return tokens, lengths
+        width = 1 + time % 6
+        chars = torch.randint(0, char_vocab_size, (batch, time, width), generator=generator)
+        char_lengths = torch.randint(1, width + 1, (batch, time), generator=generator)
+        return tokens, lengths, chars, char_lengths * valid_mask(lengths, time)
+
+    inputs = ["tokens", "lengths"] + (["chars", "char_lengths"] if char_vocab_size else [])
+    axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "chars": {0: "batch", 1: "time", 2: "width"}}
+    axes |= {name: {0: "batch", 1: "time"} for name in ("char_lengths", "emissions", "tags")}
+    axes = {name: value for name, value in axes.items() if name in inputs + ["emissions", "tags"]}
+    return [Graph("model.onnx", TaggerGraph(network), make_inputs, inputs, ["emissions", "tags"], axes)]
 
 
 # What the decoder step reads from the encoded source, by how the decoder sees it.
@@ -226,6 +262,7 @@ TASKS: dict[type[nn.Module], tuple[str, Callable[[nn.Module], list[Graph]]]] = {
     RNNLanguageModel: ("language_model", language_model_graphs),
     SequenceClassifier: ("classification", classifier_graphs),
     Seq2Seq: ("translation", seq2seq_graphs),
+    SequenceTagger: ("tagging", tagger_graphs),
 }
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 DECODING_SETTINGS = ("beam_size", "length_penalty", "max_decode_length")

@@ -109,6 +109,46 @@ class LanguageModelPredictor(Predictor):
         return tokenizer.decode(prompt_ids[1:] + new_ids, skip_special_tokens=False)
 
 
+class TaggerPredictor(Predictor):
+    def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
+        """``[{"words", "tags"}]`` per sentence; a sentence is a string (split on whitespace) or its words."""
+        if isinstance(sentences, str) or not sentences:
+            raise ValueError("give a non-empty list of sentences")
+        sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
+        empty = [i for i, words in enumerate(sentences) if not words]
+        if empty:
+            raise ValueError(f"sentences {empty} are empty")
+        if any(len(word.split()) != 1 for words in sentences for word in words):
+            raise ValueError("a word contains whitespace (or is empty)")
+        encodings = self.tokenizers["tokenizer"].encode_batch(sentences, is_pretokenized=True)
+        lengths = np.array([len(words) for words in sentences], dtype=np.int64)
+        feed = {"tokens": np.zeros((len(sentences), lengths.max()), dtype=np.int64), "lengths": lengths}
+        for row, encoding in enumerate(encodings):
+            feed["tokens"][row, : lengths[row]] = encoding.ids
+        if "char_tokenizer" in self.tokenizers:
+            feed |= self._chars(sentences, lengths.max())
+        tags = self.sessions["model.onnx"].run(["tags"], feed)[0]
+        labels = self.config["labels"]
+        return [
+            {"words": words, "tags": [labels[t] for t in tags[row, : len(words)]]}
+            for row, words in enumerate(sentences)
+        ]
+
+    def _chars(self, sentences: list[list[str]], time: int) -> dict[str, np.ndarray]:
+        words = [word for sentence in sentences for word in sentence]
+        char_ids = [e.ids for e in self.tokenizers["char_tokenizer"].encode_batch(words)]
+        chars = np.zeros((len(sentences), time, max(map(len, char_ids))), dtype=np.int64)
+        char_lengths = np.zeros((len(sentences), time), dtype=np.int64)
+        index = 0
+        for row, sentence in enumerate(sentences):
+            for col in range(len(sentence)):
+                ids = char_ids[index]
+                chars[row, col, : len(ids)] = ids
+                char_lengths[row, col] = len(ids)
+                index += 1
+        return {"chars": chars, "char_lengths": char_lengths}
+
+
 class TranslatorPredictor(Predictor):
     """Greedy and beam search over the encoder graph and the decoder-step graph, as in ``zoo.decoding``."""
 
@@ -257,6 +297,7 @@ PREDICTORS: dict[str, type[Predictor]] = {
     "language_model": LanguageModelPredictor,
     "classification": ClassifierPredictor,
     "translation": TranslatorPredictor,
+    "tagging": TaggerPredictor,
 }
 
 

@@ -10,9 +10,10 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 
 import deploy
+from datamodules.tokenization import fit_char_tokenizer
 from deploy.export import ExportError, classifier_graphs, export, verify
 from tests.conftest import REPO
-from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, generate
+from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger, generate
 from zoo.decoding import beam_search, greedy_decode
 from zoo.pretrained import save_pretrained
 
@@ -202,3 +203,48 @@ def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path
         predictor.translate(["w1", "  "])
     with pytest.raises(ValueError, match="beam_size must be >= 1"):
         predictor.translate(["w1"], beam_size=0)
+
+
+@pytest.mark.parametrize("output", ["crf", "softmax"])
+def test_tagger_exports_viterbi_in_the_graph_and_tags_like_torch(tmp_path, output):
+    torch.manual_seed(0)
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    char_tokenizer = fit_char_tokenizer(WORDS, ["<pad>", "<unk>"])
+    arguments = {"vocab_size": 23, "labels": labels, "embedding_dim": 8, "hidden_size": 6, "output": output}
+    arguments |= {"char_vocab_size": char_tokenizer.get_vocab_size(), "char_embedding_dim": 4, "char_hidden_size": 3}
+    network = SequenceTagger(**arguments).eval()
+    with torch.no_grad():  # strong transitions, so that the CRF's decisions differ from per-token argmax
+        if network.crf is not None:
+            network.crf.transitions.normal_(0, 3)
+    tokenizers = {"tokenizer": word_tokenizer(), "char_tokenizer": char_tokenizer.to_str()}
+    folder = save_pretrained(
+        tmp_path / "tagger",
+        network,
+        arguments=arguments,
+        task="TaggingTask",
+        task_arguments={"labels": labels},
+        tokenizers=tokenizers,
+    )
+    export(folder, tmp_path / "onnx")
+    graph_ops = ops(tmp_path / "onnx" / "model.onnx")
+    assert "LSTM" in graph_ops and ("Loop" in graph_ops) == (output == "crf")
+
+    sentences = ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w3", "w9 w13 Zürich w0"]
+    predictor = deploy.load(tmp_path / "onnx")
+    rows = predictor.tag(sentences)
+    assert [row["words"] for row in rows] == [s.split() for s in sentences]
+    for sentence, row in zip(sentences, rows, strict=True):  # each alone in torch: padding changes nothing
+        words = sentence.split()
+        ids = torch.tensor([Tokenizer.from_str(word_tokenizer()).encode(words, is_pretokenized=True).ids])
+        char_ids = [char_tokenizer.encode(word).ids for word in words]
+        chars = torch.zeros(1, len(words), max(map(len, char_ids)), dtype=torch.long)
+        for col, word_ids in enumerate(char_ids):
+            chars[0, col, : len(word_ids)] = torch.tensor(word_ids)
+        char_lengths = torch.tensor([[len(word_ids) for word_ids in char_ids]])
+        lengths = torch.tensor([len(words)])
+        with torch.no_grad():
+            emissions = network(ids, lengths, chars, char_lengths)
+            expected = network.decode(emissions, torch.ones(1, len(words), dtype=torch.bool))[0]
+        assert row["tags"] == [labels[t] for t in expected.tolist()]
+    with pytest.raises(ValueError, match="empty"):
+        predictor.tag(["w1", " "])

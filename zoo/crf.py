@@ -79,27 +79,7 @@ class CRF(nn.Module):
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Viterbi: the highest-scoring tag sequence ``(B, T)``, with 0 at padding positions."""
         mask = self._check(emissions, mask)
-        transitions, start, end = self.scores()
-        batch_size, seq_len, num_tags = emissions.shape
-        # Padding steps get identity backpointers, so backtracking from the last step carries each
-        # sequence's final tag unchanged down to its real last step.
-        identity = torch.arange(num_tags, device=emissions.device).expand(batch_size, num_tags)
-        score = start + emissions[:, 0]
-        backpointers = []
-        for t in range(1, seq_len):
-            # candidates[b, i, j]: best path ending in tag i at t - 1, then tag j at t.
-            candidates = score.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)
-            best, previous = candidates.max(dim=1)
-            step = mask[:, t].unsqueeze(1)
-            score = torch.where(step, best, score)
-            backpointers.append(torch.where(step, previous, identity))
-        tag = (score + end).argmax(dim=1)
-        path = [tag]
-        for previous in reversed(backpointers):
-            tag = previous.gather(1, tag.unsqueeze(1)).squeeze(1)
-            path.append(tag)
-        path.reverse()
-        return torch.stack(path, dim=1) * mask.long()
+        return viterbi(emissions, mask, *self.scores())
 
     def _check(self, emissions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if emissions.dim() != 3 or emissions.shape[2] != self.num_tags:
@@ -126,6 +106,34 @@ class CRF(nn.Module):
             candidates = alpha.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)
             alpha = torch.where(mask[:, t].unsqueeze(1), candidates.logsumexp(dim=1), alpha)
         return (alpha + end).logsumexp(dim=1)
+
+
+# Scripted so that the ONNX exporter turns the loops over the (dynamic) sentence length into ONNX
+# Loops; tracing would unroll them for the example's length.
+@torch.jit.script
+def viterbi(
+    emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor, end: torch.Tensor
+) -> torch.Tensor:
+    """The highest-scoring tag sequence ``(B, T)`` under emission, transition, start and end scores."""
+    batch_size, seq_len, num_tags = emissions.shape
+    # Padding steps get identity backpointers, so backtracking from the last step carries each
+    # sequence's final tag unchanged down to its real last step.
+    identity = torch.arange(num_tags, device=emissions.device).unsqueeze(0).expand(batch_size, num_tags)
+    score = start + emissions[:, 0]
+    backpointers: list[torch.Tensor] = []
+    for t in range(1, seq_len):
+        # candidates[b, i, j]: best path ending in tag i at t - 1, then tag j at t.
+        candidates = score.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)
+        best, previous = candidates.max(dim=1)
+        step = mask[:, t].unsqueeze(1)
+        score = torch.where(step, best, score)
+        backpointers.append(torch.where(step, previous, identity))
+    tag = (score + end).argmax(dim=1)
+    path: list[torch.Tensor] = [tag]
+    for i in range(len(backpointers) - 1, -1, -1):
+        tag = backpointers[i].gather(1, tag.unsqueeze(1)).squeeze(1)
+        path.append(tag)
+    return torch.stack(path, dim=1).flip(1) * mask.long()
 
 
 def bio_constraints(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
