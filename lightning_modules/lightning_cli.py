@@ -1,0 +1,67 @@
+"""``rnnzoo fit/validate/test/predict``: LightningCLI with the data's sizes linked into the model."""
+
+import json
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules.loading import DataError
+
+
+class RnnzooCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        # Sizes the data decides. A link whose source or target a chosen class lacks is skipped, so
+        # one parser serves every task (the language model has no labels).
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
+        parser.link_arguments("data.char_vocab_size", "model.init_args.char_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.source_vocab_size", "model.init_args.source_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
+
+    def _resolve_best(self) -> None:
+        """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""
+        config = self.config_init[self.subcommand]
+        callback = self.trainer.checkpoint_callback
+        if config.get("ckpt_path") != "best" or callback is None or callback.best_model_path:
+            return
+        if callback.dirpath is None:
+            raise SystemExit(
+                "--ckpt_path best in a new process needs ModelCheckpoint(dirpath=...) in the config "
+                "(the zoo configs set one); otherwise pass the checkpoint's path"
+            )
+        last = Path(callback.dirpath) / "last.ckpt"
+        if not last.is_file():
+            raise SystemExit(f"--ckpt_path best: no {last} to read the best checkpoint from; train first")
+        # Our own checkpoint (not a download), so unpickling it is fine.
+        states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+        best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), "")
+        if not best or not Path(best).is_file():
+            raise SystemExit(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})")
+        print(f"best checkpoint: {best}")
+        config["ckpt_path"] = best
+
+    before_validate = before_test = before_predict = _resolve_best
+
+    def after_predict(self) -> None:
+        """Print predictions as JSON lines (tasks whose ``predict_step`` returns lists of dicts)."""
+        for batch in self.trainer.predict_loop.predictions or []:
+            for row in batch if isinstance(batch, list) else []:
+                print(json.dumps(row))
+
+
+def run_lightning_cli(argv: list[str] | None = None) -> None:
+    """``argv`` None: LightningCLI reads ``sys.argv`` itself."""
+    try:
+        RnnzooCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+        )
+    except DataError as err:
+        raise SystemExit(f"rnnzoo: data error: {err}") from None
