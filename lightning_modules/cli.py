@@ -108,7 +108,33 @@ def export_main(argv: list[str]) -> None:
     print(f"wrote {args.out}")
 
 
-SUBCOMMANDS = {"generate": generate_main, "translate": translate_main, "zoo": zoo_main, "export": export_main}
+def serve_main(argv: list[str]) -> None:
+    from deploy.service import Limits, serve
+
+    parser = argparse.ArgumentParser(prog="rnnzoo serve", description="Serve exported model folders over HTTP.")
+    parser.add_argument("folders", nargs="+", help="folders written by `rnnzoo export` (model name = folder name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
+    for field, value in vars(Limits()).items():
+        parser.add_argument(f"--{field}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    missing = [folder for folder in args.folders if not (Path(folder) / "config.json").is_file()]
+    if missing:
+        parser.error(f"not exported model folders (no config.json): {', '.join(missing)}")
+    try:
+        serve(**vars(args))
+    except ValueError as err:
+        parser.error(str(err))
+
+
+SUBCOMMANDS = {
+    "generate": generate_main,
+    "translate": translate_main,
+    "zoo": zoo_main,
+    "export": export_main,
+    "serve": serve_main,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
             "rnnzoo zoo --help: pretrained zoo folders (publish a checkpoint)\n"
             "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"
+            "rnnzoo serve --help: serve exported models over HTTP (no torch needed)\n"
             "(LightningCLI subcommands below)\n"
         )
     from lightning_modules.lightning_cli import run_lightning_cli

@@ -1,0 +1,262 @@
+"""``rnnzoo serve``: exported models over HTTP with FastAPI and uvicorn, without torch.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/models/{name}/predict`` (the request schema depends on
+the model's task; see ``/docs``), ``GET /healthz``, ``GET /readyz`` and Prometheus ``GET /metrics``.
+Bad input is a 4xx with a message: 422 for a wrong type or an empty text, 413 for too many texts
+or a text over the size limit, 404 for an unknown model, 503 when the model's queue is full.
+
+Concurrent requests to one model are micro-batched: the texts of requests that arrive within
+``max_wait_ms`` of each other (up to ``max_batch`` texts) go through one onnxruntime call. The
+queue is bounded by ``max_queue`` texts, so overload is answered with 503 instead of growing.
+"""
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from deploy.runtime import Predictor, load
+
+
+@dataclass
+class Limits:
+    max_items: int = 64  # texts per request (413 beyond)
+    max_text_chars: int = 10_000  # characters per text (413 beyond)
+    max_batch: int = 64  # texts per onnxruntime call
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_queue: int = 1024  # texts waiting or running per model (503 beyond)
+
+
+class TextsRequest(BaseModel):
+    texts: list[str] = Field(min_length=1, description="raw texts")
+
+
+class TagRequest(BaseModel):
+    sentences: list[str] = Field(min_length=1, description="sentences; words are split on whitespace")
+
+
+class TranslateRequest(TextsRequest):
+    beam_size: int | None = Field(None, ge=1, le=16, description="1 = greedy; default: the model's")
+    max_length: int | None = Field(None, ge=1, le=512, description="target token budget")
+
+
+class GenerateRequest(BaseModel):
+    prompts: list[str] = Field(min_length=1, description="texts to continue (may be empty strings)")
+    max_tokens: int = Field(50, ge=1, le=1000)
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+
+
+@dataclass
+class TaskAPI:
+    """How one task is served: its request schema, which field holds the texts, the predictor call
+    on a batch of texts with shared parameters, and the response key."""
+
+    request: type[BaseModel]
+    items_field: str
+    run: Callable[[Predictor, list[str], dict], list]
+    response_key: str
+    allow_empty: bool = False
+
+
+TASK_APIS = {
+    "classification": TaskAPI(TextsRequest, "texts", lambda p, texts, _: p.classify(texts), "predictions"),
+    "tagging": TaskAPI(TagRequest, "sentences", lambda p, texts, _: p.tag(texts), "predictions"),
+    "translation": TaskAPI(
+        TranslateRequest, "texts", lambda p, texts, params: p.translate(texts, **params), "translations"
+    ),
+    "language_model": TaskAPI(
+        GenerateRequest,
+        "prompts",
+        lambda p, prompts, params: [p.generate(prompt, **params) for prompt in prompts],
+        "generations",
+        allow_empty=True,
+    ),
+}
+
+
+class QueueFull(Exception):
+    pass
+
+
+class MicroBatcher:
+    """One worker per model: takes queued requests, waits up to ``max_wait_ms`` for more, groups
+    them by parameters and runs each group as one predictor call in a thread."""
+
+    def __init__(self, run: Callable[[list[str], dict], list], limits: Limits):
+        self.run, self.limits = run, limits
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.in_flight = 0  # texts queued or running
+        self.batch_sizes: list[int] = []
+        self.worker: asyncio.Task | None = None
+
+    async def submit(self, items: list[str], params: dict) -> list:
+        if self.in_flight + len(items) > self.limits.max_queue:
+            raise QueueFull
+        self.in_flight += len(items)
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((items, params, future))
+        try:
+            return await future
+        finally:
+            self.in_flight -= len(items)
+
+    async def work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            count, deadline = len(batch[0][0]), loop.time() + self.limits.max_wait_ms / 1000
+            while count < self.limits.max_batch and (remaining := deadline - loop.time()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+                count += len(batch[-1][0])
+            groups: dict[tuple, list] = {}
+            for request in batch:
+                groups.setdefault(tuple(sorted(request[1].items())), []).append(request)
+            for requests in groups.values():
+                await self._run_group(loop, requests)
+
+    async def _run_group(self, loop, requests: list) -> None:
+        items = [item for request in requests for item in request[0]]
+        try:
+            results = await loop.run_in_executor(None, self.run, items, requests[0][1])
+        except Exception as err:  # one request's bad input must not fail the others: run them alone
+            if len(requests) > 1:
+                for request in requests:
+                    await self._run_group(loop, [request])
+                return
+            if not requests[0][2].done():
+                requests[0][2].set_exception(err)
+            return
+        self.batch_sizes.append(len(items))
+        start = 0
+        for request_items, _, future in requests:
+            if not future.done():
+                future.set_result(results[start : start + len(request_items)])
+            start += len(request_items)
+
+
+def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, threads: int | None = None) -> FastAPI:
+    """The service for exported model ``folders``; a model's name is its folder's name."""
+    limits = limits or Limits()
+    predictors: dict[str, Predictor] = {}
+    for folder in map(Path, folders):
+        if folder.name in predictors:
+            raise ValueError(f"two model folders are named {folder.name!r}")
+        predictors[folder.name] = load(folder, threads)
+    apis = {name: TASK_APIS[predictor.task] for name, predictor in predictors.items()}
+    batchers = {
+        name: MicroBatcher(lambda items, params, p=predictor, api=apis[name]: api.run(p, items, params), limits)
+        for name, predictor in predictors.items()
+    }
+
+    registry = CollectorRegistry()
+    requests_total = Counter("rnnzoo_requests", "Prediction requests", ["model", "status"], registry=registry)
+    latency = Histogram("rnnzoo_request_seconds", "Prediction latency", ["model"], registry=registry)
+    batch_size = Histogram(
+        "rnnzoo_batch_texts",
+        "Texts per onnxruntime call",
+        ["model"],
+        registry=registry,
+        buckets=(1, 2, 4, 8, 16, 32, 64),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for batcher in batchers.values():
+            batcher.worker = asyncio.create_task(batcher.work())
+        yield
+        for batcher in batchers.values():
+            batcher.worker.cancel()
+
+    app = FastAPI(title="rnnzoo", description=__doc__.split("\n\n")[1], lifespan=lifespan)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        ready = all(b.worker is not None and not b.worker.done() for b in batchers.values())
+        if not ready:
+            raise HTTPException(503, "models are not ready")
+        return {"status": "ready", "models": sorted(predictors)}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        for name, batcher in batchers.items():
+            for size in batcher.batch_sizes:
+                batch_size.labels(name).observe(size)
+            batcher.batch_sizes.clear()
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    def list_models() -> dict:
+        return {
+            "models": [
+                {"name": name, "task": p.task, "labels": p.config.get("labels"), "request": apis[name].request.__name__}
+                for name, p in predictors.items()
+            ]
+        }
+
+    for name in predictors:
+        _add_predict_route(app, name, apis[name], batchers[name], limits, requests_total, latency)
+
+    @app.post("/v1/models/{name}/predict", include_in_schema=False)
+    def unknown_model(name: str):
+        raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(sorted(predictors))}")
+
+    return app
+
+
+def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: Limits, requests_total, latency):
+    async def predict(request: api.request) -> dict:  # type: ignore[valid-type]
+        start, status = time.perf_counter(), 200
+        try:
+            items = getattr(request, api.items_field)
+            params = request.model_dump(exclude={api.items_field}, exclude_none=True)
+            if len(items) > limits.max_items:
+                raise HTTPException(413, f"{len(items)} {api.items_field}; at most {limits.max_items} per request")
+            too_long = [i for i, text in enumerate(items) if len(text) > limits.max_text_chars]
+            if too_long:
+                raise HTTPException(413, f"{api.items_field} {too_long} exceed {limits.max_text_chars} characters")
+            empty = [i for i, text in enumerate(items) if not text.strip()]
+            if empty and not api.allow_empty:
+                raise HTTPException(422, f"{api.items_field} {empty} are empty")
+            try:
+                results = await batcher.submit(items, params)
+            except QueueFull:
+                message = f"model {name!r} is at capacity ({limits.max_queue} queued texts); retry later"
+                raise HTTPException(503, message) from None
+            except ValueError as err:
+                raise HTTPException(422, str(err)) from None
+            return {"model": name, api.response_key: results}
+        except HTTPException as err:
+            status = err.status_code
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            requests_total.labels(name, str(status)).inc()
+            latency.labels(name).observe(time.perf_counter() - start)
+
+    app.post(f"/v1/models/{name}/predict", summary=f"{name}: {api.request.__name__}")(predict)
+
+
+def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8000, **options) -> None:
+    import uvicorn
+
+    limits = Limits(**{k: v for k, v in options.items() if k in Limits.__dataclass_fields__})
+    uvicorn.run(create_app(folders, limits, options.get("threads")), host=host, port=port, log_level="warning")
