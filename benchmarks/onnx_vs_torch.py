@@ -1,0 +1,116 @@
+"""onnxruntime vs PyTorch eager on the same model, and int8 vs float32 onnxruntime, side by side.
+
+Language model (default: a 2x200 LSTM over a 10k vocabulary, Zaremba small; or ``--source`` a
+checkpoint/pretrained LM): one decode step at batch 1 (state carried) and a whole 35-step sequence
+at batch 32. Classifier (``--source`` a classifier): 1 text and 32 texts of 200 tokens. Both
+runtimes get the same number of threads; each figure is the median of ``--repeats`` timed calls
+after warm-up.
+
+    python benchmarks/onnx_vs_torch.py [--source X.ckpt|DIR] [--threads 1]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import deploy
+from deploy.export import export, load_source
+from zoo import RNNLanguageModel, SequenceClassifier
+from zoo.pretrained import save_pretrained
+
+
+def median_seconds(run, repeats: int) -> float:
+    for _ in range(max(3, repeats // 10)):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def default_language_model(folder: Path) -> Path:
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 10_000, "embedding_dim": 200, "hidden_size": 200, "num_layers": 2, "cell": "lstm"}
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    tokenizer = Tokenizer(WordLevel({"<unk>": 0, "<eos>": 1}, unk_token="<unk>")).to_str()
+    return save_pretrained(
+        folder,
+        RNNLanguageModel(**arguments),
+        arguments=arguments,
+        task="LanguageModelTask",
+        task_arguments={},
+        tokenizers={"tokenizer": tokenizer},
+    )
+
+
+def cases(network, exported: dict):
+    """(name, torch call, onnxruntime call per exported variant) for the network's task."""
+    rng = np.random.default_rng(0)
+    if isinstance(network, RNNLanguageModel):
+        vocab = network.vocab_size
+        for name, batch, steps in (("LM step, batch 1", 1, 1), ("LM sequence, batch 32 x 35", 32, 35)):
+            tokens = rng.integers(0, vocab, (batch, steps))
+            state = network.init_state(batch)
+            torch_tokens = torch.from_numpy(tokens)
+            calls = {}
+            for variant, predictor in exported.items():
+                ort_state = predictor.zero_state(batch)
+                calls[variant] = lambda p=predictor, s=ort_state, t=tokens: p.step(t, s)
+            yield name, lambda t=torch_tokens, s=state: network(t, s), calls
+    elif isinstance(network, SequenceClassifier):
+        vocab = network.embedding.num_embeddings
+        for name, batch in (("classify 1 x 200 tokens", 1), ("classify 32 x 200 tokens", 32)):
+            tokens = rng.integers(1, vocab, (batch, 200))
+            lengths = np.full(batch, 200)
+            torch_inputs = (torch.from_numpy(tokens), torch.from_numpy(lengths))
+            calls = {
+                variant: lambda p=p, feed={"tokens": tokens, "lengths": lengths}: p.sessions["model.onnx"].run(
+                    None, feed
+                )
+                for variant, p in exported.items()
+            }
+            yield name, lambda i=torch_inputs: network(*i), calls
+    else:
+        raise SystemExit(f"this benchmark covers language models and classifiers, not {type(network).__name__}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", default=None, help="a .ckpt or pretrained folder (default: a 2x200 LSTM LM)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(args.source) if args.source else default_language_model(Path(tmp) / "lm")
+        export(source, Path(tmp) / "fp32")
+        export(source, Path(tmp) / "int8", quantize="int8")
+        exported = {v: deploy.load(Path(tmp) / v, threads=args.threads) for v in ("fp32", "int8")}
+        network = load_source(source)[0].network.eval()
+
+        print(f"\n{type(network).__name__}, {args.threads} thread(s), median of {args.repeats} calls")
+        print("| case | torch eager | onnxruntime fp32 | onnxruntime int8 | fp32 speed-up | int8 / fp32 speed-up |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        with torch.inference_mode():
+            for name, torch_call, ort_calls in cases(network, exported):
+                eager = median_seconds(torch_call, args.repeats)
+                fp32 = median_seconds(ort_calls["fp32"], args.repeats)
+                int8 = median_seconds(ort_calls["int8"], args.repeats)
+                print(
+                    f"| {name} | {eager * 1e6:,.0f} µs | {fp32 * 1e6:,.0f} µs | {int8 * 1e6:,.0f} µs "
+                    f"| **{eager / fp32:.2f}x** | **{fp32 / int8:.2f}x** |"
+                )
+
+
+if __name__ == "__main__":
+    main()
