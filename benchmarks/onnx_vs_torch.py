@@ -72,11 +72,9 @@ def cases(network, exported: dict):
             tokens = rng.integers(1, vocab, (batch, 200))
             lengths = np.full(batch, 200)
             torch_inputs = (torch.from_numpy(tokens), torch.from_numpy(lengths))
+            feed = {"tokens": tokens, "lengths": lengths}
             calls = {
-                variant: lambda p=p, feed={"tokens": tokens, "lengths": lengths}: p.sessions["model.onnx"].run(
-                    None, feed
-                )
-                for variant, p in exported.items()
+                variant: lambda p=p, f=feed: p.sessions["model.onnx"].run(None, f) for variant, p in exported.items()
             }
             yield name, lambda i=torch_inputs: network(*i), calls
     else:
