@@ -33,6 +33,7 @@ class Limits:
     max_batch: int = 64  # texts per onnxruntime call
     max_wait_ms: float = 5.0  # how long a batch waits for more requests
     max_queue: int = 1024  # texts waiting or running per model (503 beyond)
+    max_parallel: int = os.cpu_count() or 1  # predictor calls running at once per model
 
 
 class TextsRequest(BaseModel):
@@ -90,7 +91,8 @@ class QueueFull(Exception):
 
 class MicroBatcher:
     """One worker per model: takes queued requests, waits up to ``max_wait_ms`` for more, groups
-    them by parameters and runs each group as one predictor call in a thread."""
+    them by parameters and runs each group as one predictor call in a thread, up to
+    ``max_parallel`` calls at once (onnxruntime releases the GIL) while it collects the next batch."""
 
     def __init__(self, run: Callable[[list[str], dict], list], limits: Limits):
         self.run, self.limits = run, limits
@@ -98,6 +100,7 @@ class MicroBatcher:
         self.in_flight = 0  # texts queued or running
         self.batch_sizes: list[int] = []
         self.worker: asyncio.Task | None = None
+        self.running: set[asyncio.Task] = set()
 
     async def submit(self, items: list[str], params: dict) -> list:
         if self.in_flight + len(items) > self.limits.max_queue:
@@ -112,6 +115,7 @@ class MicroBatcher:
 
     async def work(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.limits.max_parallel)
         while True:
             batch = [await self.queue.get()]
             count, deadline = len(batch[0][0]), loop.time() + self.limits.max_wait_ms / 1000
@@ -125,7 +129,10 @@ class MicroBatcher:
             for request in batch:
                 groups.setdefault(tuple(sorted(request[1].items())), []).append(request)
             for requests in groups.values():
-                await self._run_group(loop, requests)
+                await slots.acquire()
+                task = asyncio.create_task(self._run_group(loop, requests))
+                self.running.add(task)
+                task.add_done_callback(lambda done: (self.running.discard(done), slots.release()))
 
     async def _run_group(self, loop, requests: list) -> None:
         items = [item for request in requests for item in request[0]]
