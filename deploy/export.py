@@ -26,6 +26,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from deploy.parity import task_parity
 from zoo.classifier import SequenceClassifier
 from zoo.fused import prepare_for_onnx_export
 from zoo.language_model import RNNLanguageModel
@@ -295,11 +296,15 @@ def export(
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
     quantize: str | None = None,
+    parity_data=None,
+    parity_examples: int = 1000,
 ) -> dict:
     """Export ``source`` (``.ckpt`` or pretrained folder) to ``out_dir``; returns the written config.
 
     ``quantize="int8"`` quantizes every graph after its float32 version has passed verification;
-    the quantized graph's difference from PyTorch is recorded, not enforced.
+    the quantized graph's difference from PyTorch is recorded, not enforced. ``parity_data`` (a
+    ``datasets.Dataset`` of held-out rows in the task's Hub schema) adds task-level parity on its
+    first ``parity_examples`` rows (see ``deploy.parity``).
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -330,6 +335,7 @@ def export(
             "task": task,
             "architecture": pretrained.config["architecture"],
             "labels": pretrained.config["task_arguments"].get("labels"),
+            "language_pair": pretrained.config["task_arguments"].get("language_pair"),
             "tokenizers": tokenizer_files,
             "special_tokens": _special_tokens(pretrained),
             "graphs": {graph.file: _describe(staging / graph.file) for graph in graphs},
@@ -342,6 +348,9 @@ def export(
             "verification": verification,
         }
         write_json(staging / "config.json", config)
+        if parity_data is not None:
+            config["parity"] = task_parity(staging, network, parity_data, parity_examples)
+            write_json(staging / "config.json", config)
     return config
 
 

@@ -112,6 +112,16 @@ class LanguageModelPredictor(Predictor):
 class TaggerPredictor(Predictor):
     def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
         """``[{"words", "tags"}]`` per sentence; a sentence is a string (split on whitespace) or its words."""
+        sentences, feed = self.features(sentences)
+        tags = self.sessions["model.onnx"].run(["tags"], feed)[0]
+        labels = self.config["labels"]
+        return [
+            {"words": words, "tags": [labels[t] for t in tags[row, : len(words)]]}
+            for row, words in enumerate(sentences)
+        ]
+
+    def features(self, sentences: list[str] | list[list[str]]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+        """The sentences' words and the graph's inputs: padded word ids, lengths (and characters)."""
         if isinstance(sentences, str) or not sentences:
             raise ValueError("give a non-empty list of sentences")
         sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
@@ -127,12 +137,7 @@ class TaggerPredictor(Predictor):
             feed["tokens"][row, : lengths[row]] = encoding.ids
         if "char_tokenizer" in self.tokenizers:
             feed |= self._chars(sentences, lengths.max())
-        tags = self.sessions["model.onnx"].run(["tags"], feed)[0]
-        labels = self.config["labels"]
-        return [
-            {"words": words, "tags": [labels[t] for t in tags[row, : len(words)]]}
-            for row, words in enumerate(sentences)
-        ]
+        return sentences, feed
 
     def _chars(self, sentences: list[list[str]], time: int) -> dict[str, np.ndarray]:
         words = [word for sentence in sentences for word in sentence]

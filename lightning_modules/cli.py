@@ -96,15 +96,24 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |onnxruntime - torch|")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="onnxruntime dynamic quantization")
+    parser.add_argument("--data_dir", default=None, help="a folder with test.parquet: task parity on real rows")
+    parser.add_argument("--parity_examples", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
-        config = export(args.ckpt, args.out, args.opset, args.tolerance, args.quantize)
+        test = None
+        if args.data_dir:
+            from datamodules.loading import load_splits
+
+            test = load_splits("", args.data_dir, ("test",))["test"]
+        config = export(args.ckpt, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples)
     except (FileNotFoundError, ValueError, ExportError) as err:
         parser.error(str(err))
     for graph, check in config["verification"].items():
         print(f"{graph}: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})")
         if "int8_max_abs_diff" in check:
             print(f"{graph}: after int8 quantization, max |onnxruntime - torch| = {check['int8_max_abs_diff']:.2e}")
+    if "parity" in config:
+        print("parity on real test rows:", json.dumps(config["parity"]))
     print(f"wrote {args.out}")
 
 

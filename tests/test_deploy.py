@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import datasets
 import numpy as np
 import onnx
 import pytest
@@ -248,3 +249,20 @@ def test_tagger_exports_viterbi_in_the_graph_and_tags_like_torch(tmp_path, outpu
         assert row["tags"] == [labels[t] for t in expected.tolist()]
     with pytest.raises(ValueError, match="empty"):
         predictor.tag(["w1", " "])
+
+
+def test_export_reports_task_parity_on_held_out_rows(tmp_path):
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 8, "hidden_size": 8, "pooling": "mean"}
+    folder = pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments, {"labels": ["n", "p"]})
+    rows = datasets.Dataset.from_dict({"text": [" ".join(WORDS[i : i + 5]) for i in range(12)], "label": [0, 1] * 6})
+    parity = export(folder, tmp_path / "onnx", parity_data=rows, parity_examples=10)["parity"]
+    assert parity["examples"] == 10 and parity["same_label"] == 1.0
+    assert parity["onnx_accuracy"] == parity["torch_accuracy"]
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["parity"] == parity
+
+    arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8, "num_layers": 2}
+    folder = pretrained_folder(tmp_path / "lm", RNNLanguageModel(**arguments), arguments)
+    sentences = datasets.Dataset.from_dict({"sentence": ["w1 w2 w3", "w4 w5", "w6 nonsense w7 w8"]})
+    parity = export(folder, tmp_path / "lm-onnx", parity_data=sentences)["parity"]
+    assert parity["tokens"] == 12 and parity["onnx_perplexity"] == pytest.approx(parity["torch_perplexity"], rel=1e-5)

@@ -1,0 +1,109 @@
+"""Task-level parity of an exported folder with its PyTorch network on real held-out examples.
+
+Both sides get the same ids from the exported folder's own tokenizers, so any difference comes
+from the graph. Reported per task: the fraction of identical predictions and the task metric of
+each side (accuracy, tag accuracy, sacreBLEU, perplexity).
+"""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import deploy
+from zoo.decoding import beam_search
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def task_parity(folder, network: nn.Module, test, examples: int = 1000, batch_size: int = 64) -> dict:
+    """Compare ``deploy.load(folder)`` with ``network`` on the first ``examples`` rows of ``test``."""
+    predictor = deploy.load(folder)
+    network = network.eval()
+    rows = test.select(range(min(examples, len(test))))
+    run = {
+        "classification": _classification,
+        "tagging": _tagging,
+        "translation": _translation,
+        "language_model": _language_model,
+    }[predictor.task]
+    return {"examples": len(rows), **run(predictor, network, rows, batch_size)}
+
+
+def _classification(predictor, network, rows, batch_size) -> dict:
+    same = onnx_right = torch_right = 0
+    for batch in _batches(list(zip(rows["text"], rows["label"], strict=True)), batch_size):
+        texts = [text for text, _ in batch]
+        ids, lengths = predictor.encode(texts)
+        from_onnx = predictor.logits(texts).argmax(-1)
+        from_torch = network(torch.from_numpy(ids), torch.from_numpy(lengths)).argmax(-1).numpy()
+        gold = np.array([label for _, label in batch])
+        same += int((from_onnx == from_torch).sum())
+        onnx_right, torch_right = (
+            onnx_right + int((from_onnx == gold).sum()),
+            torch_right + int((from_torch == gold).sum()),
+        )
+    n = len(rows)
+    return {"same_label": same / n, "onnx_accuracy": onnx_right / n, "torch_accuracy": torch_right / n}
+
+
+def _tagging(predictor, network, rows, batch_size) -> dict:
+    same = total = 0
+    for sentences in _batches([words for words in rows["tokens"] if words], batch_size):
+        words, feed = predictor.features(sentences)
+        from_onnx = predictor.sessions["model.onnx"].run(["tags"], feed)[0]
+        inputs = {name: torch.from_numpy(value) for name, value in feed.items()}
+        emissions = network(inputs["tokens"], inputs["lengths"], inputs.get("chars"), inputs.get("char_lengths"))
+        mask = torch.arange(emissions.size(1)).unsqueeze(0) < inputs["lengths"].unsqueeze(1)
+        from_torch = network.decode(emissions, mask).numpy()
+        valid = mask.numpy()
+        same, total = same + int(((from_onnx == from_torch) & valid).sum()), total + int(valid.sum())
+    return {"same_tag": same / total, "tokens": total}
+
+
+def _translation(predictor, network, rows, batch_size) -> dict:
+    import sacrebleu
+
+    source_lang, target_lang = predictor.config["language_pair"].split("-")
+    sources, references = rows[source_lang], rows[target_lang]
+    beam = predictor.config["decoding"].get("beam_size", 5)
+    length_penalty = predictor.config["decoding"].get("length_penalty", 1.0)
+    from_onnx, from_torch = [], []
+    for texts in _batches(sources, batch_size):
+        from_onnx += predictor.translate(texts)
+        source, lengths = predictor.encode_sources(texts)
+        ids = beam_search(
+            network, torch.from_numpy(source), torch.from_numpy(lengths), predictor.bos, predictor.eos, beam,
+            predictor.config["decoding"].get("max_decode_length"), length_penalty,
+        )  # fmt: skip
+        from_torch += predictor.tokenizers["target_tokenizer"].decode_batch(ids)
+    same = sum(a == b for a, b in zip(from_onnx, from_torch, strict=True)) / len(sources)
+    bleu = {
+        side: sacrebleu.corpus_bleu(out, [references]).score
+        for side, out in (("onnx", from_onnx), ("torch", from_torch))
+    }
+    return {"same_translation": same, "onnx_bleu": bleu["onnx"], "torch_bleu": bleu["torch"], "beam_size": beam}
+
+
+def _language_model(predictor, network, rows, batch_size) -> dict:
+    eos = predictor.special_tokens["tokenizer"]["<eos>"]
+    tokenizer = predictor.tokenizers["tokenizer"]
+    nll = {"onnx": 0.0, "torch": 0.0}
+    count = 0
+    for sentence in rows["sentence"]:
+        ids = np.array([[eos, *tokenizer.encode(sentence).ids, eos]])
+        inputs, targets = ids[:, :-1], torch.from_numpy(ids[:, 1:]).flatten()
+        logits = {
+            "onnx": torch.from_numpy(predictor.step(inputs, predictor.zero_state(1))[0]),
+            "torch": network(torch.from_numpy(inputs))[0],
+        }
+        for side, value in logits.items():
+            nll[side] += float(F.cross_entropy(value.flatten(0, 1), targets, reduction="sum"))
+        count += len(targets)
+    return {f"{side}_perplexity": math.exp(total / count) for side, total in nll.items()} | {"tokens": count}
