@@ -1,6 +1,7 @@
 """``rnnzoo fit/validate/test/predict``: LightningCLI with the data's sizes linked into the model."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +21,18 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.source_vocab_size", "model.init_args.source_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
+
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path`` may be ``best`` (read from ``last.ckpt``) or a pretrained folder."""
+        config = self.config_init[self.subcommand]
+        path = config.get("ckpt_path")
+        if path and Path(path).is_dir():
+            from lightning_modules.pretrained import checkpoint_from_pretrained
+
+            self._weights_only = tempfile.TemporaryDirectory()
+            config["ckpt_path"] = str(checkpoint_from_pretrained(path, Path(self._weights_only.name) / "weights.ckpt"))
+            return
+        self._resolve_best()
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""
@@ -43,7 +56,7 @@ class RnnzooCLI(LightningCLI):
         print(f"best checkpoint: {best}")
         config["ckpt_path"] = best
 
-    before_validate = before_test = before_predict = _resolve_best
+    before_validate = before_test = before_predict = _resolve_ckpt_path
 
     def after_predict(self) -> None:
         """Print predictions as JSON lines (tasks whose ``predict_step`` returns lists of dicts)."""

@@ -70,3 +70,18 @@ def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     task.net.load_state_dict(pretrained.network.state_dict())
     task.tokenizer_jsons = {name: tokenizer.to_str() for name, tokenizer in pretrained.tokenizers.items()}
     return task.eval()
+
+
+def checkpoint_from_pretrained(directory: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A weights-only Lightning checkpoint of a pretrained folder, for ``rnnzoo validate/test/predict``."""
+    import lightning
+
+    task = task_from_pretrained(directory)
+    checkpoint = {
+        "state_dict": task.state_dict(),
+        "hyper_parameters": dict(task.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        **dict(task.tokenizer_jsons),
+    }
+    torch.save(checkpoint, path)
+    return Path(path)

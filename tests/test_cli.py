@@ -133,6 +133,8 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     files = {p.name for p in published.iterdir()}
     assert files == {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"}
     assert json.loads((published / "metrics.json").read_text())["metrics"] == {"test_acc": 0.5}
+    from_folder = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", str(published))
+    assert "test_acc" in from_folder.stdout
     missing = rnnzoo(tmp_path, "zoo", "publish", "nowhere.ckpt", "--out", "x", check=False)
     assert missing.returncode == 2 and "no checkpoint at nowhere.ckpt" in missing.stderr
 
