@@ -59,30 +59,9 @@ def translate_main(argv: list[str]) -> None:
 
 
 def zoo_main(argv: list[str]) -> None:
-    import torch
+    from lightning_modules.zoo_command import zoo_main as run
 
-    from lightning_modules.pretrained import publish
-
-    parser = argparse.ArgumentParser(prog="rnnzoo zoo", description="Pretrained zoo folders.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    publish_parser = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder")
-    publish_parser.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`")
-    publish_parser.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
-    publish_parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weight storage")
-    publish_parser.add_argument("--metric", action="append", default=[], help="NAME=VALUE it reached (repeatable)")
-    publish_parser.add_argument("--split", default="test", help="the split the metrics were measured on")
-    publish_parser.add_argument("--command", default="", help="the command that trained and evaluated it")
-    args = parser.parse_args(argv)
-    try:
-        values = dict(metric.split("=", 1) for metric in args.metric)
-        metrics = {"split": args.split, "metrics": {k: float(v) for k, v in values.items()}, "command": args.command}
-    except ValueError:
-        parser.error(f"--metric takes NAME=NUMBER, got {args.metric}")
-    try:
-        folder = publish(args.ckpt, args.out, metrics if args.metric else None, getattr(torch, args.dtype))
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    print(f"wrote {folder}")
+    run(argv)
 
 
 def export_main(argv: list[str]) -> None:
@@ -155,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "rnnzoo generate --help: sample text from a language-model checkpoint\n"
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
-            "rnnzoo zoo --help: pretrained zoo folders (publish a checkpoint)\n"
+            "rnnzoo zoo --help: pretrained zoo entries (list, info, download, publish)\n"
             "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"
             "rnnzoo serve --help: serve exported models over HTTP (no torch needed)\n"
             "(LightningCLI subcommands below)\n"

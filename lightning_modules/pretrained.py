@@ -10,6 +10,7 @@ from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.language_model import LanguageModelTask
 from lightning_modules.tagging import TaggingTask
 from lightning_modules.translation import TranslationTask
+from zoo.hub import resolve
 from zoo.pretrained import load_pretrained, read_config, save_pretrained
 
 TASKS: dict[str, type[DataStateInCheckpoint]] = {
@@ -60,7 +61,9 @@ def publish(
 
 
 def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
-    """The Lightning task of a pretrained folder, ready to predict, test or fine-tune."""
+    """The Lightning task of a pretrained folder (or zoo entry name, URL, ``hf://``; see ``zoo.hub``),
+    ready to predict, test or fine-tune."""
+    directory = resolve(directory)
     config = read_config(Path(directory))
     task_class = TASKS.get(config["task"])
     if task_class is None:

@@ -131,7 +131,9 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     publish = ["zoo", "publish", last, "--out", str(published), "--dtype", "float16", "--metric", "test_acc=0.5"]
     rnnzoo(tmp_path, *publish, "--command", "rnnzoo test ...")
     files = {p.name for p in published.iterdir()}
-    assert files == {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"}
+    assert files == {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "entry.json"}
+    entry = json.loads((published / "entry.json").read_text())
+    assert entry["name"] == "imdb-tiny" and entry["task"] == "ClassificationTask" and len(entry["files"]) == 4
     assert json.loads((published / "metrics.json").read_text())["metrics"] == {"test_acc": 0.5}
     from_folder = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", str(published))
     assert "test_acc" in from_folder.stdout

@@ -4,6 +4,7 @@ from zoo.cells import GatedCell, JordanCell
 from zoo.classifier import SequenceClassifier
 from zoo.crf import CRF, bio_constraints
 from zoo.dropout import LockedDropout
+from zoo.hub import from_pretrained
 from zoo.language_model import RNNLanguageModel, generate, sample_next
 from zoo.recurrent import CELLS, RecurrentStack, detach_state
 from zoo.registry import create_model, list_models, model_config
@@ -24,6 +25,7 @@ __all__ = [
     "RecurrentStack",
     "create_model",
     "detach_state",
+    "from_pretrained",
     "generate",
     "list_models",
     "model_config",
