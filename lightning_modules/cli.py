@@ -66,6 +66,7 @@ def zoo_main(argv: list[str]) -> None:
 
 def export_main(argv: list[str]) -> None:
     from deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export
+    from zoo.hub import ZooError
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo export", description="Export a checkpoint or pretrained folder to ONNX, verified against PyTorch."
@@ -85,7 +86,7 @@ def export_main(argv: list[str]) -> None:
 
             test = load_splits("", args.data_dir, ("test",))["test"]
         config = export(args.ckpt, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples)
-    except (FileNotFoundError, ValueError, ExportError) as err:
+    except (FileNotFoundError, ValueError, ExportError, ZooError) as err:
         parser.error(str(err))
     for graph, check in config["verification"].items():
         print(f"{graph}: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})")

@@ -12,10 +12,12 @@ from tokenizers.models import WordLevel
 
 import deploy
 from datamodules.tokenization import fit_char_tokenizer
-from deploy.export import ExportError, classifier_graphs, export, verify
+from deploy.export import ExportError, export, verify
+from deploy.graphs import classifier_graphs
 from tests.conftest import REPO
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger, generate
 from zoo.decoding import beam_search, greedy_decode
+from zoo.hub import ZooError
 from zoo.pretrained import save_pretrained
 
 WORDS = [f"w{i}" for i in range(20)]
@@ -130,7 +132,7 @@ def test_failed_export_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ExportError):
         export(folder, tmp_path / "onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf", "gated"]  # no folder, no staging left
-    with pytest.raises(FileNotFoundError, match="no checkpoint or pretrained folder"):
+    with pytest.raises(ZooError, match="no pretrained folder at"):
         export(tmp_path / "missing", tmp_path / "onnx")
     with pytest.raises(ValueError, match="not an exported model folder"):
         deploy.load(tmp_path / "clf")

@@ -1,0 +1,241 @@
+"""The graphs each task exports: a wrapper module per graph, example inputs and dynamic axes.
+
+Language model: one graph (tokens + state -> logits + state). Classifier: one graph (tokens,
+lengths -> logits). Tagger: one graph (-> emissions and Viterbi tag ids). Translator: an encoder
+graph and an incremental decoder-step graph.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.classifier import SequenceClassifier
+from zoo.language_model import RNNLanguageModel
+from zoo.pooling import valid_mask
+from zoo.recurrent import RecurrentStack
+from zoo.seq2seq import DecoderState, Memory, Seq2Seq
+from zoo.tagger import SequenceTagger
+
+
+@dataclass
+class Graph:
+    """One ONNX graph to write: a module, how to make example inputs, and its I/O names and axes."""
+
+    file: str
+    module: nn.Module
+    make_inputs: Callable[[int, int, torch.Generator], tuple[torch.Tensor, ...]]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+
+    def __post_init__(self):
+        self.module.eval()  # a new wrapper starts in training mode, and the exporter restores that mode
+
+
+class LanguageModelGraph(nn.Module):
+    """tokens ``(B, T)`` and the state -> logits ``(B, T, V)`` and the new state: one graph scores a
+    whole sequence (T = its length) or takes one generation step (T = 1)."""
+
+    def __init__(self, network: RNNLanguageModel):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens, *state):
+        logits, new_state = self.network(tokens, state if len(state) == 2 else state[0])
+        return (logits, *new_state) if isinstance(new_state, tuple) else (logits, new_state)
+
+
+class ClassifierGraph(nn.Module):
+    """tokens ``(B, T)`` right-padded and lengths ``(B,)`` -> logits ``(B, classes)``."""
+
+    def __init__(self, network: SequenceClassifier):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens, lengths):
+        return self.network(tokens, lengths)
+
+
+def _random_lengths(batch: int, time: int, generator: torch.Generator) -> torch.Tensor:
+    lengths = torch.randint(1, time + 1, (batch,), generator=generator)
+    lengths[0] = time  # the padded width is the longest length, as in a real batch
+    return lengths
+
+
+def _state_names(stack: RecurrentStack, suffix: str = "") -> list[str]:
+    return [f"h{suffix}", f"c{suffix}"] if stack.cell == "lstm" else [f"h{suffix}"]
+
+
+def language_model_graphs(network: RNNLanguageModel) -> list[Graph]:
+    stack = network.rnn
+    vocab_size = network.vocab_size
+
+    def make_inputs(batch, time, generator):
+        tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
+        state_shape = (stack.num_layers, batch, stack.hidden_size)
+        return (tokens, *(torch.randn(state_shape, generator=generator) for _ in _state_names(stack)))
+
+    inputs, outputs = ["tokens", *_state_names(stack)], ["logits", *_state_names(stack, "_out")]
+    axes = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
+    axes |= {name: {1: "batch"} for name in inputs[1:] + outputs[1:]}
+    return [Graph("model.onnx", LanguageModelGraph(network), make_inputs, inputs, outputs, axes)]
+
+
+def classifier_graphs(network: SequenceClassifier) -> list[Graph]:
+    vocab_size = network.embedding.num_embeddings
+
+    def make_inputs(batch, time, generator):
+        tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
+        return tokens, _random_lengths(batch, time, generator)
+
+    axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
+    return [Graph("model.onnx", ClassifierGraph(network), make_inputs, ["tokens", "lengths"], ["logits"], axes)]
+
+
+class TaggerGraph(nn.Module):
+    """tokens ``(B, T)``, lengths and (with character features) chars ``(B, T, W)`` and their lengths
+    ``(B, T)`` -> emissions ``(B, T, tags)`` and the decoded tag ids ``(B, T)`` (Viterbi with a CRF)."""
+
+    def __init__(self, network: SequenceTagger):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens, lengths, chars=None, char_lengths=None):
+        emissions = self.network(tokens, lengths, chars, char_lengths)
+        return emissions, self.network.decode(emissions, valid_mask(lengths, tokens.size(1)))
+
+
+def tagger_graphs(network: SequenceTagger) -> list[Graph]:
+    vocab_size = network.embedding.num_embeddings
+    char_vocab_size = network.chars.embedding.num_embeddings if network.chars is not None else 0
+
+    def make_inputs(batch, time, generator):
+        tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
+        lengths = _random_lengths(batch, time, generator)
+        if not char_vocab_size:
+            return tokens, lengths
+        width = 1 + time % 6
+        chars = torch.randint(0, char_vocab_size, (batch, time, width), generator=generator)
+        char_lengths = torch.randint(1, width + 1, (batch, time), generator=generator)
+        return tokens, lengths, chars, char_lengths * valid_mask(lengths, time)
+
+    inputs = ["tokens", "lengths"] + (["chars", "char_lengths"] if char_vocab_size else [])
+    axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "chars": {0: "batch", 1: "time", 2: "width"}}
+    axes |= {name: {0: "batch", 1: "time"} for name in ("char_lengths", "emissions", "tags")}
+    axes = {name: value for name, value in axes.items() if name in inputs + ["emissions", "tags"]}
+    return [Graph("model.onnx", TaggerGraph(network), make_inputs, inputs, ["emissions", "tags"], axes)]
+
+
+# What the decoder step reads from the encoded source, by how the decoder sees it.
+MEMORY_FIELDS = {"initial": [], "every_step": ["summary"], "attention": ["outputs", "mask", "keys"]}
+MEMORY_NAMES = {"outputs": "memory", "mask": "memory_mask", "summary": "summary", "keys": "keys"}
+
+
+class EncoderGraph(nn.Module):
+    """source ``(B, S)`` and lengths -> the memory the decoder reads and its initial state."""
+
+    def __init__(self, network: Seq2Seq):
+        super().__init__()
+        self.network = network
+
+    def forward(self, source, lengths):
+        memory, state = self.network.encode(source, lengths)
+        fields = [getattr(memory, field) for field in MEMORY_FIELDS[self.network.context]]
+        feed = [] if state.feed is None else [state.feed]
+        return (*fields, *_tensors(state.rnn), *feed)
+
+
+class DecoderStepGraph(nn.Module):
+    """previous tokens ``(B,)``, the decoder state and the memory -> logits ``(B, V)``, the new state
+    and (with attention) the weights ``(B, S)``: the step that greedy and beam search repeat."""
+
+    def __init__(self, network: Seq2Seq):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens, *inputs):
+        network = self.network
+        state_count = 2 if network.cell == "lstm" else 1
+        rnn = inputs[:state_count] if state_count == 2 else inputs[0]
+        feed = inputs[state_count] if network.input_feeding else None
+        fields = dict(zip(MEMORY_FIELDS[network.context], inputs[state_count + network.input_feeding :], strict=True))
+        memory = Memory(**{field: fields.get(field) for field in Memory._fields})
+        logits, state, weights = network.decode_step(tokens, DecoderState(rnn, feed), memory)
+        feed = [] if state.feed is None else [state.feed]
+        return (logits, *_tensors(state.rnn), *feed, *([] if weights is None else [weights]))
+
+
+def _tensors(state) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def seq2seq_graphs(network: Seq2Seq) -> list[Graph]:
+    vocab, target_vocab = network.source_embedding.num_embeddings, network.target_embedding.num_embeddings
+    memory_names = [MEMORY_NAMES[field] for field in MEMORY_FIELDS[network.context]]
+    state_names = ["h", "c"] if network.cell == "lstm" else ["h"]
+    state_names += ["feed"] if network.input_feeding else []
+    encoder = EncoderGraph(network)
+
+    def encoder_inputs(batch, time, generator):
+        return torch.randint(0, vocab, (batch, time), generator=generator), _random_lengths(batch, time, generator)
+
+    def decoder_inputs(batch, time, generator):
+        with torch.no_grad():
+            encoded = encoder(*encoder_inputs(batch, time, generator))
+        memory, state = encoded[: len(memory_names)], encoded[len(memory_names) :]
+        return (torch.randint(0, target_vocab, (batch,), generator=generator), *state, *memory)
+
+    encoder_outputs = memory_names + state_names
+    decoder_inputs_names = ["tokens", *state_names, *memory_names]
+    decoder_outputs = ["logits", *(f"{name}_out" for name in state_names)]
+    decoder_outputs += ["attention"] if network.context == "attention" else []
+
+    def axes(names: list[str]) -> dict[str, dict[int, str]]:
+        return {name: SEQ2SEQ_AXES[name.removesuffix("_out")] for name in names}
+
+    return [
+        Graph(
+            "encoder.onnx",
+            encoder,
+            encoder_inputs,
+            ["source", "lengths"],
+            encoder_outputs,
+            axes(["source", "lengths", *encoder_outputs]),
+        ),
+        Graph(
+            "decoder.onnx",
+            DecoderStepGraph(network),
+            decoder_inputs,
+            decoder_inputs_names,
+            decoder_outputs,
+            axes(decoder_inputs_names + decoder_outputs),
+        ),
+    ]
+
+
+_SOURCE = {0: "batch", 1: "source_time"}
+SEQ2SEQ_AXES = {
+    "source": _SOURCE,
+    "lengths": {0: "batch"},
+    "memory": _SOURCE,
+    "memory_mask": _SOURCE,
+    "keys": _SOURCE,
+    "summary": {0: "batch"},
+    "h": {1: "batch"},
+    "c": {1: "batch"},
+    "feed": {0: "batch"},
+    "tokens": {0: "batch"},
+    "logits": {0: "batch"},
+    "attention": _SOURCE,
+}
+
+
+# The runtime's name for each architecture's task, and how to cut it into graphs.
+TASKS: dict[type[nn.Module], tuple[str, Callable[[nn.Module], list[Graph]]]] = {
+    RNNLanguageModel: ("language_model", language_model_graphs),
+    SequenceClassifier: ("classification", classifier_graphs),
+    Seq2Seq: ("translation", seq2seq_graphs),
+    SequenceTagger: ("tagging", tagger_graphs),
+}
