@@ -6,7 +6,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from tokenizers import Regex, normalizers
+from tokenizers import Regex, Tokenizer, normalizers
 from torch.utils.data import DataLoader
 
 from datamodules.base import BucketedDataModule
@@ -100,17 +100,7 @@ class CoNLLDataModule(BucketedDataModule):
     def encode_sentences(self, sentences: list[list[str]]) -> list[tuple[list[int], list[list[int]]]]:
         """Word ids and per-word character ids; truncated to ``max_length`` words."""
         limit = self.hparams.max_length
-        sentences = [words[:limit] for words in sentences]
-        encoded = self.tokenizer.encode_batch(sentences, is_pretokenized=True)
-        words = [word for sentence in sentences for word in sentence]
-        chars = [e.ids for e in self.char_tokenizer.encode_batch(words)] if self.char_tokenizer else [[]] * len(words)
-        result, start = [], 0
-        for sentence, encoding in zip(sentences, encoded, strict=True):
-            if len(encoding.ids) != len(sentence):
-                raise DataError(f"a token contains whitespace and split into several words: {sentence}")
-            result.append((encoding.ids, chars[start : start + len(sentence)]))
-            start += len(sentence)
-        return result
+        return encode_sentences([words[:limit] for words in sentences], self.tokenizer, self.char_tokenizer)
 
     def _encode_split(self, split: str) -> list[Example]:
         dataset = self.splits[split]
@@ -158,3 +148,19 @@ class CoNLLDataModule(BucketedDataModule):
             return batch
 
         return DataLoader(range(len(rows)), batch_size=self.hparams.eval_batch_size, collate_fn=collate)
+
+
+def encode_sentences(
+    sentences: list[list[str]], tokenizer: Tokenizer, char_tokenizer: Tokenizer | None
+) -> list[tuple[list[int], list[list[int]]]]:
+    """Word ids and (with ``char_tokenizer``) per-word character ids of pre-split sentences."""
+    encoded = tokenizer.encode_batch(sentences, is_pretokenized=True)
+    words = [word for sentence in sentences for word in sentence]
+    chars = [e.ids for e in char_tokenizer.encode_batch(words)] if char_tokenizer else [[]] * len(words)
+    result, start = [], 0
+    for sentence, encoding in zip(sentences, encoded, strict=True):
+        if len(encoding.ids) != len(sentence):
+            raise DataError(f"a token contains whitespace and split into several words: {sentence}")
+        result.append((encoding.ids, chars[start : start + len(sentence)]))
+        start += len(sentence)
+    return result

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from datamodules.batching import pad_sequences
 from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.classifier import SequenceClassifier
 
@@ -66,6 +67,17 @@ class ClassificationTask(DataStateInCheckpoint):
             {"text": text, "label": self.hparams.labels[i], "probability": round(float(p), 4)}
             for text, i, p in zip(batch["texts"], best.indices.tolist(), best.values.tolist(), strict=True)
         ]
+
+    @torch.no_grad()
+    def classify(self, texts: list[str]) -> list[dict]:
+        """Label and probability of raw texts, tokenized (and truncated) as in training."""
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        empty = [i for i, row in enumerate(ids) if not row]
+        if empty:
+            raise ValueError(f"texts {empty} are empty (no tokens after normalisation)")
+        input_ids, lengths = pad_sequences(ids)
+        self.eval()
+        return self.predict_step({"input_ids": input_ids.to(self.device), "lengths": lengths, "texts": texts}, 0)
 
 
 def save_confusion_matrix(matrix: torch.Tensor, labels: list[str], path: Path) -> None:

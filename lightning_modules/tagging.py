@@ -5,6 +5,7 @@ import torch.distributed as dist
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
+from datamodules.conll import CoNLLDataModule, encode_sentences
 from lightning_modules.data_state import DataStateInCheckpoint
 from zoo.tagger import SequenceTagger
 
@@ -101,3 +102,18 @@ class TaggingTask(DataStateInCheckpoint):
             {"words": words, "tags": [labels[t] for t in predicted[row, : len(words)].tolist()]}
             for row, words in enumerate(batch["words"])
         ]
+
+    @torch.no_grad()
+    def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
+        """Tags of raw sentences (a string is split on whitespace), encoded as in training."""
+        sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
+        empty = [i for i, words in enumerate(sentences) if not words]
+        if empty:
+            raise ValueError(f"sentences {empty} are empty")
+        chars = self.get_tokenizer("char_tokenizer") if "char_tokenizer" in self.tokenizer_jsons else None
+        rows = [
+            (ids, word_chars, [0] * len(ids)) for ids, word_chars in encode_sentences(sentences, self.tokenizer, chars)
+        ]
+        batch = {k: v.to(self.device) for k, v in CoNLLDataModule.collate(rows).items()}
+        self.eval()
+        return self.predict_step({**batch, "words": sentences}, 0)

@@ -2,8 +2,9 @@
 
 import argparse
 import json
+from pathlib import Path
 
-from zoo.hub import ZooError, entry_info, load_manifest, resolve, write_entry
+from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
 
 def zoo_main(argv: list[str]) -> None:
@@ -23,6 +24,9 @@ def zoo_main(argv: list[str]) -> None:
     publish.add_argument("--metric", action="append", default=[], help="NAME=VALUE it reached (repeatable)")
     publish.add_argument("--split", default="test", help="the split the metrics were measured on")
     publish.add_argument("--command", default="", help="the command that trained and evaluated it")
+    publish.add_argument("--anchor", default="", help="the published figure it is compared with")
+    publish.add_argument("--url", action="append", default=[], help="where the folder is mirrored (repeatable)")
+    publish.add_argument("--manifest", default=None, help="add (or replace) the entry in this manifest.json")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
@@ -40,8 +44,7 @@ def zoo_main(argv: list[str]) -> None:
 def print_table(entries: dict[str, dict]) -> None:
     print(f"{'name':<22} {'task':<16} {'test metric':<22} {'size':>8}  description")
     for name, entry in sorted(entries.items()):
-        metric = entry.get("metric", {})
-        shown = f"{metric.get('name', '')} {metric.get('value', '')}".strip() or "-"
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.get("metrics", {}).items()) or "-"
         size = sum(f["size"] for f in entry.get("files", {}).values()) / 1e6
         print(f"{name:<22} {entry.get('task', ''):<16} {shown:<22} {size:>6.1f} MB  {entry.get('description', '')}")
 
@@ -58,6 +61,30 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     except ValueError:
         parser.error(f"--metric takes NAME=NUMBER, got {args.metric}")
     folder = publish(args.ckpt, args.out, metrics if args.metric else None, getattr(torch, args.dtype))
-    task = read_config(folder)["task"]
-    write_entry(folder, args.name or folder.name, task=task, description=args.description)
+    config = read_config(folder)
+    name = args.name or folder.name
+    parameters = sum(int(torch.tensor(shape).prod()) for shape in _weight_shapes(folder))
+    fields = {"task": config["task"], "architecture": config["architecture"], "parameters": parameters}
+    fields |= {"description": args.description, "metrics": metrics["metrics"], "anchor": args.anchor}
+    fields |= {"command": args.command, "urls": args.url}
+    entry = write_entry(folder, name, **fields)
+    if args.manifest:
+        add_to_manifest(Path(args.manifest), folder, entry)
     print(f"wrote {folder}")
+
+
+def _weight_shapes(folder: Path) -> list[list[int]]:
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        return [weights.get_slice(name).get_shape() for name in weights.keys()]
+
+
+def add_to_manifest(manifest: Path, folder: Path, entry: dict) -> None:
+    """Record ``entry`` in ``manifest``; a folder inside the zoo package is found there offline."""
+    entries = json.loads(manifest.read_text())["entries"] if manifest.is_file() else {}
+    local = folder.resolve()
+    if local.is_relative_to(PACKAGE_DIR.resolve()):
+        entry = {**entry, "local": str(local.relative_to(PACKAGE_DIR.resolve()))}
+    entries[entry["name"]] = entry
+    manifest.write_text(json.dumps({"entries": dict(sorted(entries.items()))}, indent=2) + "\n")

@@ -102,6 +102,8 @@ def test_trains_tests_and_refuses_other_labels(tmp_path):
     trainer.fit(task, dm)
     metrics = trainer.test(task, dm, verbose=False)[0]
     assert metrics["test_acc"] > 0.9  # the label is one word in the text: learnable
+    rows = task.classify(["A movie. It was good", "A movie.<br />It was bad filler"])
+    assert [row["label"] for row in rows] == ["pos", "neg"] and all(row["probability"] > 0.5 for row in rows)
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
 
     ckpt = tmp_path / "model.ckpt"

@@ -129,7 +129,9 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
 
     published = tmp_path / "imdb-tiny"
     publish = ["zoo", "publish", last, "--out", str(published), "--dtype", "float16", "--metric", "test_acc=0.5"]
-    rnnzoo(tmp_path, *publish, "--command", "rnnzoo test ...")
+    rnnzoo(tmp_path, *publish, "--command", "rnnzoo test ...", "--manifest", str(tmp_path / "manifest.json"))
+    listed = rnnzoo(tmp_path, "zoo", "list", env={"RNNZOO_MANIFEST": str(tmp_path / "manifest.json")})
+    assert "imdb-tiny" in listed.stdout and "test_acc 0.5" in listed.stdout
     files = {p.name for p in published.iterdir()}
     assert files == {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "entry.json"}
     entry = json.loads((published / "entry.json").read_text())

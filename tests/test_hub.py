@@ -55,7 +55,7 @@ def published(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{server.server_address[1]}/tiny-clf"
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"entries": {"tiny-clf": {**entry, "urls": [url]}}}))
-    monkeypatch.setattr(hub, "MANIFEST", manifest)
+    monkeypatch.setenv("RNNZOO_MANIFEST", str(manifest))
     monkeypatch.setenv("RNNZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("RNNZOO_OFFLINE", raising=False)
     yield {"folder": folder, "url": url, "cache": tmp_path / "cache" / "tiny-clf", "entry": entry}

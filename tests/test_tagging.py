@@ -125,3 +125,6 @@ def test_tagging_task_learns_entities_and_reports_seqeval(tmp_path):
     trainer.fit(task, dm)
     metrics = trainer.test(task, dm, verbose=False)[0]
     assert metrics["test_f1"] > 0.95 and metrics["test_f1_PER"] > 0.95 and metrics["test_token_acc"] > 0.95
+    rows = task.tag(["Bob Smith went to Paris", ["the", "cat", "saw", "Alice", "Smith"]])
+    assert rows[0]["tags"] == ["B-PER", "I-PER", "O", "O", "B-LOC"]
+    assert rows[1] == {"words": ["the", "cat", "saw", "Alice", "Smith"], "tags": ["O", "O", "O", "B-PER", "I-PER"]}

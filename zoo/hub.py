@@ -47,8 +47,12 @@ def offline() -> bool:
 
 
 def load_manifest() -> dict[str, dict]:
-    """Zoo entries by name: description, task, metric, files (size, sha256), urls, local folder."""
-    return json.loads(MANIFEST.read_text())["entries"] if MANIFEST.is_file() else {}
+    """Zoo entries by name: task, metrics, files (size, sha256), urls, packaged folder...
+
+    ``RNNZOO_MANIFEST`` replaces the packaged manifest (e.g. with one listing a mirror's entries).
+    """
+    path = Path(os.environ.get("RNNZOO_MANIFEST", MANIFEST))
+    return json.loads(path.read_text())["entries"] if path.is_file() else {}
 
 
 def entry_info(name: str) -> dict:
