@@ -94,6 +94,9 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         yield staging
+        for path in staging.iterdir():  # mkdtemp and some writers create owner-only files
+            path.chmod(0o644)
+        staging.chmod(0o755)
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)
