@@ -76,7 +76,7 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |onnxruntime - torch|")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="onnxruntime dynamic quantization")
-    parser.add_argument("--data_dir", default=None, help="a folder with test.parquet: task parity on real rows")
+    parser.add_argument("--data_dir", default=None, help="a folder with test.parquet: task parity on its rows")
     parser.add_argument("--parity_examples", type=int, default=1000)
     args = parser.parse_args(argv)
     try:

@@ -26,7 +26,10 @@ def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
 def test_imdb_bilstm_classifies_clear_reviews():
     task = task_from_pretrained("imdb-bilstm")
     rows = task.classify(
-        ["A wonderful, moving film with brilliant acting. I loved it.", "Dull, boring and far too long. A waste of time."]
+        [
+            "A wonderful, moving film with brilliant acting. I loved it.",
+            "Dull, boring and far too long. A waste of time.",
+        ]
     )
     assert [row["label"] for row in rows] == ["pos", "neg"]
 
