@@ -15,7 +15,7 @@ import torch
 from deploy.export import export
 from tests.conftest import REPO
 from tests.test_deploy import pretrained_folder, translation_tokenizer
-from zoo import Seq2Seq, SequenceClassifier
+from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
 from zoo.pretrained import save_pretrained
 
 
@@ -37,7 +37,12 @@ def exported(tmp_path_factory) -> dict:
         tokenizers=tokenizers,
     )
     export(folder, root / "translator")
-    return {"sentiment": root / "sentiment", "translator": root / "translator"}
+    arguments = {"vocab_size": 23, "labels": ["O", "B-X", "I-X"], "embedding_dim": 8, "hidden_size": 8}
+    folder = pretrained_folder(root / "tag", SequenceTagger(**arguments), arguments, {"labels": arguments["labels"]})
+    export(folder, root / "tagger")
+    arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8}
+    export(pretrained_folder(root / "lm", RNNLanguageModel(**arguments), arguments), root / "lm")
+    return {name: root / name for name in ("sentiment", "translator", "tagger", "lm")}
 
 
 def free_port() -> int:
@@ -100,11 +105,21 @@ def server(exported):
 def test_models_predictions_and_openapi(server):
     assert server.get("/readyz")[0] == 200
     models = json.loads(server.get("/v1/models")[1])["models"]
-    assert {(m["name"], m["task"]) for m in models} == {("sentiment", "classification"), ("translator", "translation")}
+    assert {(m["name"], m["task"]) for m in models} == {
+        ("sentiment", "classification"),
+        ("translator", "translation"),
+        ("tagger", "tagging"),
+        ("lm", "language_model"),
+    }
     status, body = server.post("/v1/models/sentiment/predict", {"texts": ["w1 w2 w3", "w4"]})
     assert status == 200 and [p["label"] in ("neg", "pos") for p in body["predictions"]] == [True, True]
     status, body = server.post("/v1/models/translator/predict", {"texts": ["w1 w2", "w3"], "beam_size": 1})
     assert status == 200 and len(body["translations"]) == 2
+    status, body = server.post("/v1/models/tagger/predict", {"sentences": ["w1 w2 w3", "w4"]})
+    assert status == 200 and [len(p["tags"]) for p in body["predictions"]] == [3, 1]
+    request = {"prompts": ["w1 w2", ""], "max_tokens": 5, "temperature": 0.8, "top_k": 3, "seed": 0}
+    status, body = server.post("/v1/models/lm/predict", request)
+    assert status == 200 and body["generations"][0].startswith("w1 w2") and len(body["generations"]) == 2
     paths = json.loads(server.get("/openapi.json")[1])["paths"]
     assert {"/v1/models/sentiment/predict", "/v1/models/translator/predict", "/metrics"} <= set(paths)
 
@@ -121,6 +136,8 @@ def test_models_predictions_and_openapi(server):
         ("/v1/models/sentiment/predict", {"texts": ["w1 " * 100]}, 413),
         ("/v1/models/translator/predict", {"texts": ["w1"], "beam_size": 0}, 422),
         ("/v1/models/nope/predict", {"texts": ["w1"]}, 404),
+        ("/v1/models/tagger/predict", {"sentences": ["w1", ""]}, 422),
+        ("/v1/models/lm/predict", {"prompts": ["w1"], "temperature": -1}, 422),
     ],
 )
 def test_bad_input_is_a_clear_4xx(server, path, payload, status):
