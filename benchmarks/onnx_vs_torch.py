@@ -2,7 +2,8 @@
 
 Language model (default: a 2x200 LSTM over a 10k vocabulary, Zaremba small; or ``--source`` a
 checkpoint/pretrained LM): one decode step at batch 1 (state carried) and a whole 35-step sequence
-at batch 32. Classifier (``--source`` a classifier): 1 text and 32 texts of 200 tokens. Both
+at batch 32. Classifier: 1 and 32 texts of 200 tokens. Tagger: 1 and 32 sentences of 14 words
+(CRF decoding included). Translator: one decoder step at batch 1 and 64. Both
 runtimes get the same number of threads; each figure is the median of ``--repeats`` timed calls
 after warm-up.
 
@@ -20,7 +21,7 @@ import torch
 
 import deploy
 from deploy.export import export, load_source
-from zoo import RNNLanguageModel, SequenceClassifier
+from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
 from zoo.pretrained import save_pretrained
 
 
@@ -77,8 +78,37 @@ def cases(network, exported: dict):
                 variant: lambda p=p, f=feed: p.sessions["model.onnx"].run(None, f) for variant, p in exported.items()
             }
             yield name, lambda i=torch_inputs: network(*i), calls
+    elif isinstance(network, SequenceTagger):
+        words = list(next(iter(exported.values())).tokenizers["tokenizer"].get_vocab())
+        for name, batch in (("tag 1 sentence x 14 words", 1), ("tag 32 sentences x 14 words", 32)):
+            sentences = [list(rng.choice(words, 14)) for _ in range(batch)]
+            _, feed = next(iter(exported.values())).features(sentences)
+            inputs = {k: torch.from_numpy(v) for k, v in feed.items()}
+            mask = torch.ones(batch, 14, dtype=torch.bool)
+
+            def torch_call(i=inputs, m=mask):
+                return network.decode(network(i["tokens"], i["lengths"], i.get("chars"), i.get("char_lengths")), m)
+
+            calls = {
+                variant: lambda p=p, f=feed: p.sessions["model.onnx"].run(["tags"], f)
+                for variant, p in exported.items()
+            }
+            yield name, torch_call, calls
+    elif isinstance(network, Seq2Seq):
+        words = list(next(iter(exported.values())).tokenizers["source_tokenizer"].get_vocab())
+        for name, batch in (("decoder step, batch 1", 1), ("decoder step, batch 64 (e.g. 64 beams)", 64)):
+            texts = [" ".join(rng.choice(words, 12)) for _ in range(batch)]
+            calls = {}
+            for variant, predictor in exported.items():
+                memory, state = predictor.encode(*predictor.encode_sources(texts))
+                tokens = np.full(batch, predictor.bos, dtype=np.int64)
+                calls[variant] = lambda p=predictor, t=tokens, s=state, m=memory: p.step(t, s, m)
+            source, lengths = next(iter(exported.values())).encode_sources(texts)
+            torch_memory, torch_state = network.encode(torch.from_numpy(source), torch.from_numpy(lengths))
+            torch_tokens = torch.from_numpy(tokens)
+            yield name, lambda t=torch_tokens, s=torch_state, m=torch_memory: network.decode_step(t, s, m), calls
     else:
-        raise SystemExit(f"this benchmark covers language models and classifiers, not {type(network).__name__}")
+        raise SystemExit(f"no benchmark case for {type(network).__name__}")
 
 
 def main():
