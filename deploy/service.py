@@ -94,11 +94,11 @@ class MicroBatcher:
     them by parameters and runs each group as one predictor call in a thread, up to
     ``max_parallel`` calls at once (onnxruntime releases the GIL) while it collects the next batch."""
 
-    def __init__(self, run: Callable[[list[str], dict], list], limits: Limits):
-        self.run, self.limits = run, limits
+    def __init__(self, run: Callable[[list[str], dict], list], limits: Limits, on_batch: Callable[[int], None]):
+        """``on_batch`` is told the number of texts of every predictor call (for the metrics)."""
+        self.run, self.limits, self.on_batch = run, limits, on_batch
         self.queue: asyncio.Queue = asyncio.Queue()
         self.in_flight = 0  # texts queued or running
-        self.batch_sizes: list[int] = []
         self.worker: asyncio.Task | None = None
         self.running: set[asyncio.Task] = set()
 
@@ -146,7 +146,7 @@ class MicroBatcher:
             if not requests[0][2].done():
                 requests[0][2].set_exception(err)
             return
-        self.batch_sizes.append(len(items))
+        self.on_batch(len(items))
         start = 0
         for request_items, _, future in requests:
             if not future.done():
@@ -163,21 +163,20 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
             raise ValueError(f"two model folders are named {folder.name!r}")
         predictors[folder.name] = load(folder, threads)
     apis = {name: TASK_APIS[predictor.task] for name, predictor in predictors.items()}
-    batchers = {
-        name: MicroBatcher(lambda items, params, p=predictor, api=apis[name]: api.run(p, items, params), limits)
-        for name, predictor in predictors.items()
-    }
-
     registry = CollectorRegistry()
     requests_total = Counter("rnnzoo_requests", "Prediction requests", ["model", "status"], registry=registry)
     latency = Histogram("rnnzoo_request_seconds", "Prediction latency", ["model"], registry=registry)
     batch_size = Histogram(
-        "rnnzoo_batch_texts",
-        "Texts per onnxruntime call",
-        ["model"],
-        registry=registry,
-        buckets=(1, 2, 4, 8, 16, 32, 64),
+        "rnnzoo_batch_texts", "Texts per predictor call", ["model"], registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64)
     )
+    batchers = {
+        name: MicroBatcher(
+            lambda items, params, p=predictor, api=apis[name]: api.run(p, items, params),
+            limits,
+            batch_size.labels(name).observe,
+        )
+        for name, predictor in predictors.items()
+    }
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -202,10 +201,6 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
 
     @app.get("/metrics")
     def metrics() -> Response:
-        for name, batcher in batchers.items():
-            for size in batcher.batch_sizes:
-                batch_size.labels(name).observe(size)
-            batcher.batch_sizes.clear()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")

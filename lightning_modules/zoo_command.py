@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
@@ -63,7 +64,7 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     folder = publish(args.ckpt, args.out, metrics if args.metric else None, getattr(torch, args.dtype))
     config = read_config(folder)
     name = args.name or folder.name
-    parameters = sum(int(torch.tensor(shape).prod()) for shape in _weight_shapes(folder))
+    parameters = sum(math.prod(shape) for shape in _weight_shapes(folder))
     fields = {"task": config["task"], "architecture": config["architecture"], "parameters": parameters}
     fields |= {"description": args.description, "metrics": metrics["metrics"], "anchor": args.anchor}
     fields |= {"command": args.command, "urls": args.url}
