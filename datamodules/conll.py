@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import BucketedDataModule
 from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
+from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, pretrained_tokenizers
 
 log = logging.getLogger(__name__)
 PAD, UNK = "<pad>", "<unk>"
@@ -32,6 +32,9 @@ class CoNLLDataModule(BucketedDataModule):
         use_chars: build the character vocabulary for character-level word features.
         max_length: longer sentences are truncated, with a warning.
         predict_sentences: whitespace-tokenised sentences for ``rnnzoo predict``.
+        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
+            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
+            pretrained vocabulary).
     """
 
     def __init__(
@@ -49,11 +52,14 @@ class CoNLLDataModule(BucketedDataModule):
         seed: int = 0,
         max_samples: int | None = None,
         predict_sentences: list[str] | None = None,
+        tokenizer_from: str | None = None,
     ):
         super().__init__()
         require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
         self.save_hyperparameters()
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
+        names = ["tokenizer", "char_tokenizer"] if use_chars else ["tokenizer"]
+        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, names)
 
     @cached_property
     def splits(self) -> datasets.DatasetDict:
@@ -76,6 +82,8 @@ class CoNLLDataModule(BucketedDataModule):
 
     @cached_property
     def tokenizer(self):
+        if self.pretrained_tokenizers:
+            return self.pretrained_tokenizers["tokenizer"]
         steps = [normalizers.Replace(Regex(r"\d"), "0")] + ([normalizers.Lowercase()] if self.hparams.lowercase else [])
         sentences = (" ".join(tokens) for tokens in self.splits["train"][self.hparams.tokens_column])
         return fit_word_tokenizer(
@@ -86,6 +94,8 @@ class CoNLLDataModule(BucketedDataModule):
     def char_tokenizer(self):
         if not self.hparams.use_chars:
             return None
+        if self.pretrained_tokenizers:
+            return self.pretrained_tokenizers["char_tokenizer"]
         sentences = (" ".join(tokens) for tokens in self.splits["train"][self.hparams.tokens_column])
         return fit_char_tokenizer(sentences, [PAD, UNK], UNK)
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.loading import DataError, load_splits, require_column, require_positive
 from datamodules.streams import BPTTWindows, stream_layout
-from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
+from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, pretrained_tokenizers
 
 SPLITS = ("train", "validation", "test")
 UNK, EOS = "<unk>", "<eos>"
@@ -34,6 +34,9 @@ class PTBDataModule(L.LightningDataModule):
         bptt: steps per batch (truncated backpropagation through time).
         max_samples: use only the first ``max_samples`` rows of each split (quick runs).
         num_proc: processes for ``Dataset.map`` during numericalisation.
+        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
+            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
+            pretrained vocabulary).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class PTBDataModule(L.LightningDataModule):
         bptt: int = 20,
         max_samples: int | None = None,
         num_proc: int | None = None,
+        tokenizer_from: str | None = None,
     ):
         super().__init__()
         require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, bptt=bptt)
@@ -60,6 +64,7 @@ class PTBDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
         self.streams: dict[str, torch.Tensor] = {}
+        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, ["tokenizer"])
 
     @cached_property
     def splits(self):
@@ -79,6 +84,8 @@ class PTBDataModule(L.LightningDataModule):
 
     @cached_property
     def tokenizer(self):
+        if self.pretrained_tokenizers:
+            return self.pretrained_tokenizers["tokenizer"]
         fit = fit_word_tokenizer if self.hparams.level == "word" else fit_char_tokenizer
         return fit(self.splits["train"][self.hparams.text_column], special_tokens=[UNK, EOS])
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import BucketedDataModule
 from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, text_normalizer
+from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, pretrained_tokenizers, text_normalizer
 
 log = logging.getLogger(__name__)
 PAD, UNK = "<pad>", "<unk>"
@@ -32,6 +32,9 @@ class IMDBDataModule(BucketedDataModule):
         max_length: longer texts are truncated (a warning says how many).
         val_size: rows of train held out for validation.
         predict_texts: raw texts for ``rnnzoo predict``.
+        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
+            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
+            pretrained vocabulary).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class IMDBDataModule(BucketedDataModule):
         max_samples: int | None = None,
         predict_texts: list[str] | None = None,
         num_proc: int | None = None,
+        tokenizer_from: str | None = None,
     ):
         super().__init__()
         require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
@@ -59,6 +63,7 @@ class IMDBDataModule(BucketedDataModule):
             raise ValueError(f"tokenizer must be 'word' or 'bpe', got {tokenizer!r}")
         self.save_hyperparameters()
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
+        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, ["tokenizer"])
 
     @cached_property
     def splits(self) -> datasets.DatasetDict:
@@ -99,6 +104,8 @@ class IMDBDataModule(BucketedDataModule):
 
     @cached_property
     def tokenizer(self):
+        if self.pretrained_tokenizers:
+            return self.pretrained_tokenizers["tokenizer"]
         hp = self.hparams
         normalizer = text_normalizer(lowercase=hp.lowercase, replacements={"<br />": " "})
         texts = self.splits["train"][hp.text_column]

@@ -4,6 +4,8 @@ from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from datamodules.loading import DataError
+
 
 def text_normalizer(lowercase: bool = False, replacements: dict[str, str] | None = None) -> normalizers.Normalizer:
     """Replace markup (e.g. IMDB's ``<br />``) and optionally lowercase, before splitting."""
@@ -132,3 +134,22 @@ def _fit_word_level(
     tokenizer.model = models.WordLevel({token: i for i, token in enumerate(ordered)}, unk_token=unk_token)
     tokenizer.add_special_tokens(special_tokens)
     return tokenizer
+
+
+def pretrained_tokenizers(source: str | None, names: Iterable[str]) -> dict[str, Tokenizer]:
+    """The tokenizers ``names`` of a pretrained folder or zoo entry (``tokenizer_from``), used
+    instead of fitting new ones so that fine-tuning keeps the pretrained vocabulary; {} for None."""
+    if source is None:
+        return {}
+    from zoo.hub import resolve
+    from zoo.pretrained import load_tokenizers
+
+    folder = resolve(source)
+    found = load_tokenizers(folder)
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DataError(
+            f"tokenizer_from={source!r} has no {', '.join(missing)} (it has: {', '.join(found) or 'none'}); "
+            "use a pretrained model of this task"
+        )
+    return {name: found[name] for name in names}

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from datamodules.base import BucketedDataModule
 from datamodules.batching import bucket_batches, pad_sequences
 from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.tokenization import fit_reversible_tokenizer
+from datamodules.tokenization import fit_reversible_tokenizer, pretrained_tokenizers
 
 log = logging.getLogger(__name__)
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -44,6 +44,9 @@ class TranslationDataModule(BucketedDataModule):
             stream is sharded across DDP ranks and the tokenizers are fitted on its first
             ``tokenizer_sample`` pairs.
         predict_texts: source sentences for ``rnnzoo predict``.
+        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
+            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
+            pretrained vocabulary).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class TranslationDataModule(BucketedDataModule):
         streaming: bool = False,
         tokenizer_sample: int = 100_000,
         predict_texts: list[str] | None = None,
+        tokenizer_from: str | None = None,
     ):
         super().__init__()
         require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
@@ -76,6 +80,7 @@ class TranslationDataModule(BucketedDataModule):
             raise ValueError(f"source_lang and target_lang are both {source_lang!r}")
         self.save_hyperparameters()
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
+        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, ["source_tokenizer", "target_tokenizer"])
 
     @property
     def language_pair(self) -> str:
@@ -143,6 +148,8 @@ class TranslationDataModule(BucketedDataModule):
 
     @cached_property
     def _tokenizers(self):
+        if self.pretrained_tokenizers:
+            return self.pretrained_tokenizers["source_tokenizer"], self.pretrained_tokenizers["target_tokenizer"]
         hp = self.hparams
         pairs = list(self._training_texts())
         if not pairs:

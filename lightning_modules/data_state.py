@@ -34,12 +34,7 @@ class DataStateInCheckpoint(L.LightningModule):
             checkpoint[name] = self.tokenizer_jsons.get(name)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        for key in self.checked_hparams:
-            trained_on, ours = checkpoint.get("hyper_parameters", {}).get(key), self.hparams.get(key)
-            if isinstance(trained_on, tuple | list) and isinstance(ours, tuple | list):
-                trained_on, ours = list(trained_on), list(ours)
-            if trained_on is not None and ours is not None and trained_on != ours:
-                raise ValueError(f"the checkpoint was trained with {key} {trained_on}, the data has {ours}")
+        self.check_trained_on_same_data(checkpoint.get("hyper_parameters", {}), "the checkpoint")
         for name in self.tokenizer_names:
             saved, ours = checkpoint.get(name), self.tokenizer_jsons.get(name)
             if saved is None:
@@ -52,6 +47,16 @@ class DataStateInCheckpoint(L.LightningModule):
                         f"({len(mine)} tokens): use the data (and tokenizer settings) it was trained on"
                     )
             self.tokenizer_jsons[name] = saved
+
+    def check_trained_on_same_data(self, trained_hparams: dict, source: str) -> None:
+        """Raise if ``trained_hparams`` (a checkpoint's or pretrained folder's) name other labels
+        (or language pair) than this task's data."""
+        for key in self.checked_hparams:
+            trained_on, ours = trained_hparams.get(key), self.hparams.get(key)
+            if isinstance(trained_on, tuple | list) and isinstance(ours, tuple | list):
+                trained_on, ours = list(trained_on), list(ours)
+            if trained_on is not None and ours is not None and trained_on != ours:
+                raise ValueError(f"{source} was trained with {key} {trained_on}, the data has {ours}")
 
     def get_tokenizer(self, name: str = "tokenizer") -> Tokenizer:
         if name not in self.tokenizer_jsons:

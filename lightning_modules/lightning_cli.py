@@ -22,6 +22,44 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """``rnnzoo fit --ckpt_path <pretrained>`` fine-tunes: the data keeps the pretrained vocabulary."""
+        if self.subcommand != "fit":
+            return
+        config = self.config["fit"]
+        path = config.get("ckpt_path")
+        if not path or is_lightning_checkpoint(path):
+            return
+        from zoo.hub import ZooError, resolve
+        from zoo.pretrained import read_config
+
+        try:
+            self._pretrained_folder = resolve(path)
+            pretrained_task = read_config(self._pretrained_folder)["task"]
+        except (ZooError, OSError, ValueError) as err:
+            raise SystemExit(f"rnnzoo fit: --ckpt_path {path}: {err}") from None
+        task = str(config["model"]["class_path"]).rsplit(".", 1)[-1]
+        if pretrained_task != task:
+            raise SystemExit(f"rnnzoo fit: --ckpt_path {path} holds a {pretrained_task}, the config trains a {task}")
+        data_arguments = config["data"]["init_args"]
+        if "tokenizer_from" in data_arguments and data_arguments["tokenizer_from"] is None:
+            data_arguments["tokenizer_from"] = str(self._pretrained_folder)
+
+    def before_fit(self) -> None:
+        """Fine-tuning starts from the pretrained weights with a fresh optimizer, schedule and epoch count
+        (a pretrained folder holds weights only); a ``.ckpt`` resumes as usual."""
+        folder = getattr(self, "_pretrained_folder", None)
+        if folder is None:
+            return
+        from lightning_modules.pretrained import load_pretrained_weights
+
+        try:
+            load_pretrained_weights(self.model, folder)
+        except ValueError as err:
+            raise SystemExit(f"rnnzoo fit: cannot fine-tune: {err}") from None
+        print(f"fine-tuning from {folder}: pretrained weights loaded, optimizer and schedule start fresh")
+        self.config_init["fit"]["ckpt_path"] = None
+
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path`` may be ``best`` (read from ``last.ckpt``) or a pretrained folder."""
         config = self.config_init[self.subcommand]
@@ -63,6 +101,12 @@ class RnnzooCLI(LightningCLI):
         for batch in self.trainer.predict_loop.predictions or []:
             for row in batch if isinstance(batch, list) else []:
                 print(json.dumps(row))
+
+
+def is_lightning_checkpoint(path: str) -> bool:
+    """A ``.ckpt`` file or the ``best``/``last``/``hpc`` names Lightning resolves, as opposed to a
+    pretrained folder, zoo entry name or URL."""
+    return path in ("best", "last", "hpc", "registry") or Path(path).is_file()
 
 
 def run_lightning_cli(argv: list[str] | None = None) -> None:

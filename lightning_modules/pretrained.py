@@ -75,6 +75,22 @@ def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     return task.eval()
 
 
+def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.PathLike) -> None:
+    """Copy a pretrained folder's weights into ``task`` (built from a config) to fine-tune it."""
+    pretrained = load_pretrained(directory)
+    config = pretrained.config
+    if config["task"] != type(task).__name__:
+        raise ValueError(f"{directory} holds a {config['task']}, the config builds a {type(task).__name__}")
+    task.check_trained_on_same_data(config["task_arguments"], str(directory))
+    try:
+        task.net.load_state_dict(pretrained.network.state_dict())
+    except RuntimeError as err:
+        raise ValueError(
+            f"the weights of {directory} do not fit the model of the config (use the config it was trained "
+            f"with, see its metrics.json): {err}"
+        ) from err
+
+
 def checkpoint_from_pretrained(directory: str | os.PathLike, path: str | os.PathLike) -> Path:
     """A weights-only Lightning checkpoint of a pretrained folder, for ``rnnzoo validate/test/predict``."""
     import lightning

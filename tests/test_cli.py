@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from tests.conftest import REPO, shared_dataset
+from zoo.pretrained import load_pretrained
 
 CONFIG = REPO / "zoo" / "configs" / "ptb_lstm_small.yaml"
 QUICK = (
@@ -141,6 +143,25 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     assert "test_acc" in from_folder.stdout
     missing = rnnzoo(tmp_path, "zoo", "publish", "nowhere.ckpt", "--out", "x", check=False)
     assert missing.returncode == 2 and "no checkpoint at nowhere.ckpt" in missing.stderr
+
+    # Fine-tuning on other rows (whose own vocabulary would differ) starts from the published weights
+    # and vocabulary with a fresh step count; lr 0 keeps the weights so they can be compared exactly.
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    other_rows = [*common[:-1], "150", *small, "--data.seed", "3", "--optimizer.init_args.lr", "0.0"]
+    steps = "--trainer.max_steps 2 --trainer.enable_progress_bar false".split()
+    fitted = rnnzoo(tuned, "fit", *other_rows, *steps, "--ckpt_path", str(published))
+    assert "fine-tuning from" in fitted.stdout
+    checkpoint = torch.load(tuned / "checkpoints" / "imdb_bilstm" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert (
+        Tokenizer.from_str(checkpoint["tokenizer"]).get_vocab()
+        == Tokenizer.from_file(str(published / "tokenizer.json")).get_vocab()
+    )
+    for name, tensor in load_pretrained(published).network.state_dict().items():
+        torch.testing.assert_close(checkpoint["state_dict"][f"net.{name}"], tensor, rtol=0, atol=0)
+    tagger = rnnzoo(tuned, "fit", *other_rows, *steps, "--ckpt_path", "conll-bilstm-crf", check=False)
+    assert tagger.returncode != 0 and "holds a TaggingTask, the config trains a ClassificationTask" in tagger.stderr
 
 
 def test_conll_fit_test_and_tag_raw_sentences(tmp_path):

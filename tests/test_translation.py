@@ -1,3 +1,4 @@
+import json
 import logging
 import random
 import re
@@ -56,6 +57,23 @@ def test_batches_hold_source_eos_and_shifted_targets(tmp_path):
     text = batch["references"][0]
     ids = batch["target_out"][0][batch["target_out"][0] >= 0].tolist()
     assert dm.target_tokenizer.decode(ids[:-1]) == text  # decoding restores the raw reference
+
+
+def test_tokenizers_from_a_pretrained_model_replace_fitting(tmp_path):
+    data = synthetic_pairs(tmp_path / "d")
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    fitted = datamodule(data)
+    (pretrained / "config.json").write_text(
+        json.dumps({"format_version": 1, "tokenizers": {"source_tokenizer": "s.json", "target_tokenizer": "t.json"}})
+    )
+    fitted.target_tokenizer.save(str(pretrained / "s.json"))  # swapped sides: visibly not fitted anew
+    fitted.source_tokenizer.save(str(pretrained / "t.json"))
+    reused = datamodule(data, tokenizer_from=str(pretrained))
+    assert reused.source_tokenizer.get_vocab() == fitted.target_tokenizer.get_vocab()
+    assert reused.target_vocab_size == fitted.source_vocab_size
+    with pytest.raises(DataError, match="has no source_tokenizer, target_tokenizer .*it has: tokenizer"):
+        datamodule(data, tokenizer_from="imdb-bilstm")
 
 
 def test_translation_column_and_language_direction(tmp_path):

@@ -149,12 +149,19 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     except RuntimeError as err:
         architecture_call = f"{config['architecture']}({config['arguments']})"
         raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
-    tokenizers = {
-        name: Tokenizer.from_file(str(folder / file_name)) for name, file_name in config.get("tokenizers", {}).items()
-    }
+    tokenizers = load_tokenizers(folder, config)
     metrics_path = folder / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return Pretrained(network.eval(), config, tokenizers, metrics)
+
+
+def load_tokenizers(folder: Path, config: dict | None = None) -> dict[str, Tokenizer]:
+    """The tokenizers of a pretrained folder by name (``tokenizer``, ``source_tokenizer``...)."""
+    config = read_config(folder) if config is None else config
+    return {
+        name: Tokenizer.from_file(str(Path(folder) / file_name))
+        for name, file_name in config.get("tokenizers", {}).items()
+    }
 
 
 def read_config(folder: Path) -> dict:
