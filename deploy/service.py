@@ -5,9 +5,10 @@ the model's task; see ``/docs``), ``GET /healthz``, ``GET /readyz`` and Promethe
 Bad input is a 4xx with a message: 422 for a wrong type or an empty text, 413 for too many texts
 or a text over the size limit, 404 for an unknown model, 503 when the model's queue is full.
 
-Concurrent requests to one model are micro-batched: the texts of requests that arrive within
-``max_wait_ms`` of each other (up to ``max_batch`` texts) go through one onnxruntime call. The
-queue is bounded by ``max_queue`` texts, so overload is answered with 503 instead of growing.
+Concurrent requests to one model are micro-batched: requests that queue while the model's
+``max_parallel`` call slots are busy (plus those arriving within ``max_wait_ms``) go through one
+onnxruntime call of up to ``max_batch`` texts. The queue is bounded by ``max_queue`` texts, so
+overload is answered with 503 instead of growing.
 """
 
 import asyncio
@@ -31,7 +32,7 @@ class Limits:
     max_items: int = 64  # texts per request (413 beyond)
     max_text_chars: int = 10_000  # characters per text (413 beyond)
     max_batch: int = 64  # texts per onnxruntime call
-    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_wait_ms: float = 0.0  # how long a batch waits for more requests once a call slot is free
     max_queue: int = 1024  # texts waiting or running per model (503 beyond)
     max_parallel: int = os.cpu_count() or 1  # predictor calls running at once per model
 
@@ -90,9 +91,11 @@ class QueueFull(Exception):
 
 
 class MicroBatcher:
-    """One worker per model: takes queued requests, waits up to ``max_wait_ms`` for more, groups
-    them by parameters and runs each group as one predictor call in a thread, up to
-    ``max_parallel`` calls at once (onnxruntime releases the GIL) while it collects the next batch."""
+    """One worker per model. When a call slot is free (at most ``max_parallel`` predictor calls run at
+    once; onnxruntime releases the GIL) it takes the oldest request together with every request that
+    queued behind it, waiting up to ``max_wait_ms`` for more, and runs them, grouped by parameters, as
+    one predictor call per group. Batches therefore grow with the load by themselves (requests queue
+    while every slot is busy) and a lone request waits for nothing with ``max_wait_ms`` 0."""
 
     def __init__(self, run: Callable[[list[str], dict], list], limits: Limits, on_batch: Callable[[int], None]):
         """``on_batch`` is told the number of texts of every predictor call (for the metrics)."""
@@ -118,18 +121,24 @@ class MicroBatcher:
         slots = asyncio.Semaphore(self.limits.max_parallel)
         while True:
             batch = [await self.queue.get()]
+            await slots.acquire()
             count, deadline = len(batch[0][0]), loop.time() + self.limits.max_wait_ms / 1000
-            while count < self.limits.max_batch and (remaining := deadline - loop.time()) > 0:
+            while count < self.limits.max_batch:
+                remaining = deadline - loop.time()
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
+                    if remaining > 0:
+                        batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                    else:
+                        batch.append(self.queue.get_nowait())
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 count += len(batch[-1][0])
             groups: dict[tuple, list] = {}
             for request in batch:
                 groups.setdefault(tuple(sorted(request[1].items())), []).append(request)
-            for requests in groups.values():
-                await slots.acquire()
+            for index, requests in enumerate(groups.values()):
+                if index:  # the first group runs in the slot taken above
+                    await slots.acquire()
                 task = asyncio.create_task(self._run_group(loop, requests))
                 self.running.add(task)
                 task.add_done_callback(lambda done: (self.running.discard(done), slots.release()))

@@ -97,7 +97,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(exported):
-    server = Server(exported.values(), "--max_items", "8", "--max_text_chars", "200", "--max_wait_ms", "20")
+    server = Server(exported.values(), "--max_items", "8", "--max_text_chars", "200", "--max_parallel", "1")
     yield server
     server.close()
 
