@@ -15,7 +15,7 @@ def generate_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="rnnzoo generate", description="Sample text from a language-model checkpoint."
     )
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`")
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`, a zoo entry or a folder")
     parser.add_argument("--prompt", default="", help="text to continue (a new sentence when empty)")
     parser.add_argument("--max_tokens", type=int, default=50, help="stop after this many new tokens")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -23,9 +23,7 @@ def generate_main(argv: list[str]) -> None:
     parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        parser.error(f"no checkpoint at {args.ckpt}")
-    task = LanguageModelTask.load_from_checkpoint(args.ckpt, map_location="cpu")
+    task = load_task_or_exit(parser, args.ckpt, LanguageModelTask)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         try:
@@ -38,16 +36,14 @@ def translate_main(argv: list[str]) -> None:
     from lightning_modules.translation import TranslationTask
 
     parser = argparse.ArgumentParser(prog="rnnzoo translate", description="Translate sentences with a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit` with a translation config")
+    parser.add_argument("--ckpt", required=True, help="a translation .ckpt, zoo entry or pretrained folder")
     parser.add_argument("--text", action="append", required=True, help="a source sentence (repeat for several)")
     parser.add_argument("--beam_size", type=int, default=None, help="1 = greedy (default: the model's, 5)")
     parser.add_argument("--attention_png", default=None, help="save the first sentence's attention heatmap here")
     args = parser.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        parser.error(f"no checkpoint at {args.ckpt}")
     if args.beam_size is not None and args.beam_size < 1:
         parser.error(f"--beam_size must be >= 1, got {args.beam_size}")
-    task = TranslationTask.load_from_checkpoint(args.ckpt, map_location="cpu")
+    task = load_task_or_exit(parser, args.ckpt, TranslationTask)
     try:
         for source, translation in zip(args.text, task.translate(args.text, args.beam_size), strict=True):
             print(json.dumps({"source": source, "translation": translation}, ensure_ascii=False))
@@ -55,6 +51,17 @@ def translate_main(argv: list[str]) -> None:
             task.plot_attention(args.text[0], args.attention_png)
             print(f"attention heatmap: {args.attention_png}", file=sys.stderr)
     except ValueError as err:
+        parser.error(str(err))
+
+
+def load_task_or_exit(parser: argparse.ArgumentParser, source: str, expected):
+    """The task in ``source`` (.ckpt, zoo entry, pretrained folder or URL), or a usage error."""
+    from lightning_modules.pretrained import load_task
+    from zoo.hub import ZooError
+
+    try:
+        return load_task(source, expected)
+    except (FileNotFoundError, ValueError, ZooError) as err:
         parser.error(str(err))
 
 

@@ -60,6 +60,15 @@ def publish(
     )
 
 
+def load_task(source: str | os.PathLike, expected: type[DataStateInCheckpoint] | None = None) -> DataStateInCheckpoint:
+    """A task from a ``.ckpt`` or from a pretrained source (folder, zoo entry name, URL, ``hf://``),
+    refused unless it is an ``expected`` task when one is given."""
+    task = load_task_checkpoint(source) if Path(source).is_file() else task_from_pretrained(source)
+    if expected is not None and not isinstance(task, expected):
+        raise ValueError(f"{source} holds a {type(task).__name__}, not a {expected.__name__}")
+    return task
+
+
 def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     """The Lightning task of a pretrained folder (or zoo entry name, URL, ``hf://``; see ``zoo.hub``),
     ready to predict, test or fine-tune."""

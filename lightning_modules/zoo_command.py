@@ -1,4 +1,4 @@
-"""``rnnzoo zoo list | info NAME | download NAME | publish X.ckpt``."""
+"""``rnnzoo zoo list | info NAME | download NAME | predict NAME --text T | publish X.ckpt``."""
 
 import argparse
 import json
@@ -16,6 +16,9 @@ def zoo_main(argv: list[str]) -> None:
     info.add_argument("name")
     download = commands.add_parser("download", help="fetch and verify an entry (name, URL or hf://org/repo)")
     download.add_argument("name")
+    predict = commands.add_parser("predict", help="run an entry on raw texts (JSON lines)")
+    predict.add_argument("name", help="a zoo entry, pretrained folder, URL or hf://org/repo")
+    predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
     publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`")
     publish.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
@@ -36,10 +39,28 @@ def zoo_main(argv: list[str]) -> None:
             print(json.dumps(entry_info(args.name), indent=2))
         elif args.command == "download":
             print(resolve(args.name))
+        elif args.command == "predict":
+            for row in predict_texts(args.name, args.text):
+                print(json.dumps(row, ensure_ascii=False))
         else:
             publish_checkpoint(args, parser)
     except (ZooError, FileNotFoundError, ValueError) as err:
         parser.error(str(err))
+
+
+def predict_texts(source: str, texts: list[str]) -> list[dict]:
+    """What the entry's task does with raw text: a label, tags, a translation (the model's beam) or
+    a greedy continuation of up to 30 tokens."""
+    from lightning_modules.pretrained import task_from_pretrained
+
+    task = task_from_pretrained(source)
+    if hasattr(task, "classify"):
+        return task.classify(texts)
+    if hasattr(task, "tag"):
+        return task.tag(texts)
+    if hasattr(task, "translate"):
+        return [{"source": t, "translation": out} for t, out in zip(texts, task.translate(texts), strict=True)]
+    return [{"prompt": t, "continuation": task.generate_text(t, 30, temperature=0.0)} for t in texts]
 
 
 def print_table(entries: dict[str, dict]) -> None:

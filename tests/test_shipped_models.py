@@ -1,5 +1,11 @@
 """The zoo entries shipped inside the package: they load offline, predict what they should, export."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from deploy.export import export
@@ -50,3 +56,24 @@ def test_multi30k_bahdanau_translates_a_simple_sentence():
 def test_every_shipped_entry_exports_and_verifies(tmp_path, name):
     config = export(name, tmp_path / name)
     assert all(check["max_abs_diff"] <= check["tolerance"] for check in config["verification"].values())
+
+
+ONE_LINERS = {
+    "imdb-bilstm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
+    "conll-bilstm-crf": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
+    "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
+}
+
+
+@pytest.mark.parametrize("name", ONE_LINERS)
+def test_one_line_cli_prediction_offline(name):
+    text, field, expected = ONE_LINERS[name]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "rnnzoo"), "zoo", "predict", name, "--text", text],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RNNZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1])[field] == expected
