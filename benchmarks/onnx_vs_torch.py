@@ -8,6 +8,7 @@ runtimes get the same number of threads; each figure is the median of ``--repeat
 after warm-up.
 
     python benchmarks/onnx_vs_torch.py [--source X.ckpt|DIR] [--threads 1]
+    python benchmarks/onnx_vs_torch.py --kernels   # a bare LSTM/BiLSTM layer: the whole-sequence ceiling
 """
 
 import argparse
@@ -111,13 +112,41 @@ def cases(network, exported: dict):
         raise SystemExit(f"no benchmark case for {type(network).__name__}")
 
 
+def bare_kernels(threads: int, repeats: int) -> None:
+    """A lone ``nn.LSTM`` (200 -> 256, 32 x 200 steps) in both runtimes: the whole-sequence ceiling.
+    Both run the same GEMMs on optimised CPU BLAS, so a fused-graph runtime cannot be much faster."""
+    import io
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    inputs = torch.randn(32, 200, 200)
+    print(f"\nbare nn.LSTM 200 -> 256, batch 32 x 200 steps, {threads} thread(s), median of {repeats // 10} calls")
+    print("| layer | torch eager | onnxruntime | speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for bidirectional in (False, True):
+        lstm = torch.nn.LSTM(200, 256, batch_first=True, bidirectional=bidirectional).eval()
+        graph = io.BytesIO()
+        torch.onnx.export(lstm, (inputs,), graph, input_names=["x"], dynamo=False, opset_version=17)
+        session = onnxruntime.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            eager = median_seconds(lambda layer=lstm: layer(inputs), repeats // 10)
+        ort = median_seconds(lambda s=session: s.run(None, {"x": inputs.numpy()}), repeats // 10)
+        name = "BiLSTM" if bidirectional else "LSTM"
+        print(f"| {name} | {eager * 1e3:,.1f} ms | {ort * 1e3:,.1f} ms | **{eager / ort:.2f}x** |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", default=None, help="a .ckpt or pretrained folder (default: a 2x200 LSTM LM)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--kernels", action="store_true", help="time a bare nn.LSTM/BiLSTM layer instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernels:
+        return bare_kernels(args.threads, args.repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(args.source) if args.source else default_language_model(Path(tmp) / "lm")
