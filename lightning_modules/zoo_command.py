@@ -24,7 +24,12 @@ def zoo_main(argv: list[str]) -> None:
     publish.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
     publish.add_argument("--name", default=None, help="the entry's name (default: the folder's name)")
     publish.add_argument("--description", default="")
-    publish.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weight storage")
+    publish.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "int8"],
+        default="float32",
+        help="weight storage (int8: per-row int8 vocabulary-sized matrices, float16 elsewhere)",
+    )
     publish.add_argument("--metric", action="append", default=[], help="NAME=VALUE it reached (repeatable)")
     publish.add_argument("--split", default="test", help="the split the metrics were measured on")
     publish.add_argument("--command", default="", help="the command that trained and evaluated it")

@@ -73,6 +73,27 @@ def test_half_precision_storage_loads_as_float32(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[name], tensor.half().to(tensor.dtype), rtol=0, atol=0)
 
 
+def test_int8_storage_quantizes_vocabulary_matrices_per_row_and_keeps_ties(tmp_path):
+    torch.manual_seed(0)
+    arguments = {**TINY[RNNLanguageModel], "vocab_size": 8192, "embedding_dim": 128, "hidden_size": 128}
+    network = RNNLanguageModel(**arguments)  # the tied 8192 x 128 embedding has 2**20 values
+    half = save(tmp_path / "fp16", network, arguments, dtype=torch.float16)
+    int8 = save(tmp_path / "int8", network, arguments, dtype=torch.int8)
+    saved = (half / WEIGHTS_FILE).stat().st_size - (int8 / WEIGHTS_FILE).stat().st_size
+    assert saved > 0.98 * 2**20  # one byte per embedding value instead of two (plus a scale per row)
+    (quantized,) = json.loads((int8 / "config.json").read_text())["int8_rows"]
+    loaded = load_pretrained(int8).network
+    for name, tensor in network.state_dict().items():
+        restored = loaded.state_dict()[name]
+        if name == quantized:
+            row_max = tensor.abs().amax(dim=1, keepdim=True)
+            assert ((restored - tensor).abs() <= row_max / 127).all()  # within one int8 step of its row
+            assert not torch.equal(restored, tensor.half().float())
+        elif name not in json.loads((int8 / "config.json").read_text())["tied_weights"]:
+            torch.testing.assert_close(restored, tensor.half().to(tensor.dtype), rtol=0, atol=0)
+    assert loaded.decoder.weight is loaded.embedding.weight
+
+
 def test_failed_save_leaves_the_previous_folder_untouched(tmp_path):
     arguments = TINY[SequenceClassifier]
     folder = save(tmp_path / "model", SequenceClassifier(**arguments), arguments)

@@ -28,6 +28,7 @@ from zoo.seq2seq import Seq2Seq
 from zoo.tagger import SequenceTagger
 
 FORMAT_VERSION = 1
+INT8_SCALE, INT8_MIN_ELEMENTS = ".int8_row_scale", 1 << 20
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (RNNLanguageModel, SequenceClassifier, SequenceTagger, Seq2Seq)
@@ -59,13 +60,15 @@ def save_pretrained(
 
     ``arguments`` rebuild the network (``ARCHITECTURES[name](**arguments)``); ``tokenizers`` maps a
     name (``tokenizer``, ``source_tokenizer``...) to a ``tokenizers`` JSON string; ``dtype`` (e.g.
-    ``torch.float16``) stores the floating-point weights in that type. The folder appears whole or
-    not at all: it is written next to its destination and renamed into place.
+    ``torch.float16``) stores the floating-point weights in that type; ``torch.int8`` stores the
+    large matrices (embeddings, vocabulary projections) as per-row int8 and the rest as float16.
+    The folder appears whole or not at all: it is written next to its destination and renamed into place.
     """
     architecture = type(network).__name__
     if architecture not in ARCHITECTURES:
         raise ValueError(f"{architecture} is not a zoo architecture ({', '.join(ARCHITECTURES)})")
-    weights, aliases = _unique_tensors(network, dtype)
+    weights, aliases = _unique_tensors(network, torch.float16 if dtype == torch.int8 else dtype)
+    int8_rows = _quantize_large_matrices(weights) if dtype == torch.int8 else []
     config = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
@@ -75,6 +78,7 @@ def save_pretrained(
         "tokenizers": {name: f"{name}.json" for name in sorted(tokenizers)},
         "weights_dtype": str(dtype or next(network.parameters()).dtype).removeprefix("torch."),
         "tied_weights": aliases,
+        "int8_rows": int8_rows,
     }
     with staged_folder(directory) as staging:
         save_file(weights, staging / WEIGHTS_FILE, metadata={"format": "pt"})
@@ -109,6 +113,20 @@ def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
+def _quantize_large_matrices(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Replace every matrix of at least ``INT8_MIN_ELEMENTS`` values in ``weights`` by symmetric
+    per-row int8 values and a float16 scale per row (``name + INT8_SCALE``); returns their names.
+    Vocabulary-sized matrices hold most of a model's bytes, and per-row scales keep each word's row
+    at about 1% relative error."""
+    names = [n for n, t in weights.items() if t.dim() == 2 and t.is_floating_point() and t.numel() >= INT8_MIN_ELEMENTS]
+    for name in names:
+        matrix = weights[name].float()
+        scale = (matrix.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float16).tiny)
+        weights[name] = torch.round(matrix / scale.unsqueeze(1)).clamp(-127, 127).to(torch.int8)
+        weights[name + INT8_SCALE] = scale.half()
+    return names
+
+
 def _unique_tensors(network: nn.Module, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The state dict with each tied tensor stored once, and the tied names mapped to the stored one.
 
@@ -140,6 +158,8 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
         weights = load_file(folder / WEIGHTS_FILE)
     except (FileNotFoundError, SafetensorError) as err:
         raise ValueError(f"{folder / WEIGHTS_FILE}: cannot read the weights ({err})") from err
+    for name in config.get("int8_rows", []):
+        weights[name] = weights[name].float() * weights.pop(name + INT8_SCALE).float().unsqueeze(1)
     for alias, stored in config.get("tied_weights", {}).items():
         weights[alias] = weights[stored]
     reference = network.state_dict()
