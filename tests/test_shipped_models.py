@@ -26,7 +26,7 @@ def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
     assert set(SHIPPED) <= set(entries)
     for name in SHIPPED:
         assert entries[name]["metrics"] and entries[name]["command"] and entries[name]["local"]
-        assert sum(f["size"] for f in entries[name]["files"].values()) < 25e6
+        assert sum(f["size"] for f in entries[name]["files"].values()) < 15e6
 
 
 def test_imdb_bilstm_classifies_clear_reviews():
