@@ -82,7 +82,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads, both sides")
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--max_wait_ms", type=float, default=2.0)
+    parser.add_argument("--max_wait_ms", type=float, default=0.0, help="the server's --max_wait_ms")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
