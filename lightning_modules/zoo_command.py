@@ -69,11 +69,15 @@ def predict_texts(source: str, texts: list[str]) -> list[dict]:
 
 
 def print_table(entries: dict[str, dict]) -> None:
-    print(f"{'name':<22} {'task':<16} {'test metric':<22} {'size':>8}  description")
+    rows = []
     for name, entry in sorted(entries.items()):
         shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.get("metrics", {}).items()) or "-"
         size = sum(f["size"] for f in entry.get("files", {}).values()) / 1e6
-        print(f"{name:<22} {entry.get('task', ''):<16} {shown:<22} {size:>6.1f} MB  {entry.get('description', '')}")
+        rows.append((name, entry.get("task", ""), shown, f"{size:.1f} MB", entry.get("description", "")))
+    header = ("name", "task", "test metric", "size", "description")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for name, task, metric, size, description in [header, *rows]:
+        print(name.ljust(widths[0]), task.ljust(widths[1]), metric.ljust(widths[2]), size.rjust(widths[3]), description)
 
 
 def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
