@@ -63,7 +63,10 @@ def publish(
 def load_task(source: str | os.PathLike, expected: type[DataStateInCheckpoint] | None = None) -> DataStateInCheckpoint:
     """A task from a ``.ckpt`` or from a pretrained source (folder, zoo entry name, URL, ``hf://``),
     refused unless it is an ``expected`` task when one is given."""
-    task = load_task_checkpoint(source) if Path(source).is_file() else task_from_pretrained(source)
+    if str(source).endswith(".ckpt") or Path(source).is_file():
+        task = load_task_checkpoint(source)
+    else:
+        task = task_from_pretrained(source)
     if expected is not None and not isinstance(task, expected):
         raise ValueError(f"{source} holds a {type(task).__name__}, not a {expected.__name__}")
     return task
