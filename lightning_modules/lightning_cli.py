@@ -106,7 +106,7 @@ class RnnzooCLI(LightningCLI):
 def is_lightning_checkpoint(path: str) -> bool:
     """A ``.ckpt`` file or the ``best``/``last``/``hpc`` names Lightning resolves, as opposed to a
     pretrained folder, zoo entry name or URL."""
-    return path in ("best", "last", "hpc", "registry") or Path(path).is_file()
+    return path in ("best", "last", "hpc", "registry") or path.endswith(".ckpt") or Path(path).is_file()
 
 
 def run_lightning_cli(argv: list[str] | None = None) -> None:
