@@ -1,7 +1,6 @@
 """``rnnzoo fit/validate/test/predict``: LightningCLI with the data's sizes linked into the model."""
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,11 +22,11 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """``rnnzoo fit --ckpt_path <pretrained>`` fine-tunes: the data keeps the pretrained vocabulary."""
-        if self.subcommand != "fit":
-            return
-        config = self.config["fit"]
+        """A ``--ckpt_path`` naming a pretrained folder, zoo entry or URL (not a ``.ckpt``): the data uses
+        its tokenizers, so the vocabulary matches the weights loaded before the run."""
+        config = self.config[self.subcommand]
         path = config.get("ckpt_path")
+        self._pretrained_folder = None
         if not path or is_lightning_checkpoint(path):
             return
         from zoo.hub import ZooError, resolve
@@ -37,40 +36,38 @@ class RnnzooCLI(LightningCLI):
             self._pretrained_folder = resolve(path)
             pretrained_task = read_config(self._pretrained_folder)["task"]
         except (ZooError, OSError, ValueError) as err:
-            raise SystemExit(f"rnnzoo fit: --ckpt_path {path}: {err}") from None
+            raise SystemExit(f"rnnzoo {self.subcommand}: --ckpt_path {path}: {err}") from None
         task = str(config["model"]["class_path"]).rsplit(".", 1)[-1]
         if pretrained_task != task:
-            raise SystemExit(f"rnnzoo fit: --ckpt_path {path} holds a {pretrained_task}, the config trains a {task}")
+            raise SystemExit(
+                f"rnnzoo {self.subcommand}: --ckpt_path {path} holds a {pretrained_task}, the config trains a {task}"
+            )
         data_arguments = config["data"]["init_args"]
         if "tokenizer_from" in data_arguments and data_arguments["tokenizer_from"] is None:
             data_arguments["tokenizer_from"] = str(self._pretrained_folder)
 
-    def before_fit(self) -> None:
-        """Fine-tuning starts from the pretrained weights with a fresh optimizer, schedule and epoch count
-        (a pretrained folder holds weights only); a ``.ckpt`` resumes as usual."""
-        folder = getattr(self, "_pretrained_folder", None)
-        if folder is None:
-            return
+    def _load_pretrained_weights(self) -> bool:
+        """Copy the pretrained folder's weights into the model and run without a ``.ckpt``: a folder
+        holds weights only, so fitting starts a fresh optimizer, schedule and epoch count."""
+        if self._pretrained_folder is None:
+            return False
         from lightning_modules.pretrained import load_pretrained_weights
 
         try:
-            load_pretrained_weights(self.model, folder)
+            load_pretrained_weights(self.model, self._pretrained_folder)
         except ValueError as err:
-            raise SystemExit(f"rnnzoo fit: cannot fine-tune: {err}") from None
-        print(f"fine-tuning from {folder}: pretrained weights loaded, optimizer and schedule start fresh")
-        self.config_init["fit"]["ckpt_path"] = None
+            raise SystemExit(f"rnnzoo {self.subcommand}: {err}") from None
+        self.config_init[self.subcommand]["ckpt_path"] = None
+        return True
+
+    def before_fit(self) -> None:
+        if self._load_pretrained_weights():
+            print(f"fine-tuning from {self._pretrained_folder}: optimizer and schedule start fresh")
 
     def _resolve_ckpt_path(self) -> None:
-        """``--ckpt_path`` may be ``best`` (read from ``last.ckpt``) or a pretrained folder."""
-        config = self.config_init[self.subcommand]
-        path = config.get("ckpt_path")
-        if path and Path(path).is_dir():
-            from lightning_modules.pretrained import checkpoint_from_pretrained
-
-            self._weights_only = tempfile.TemporaryDirectory()
-            config["ckpt_path"] = str(checkpoint_from_pretrained(path, Path(self._weights_only.name) / "weights.ckpt"))
-            return
-        self._resolve_best()
+        """``--ckpt_path`` may be ``best`` (read from ``last.ckpt``) or a pretrained source."""
+        if not self._load_pretrained_weights():
+            self._resolve_best()
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""

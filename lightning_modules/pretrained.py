@@ -101,18 +101,3 @@ def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.Pat
             f"the weights of {directory} do not fit the model of the config (use the config it was trained "
             f"with, see its metrics.json): {err}"
         ) from err
-
-
-def checkpoint_from_pretrained(directory: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """A weights-only Lightning checkpoint of a pretrained folder, for ``rnnzoo validate/test/predict``."""
-    import lightning
-
-    task = task_from_pretrained(directory)
-    checkpoint = {
-        "state_dict": task.state_dict(),
-        "hyper_parameters": dict(task.hparams),
-        "pytorch-lightning_version": lightning.__version__,
-        **dict(task.tokenizer_jsons),
-    }
-    torch.save(checkpoint, path)
-    return Path(path)

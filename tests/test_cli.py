@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,9 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     assert json.loads((published / "metrics.json").read_text())["metrics"] == {"test_acc": 0.5}
     from_folder = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", str(published))
     assert "test_acc" in from_folder.stdout
+    # A zoo entry on a data subset: the data takes the entry's vocabulary instead of fitting its own.
+    from_entry = rnnzoo(tmp_path, "validate", *common, "--data.val_size", "60", "--ckpt_path", "imdb-bilstm")
+    assert float(re.search(r"val_acc\s+([0-9.]+)", from_entry.stdout).group(1)) > 0.75
     missing = rnnzoo(tmp_path, "zoo", "publish", "nowhere.ckpt", "--out", "x", check=False)
     assert missing.returncode == 2 and "no checkpoint at nowhere.ckpt" in missing.stderr
 
