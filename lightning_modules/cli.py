@@ -79,7 +79,9 @@ def export_main(argv: list[str]) -> None:
         prog="rnnzoo export", description="Export a checkpoint or pretrained folder to ONNX, verified against PyTorch."
     )
     parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`, or a pretrained folder")
-    parser.add_argument("--out", required=True, help="the folder to write (replaced only if the export succeeds)")
+    parser.add_argument(
+        "--out", required=True, help="a new or empty folder, or an earlier export to replace once this one succeeds"
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |onnxruntime - torch|")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="onnxruntime dynamic quantization")
@@ -93,7 +95,7 @@ def export_main(argv: list[str]) -> None:
 
             test = load_splits("", args.data_dir, ("test",))["test"]
         config = export(args.ckpt, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples)
-    except (FileNotFoundError, ValueError, ExportError, ZooError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, ExportError, ZooError) as err:
         parser.error(str(err))
     for graph, check in config["verification"].items():
         print(f"{graph}: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})")

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -27,6 +26,14 @@ class RnnzooCLI(LightningCLI):
         config = self.config[self.subcommand]
         path = config.get("ckpt_path")
         self._pretrained_folder = None
+        if config.get("weights_only") is False:
+            raise SystemExit(f"rnnzoo {self.subcommand}: checkpoints are only loaded with --weights_only true")
+        config["weights_only"] = True  # tensors and plain data only: a crafted .ckpt cannot run code
+        if path and "://" in path and path.endswith(".ckpt"):
+            raise SystemExit(
+                f"rnnzoo {self.subcommand}: --ckpt_path {path}: remote .ckpt files are not loaded (unpickling a "
+                "stranger's file can run code); pass a pretrained folder's URL or a zoo entry instead"
+            )
         if not path or is_lightning_checkpoint(path):
             return
         from zoo.hub import ZooError, resolve
@@ -63,11 +70,30 @@ class RnnzooCLI(LightningCLI):
     def before_fit(self) -> None:
         if self._load_pretrained_weights():
             print(f"fine-tuning from {self._pretrained_folder}: optimizer and schedule start fresh")
+        self._check_last_checkpoint()
 
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path`` may be ``best`` (read from ``last.ckpt``) or a pretrained source."""
         if not self._load_pretrained_weights():
             self._resolve_best()
+            self._check_last_checkpoint()
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a ``--ckpt_path`` file's hyperparameters first: check the file before it
+        does, so a damaged or crafted ``.ckpt`` stops the run with one line instead of a traceback."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            check_checkpoint_file(subcommand, path)
+        super()._parse_ckpt_path()
+
+    def _check_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` names the checkpoint callback's ``last.ckpt``: check it the same way."""
+        callback = self.trainer.checkpoint_callback
+        if self.config_init[self.subcommand].get("ckpt_path") == "last" and getattr(callback, "dirpath", None):
+            last = Path(callback.dirpath) / "last.ckpt"
+            if last.is_file():
+                check_checkpoint_file(self.subcommand, str(last))
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""
@@ -83,8 +109,12 @@ class RnnzooCLI(LightningCLI):
         last = Path(callback.dirpath) / "last.ckpt"
         if not last.is_file():
             raise SystemExit(f"--ckpt_path best: no {last} to read the best checkpoint from; train first")
-        # Our own checkpoint (not a download), so unpickling it is fine.
-        states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+        from lightning_modules.pretrained import read_checkpoint
+
+        try:
+            states = read_checkpoint(last).get("callbacks", {})
+        except ValueError as err:
+            raise SystemExit(f"--ckpt_path best: {err}") from None
         best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), "")
         if not best or not Path(best).is_file():
             raise SystemExit(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})")
@@ -98,6 +128,15 @@ class RnnzooCLI(LightningCLI):
         for batch in self.trainer.predict_loop.predictions or []:
             for row in batch if isinstance(batch, list) else []:
                 print(json.dumps(row))
+
+
+def check_checkpoint_file(subcommand: str, path: str) -> None:
+    from lightning_modules.pretrained import read_checkpoint
+
+    try:
+        read_checkpoint(path)
+    except ValueError as err:
+        raise SystemExit(f"rnnzoo {subcommand}: --ckpt_path {err}") from None
 
 
 def is_lightning_checkpoint(path: str) -> bool:

@@ -21,7 +21,7 @@ def zoo_main(argv: list[str]) -> None:
     predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
     publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`")
-    publish.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    publish.add_argument("--out", required=True, help="a new or empty folder, or an earlier pretrained folder to replace")
     publish.add_argument("--name", default=None, help="the entry's name (default: the folder's name)")
     publish.add_argument("--description", default="")
     publish.add_argument(
@@ -49,7 +49,7 @@ def zoo_main(argv: list[str]) -> None:
                 print(json.dumps(row, ensure_ascii=False))
         else:
             publish_checkpoint(args, parser)
-    except (ZooError, FileNotFoundError, ValueError) as err:
+    except (ZooError, FileNotFoundError, FileExistsError, ValueError) as err:
         parser.error(str(err))
 
 

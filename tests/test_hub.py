@@ -81,13 +81,12 @@ def test_corrupted_download_is_refused_and_leaves_nothing(published):
     weights.write_bytes(bytes(data))
     with pytest.raises(ZooError, match="does not match the expected"):
         from_pretrained("tiny-clf")
-    assert not (published["cache"] / "model.safetensors").exists()
-    assert not [p for p in published["cache"].iterdir() if p.name.startswith(".")]  # no partial file
+    assert not published["cache"].exists()  # no partial file, no half-filled folder
 
 
 def test_two_processes_download_one_valid_copy(published):
     CountingHandler.delay = 0.3  # every response is slow, so the two downloads overlap
-    script = f"from zoo.hub import from_pretrained; from_pretrained({published['url']!r})"
+    script = "from zoo.hub import from_pretrained; from_pretrained('tiny-clf')"
     env = {**os.environ, "RNNZOO_CACHE": str(published["cache"].parent)}
     processes = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in processes] == [0, 0]
@@ -119,3 +118,135 @@ def test_names_that_escape_the_cache_are_refused(published):
         hub.fetch_entry("../outside", entry)
     with pytest.raises(ZooError, match="unknown zoo entry 'nope'"):
         from_pretrained("nope")
+
+
+def serve_folder(root) -> str:
+    """A loopback HTTP server for ``root``; returns its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def with_entry(published, monkeypatch, tmp_path, **changes) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        json.dumps({"entries": {"tiny-clf": {**published["entry"], "urls": [published["url"]], **changes}}})
+    )
+    monkeypatch.setenv("RNNZOO_MANIFEST", str(manifest))
+
+
+def test_download_stops_at_the_size_the_entry_states(published, monkeypatch, tmp_path):
+    files = json.loads(json.dumps(published["entry"]["files"]))
+    files["model.safetensors"]["size"] = 10
+    with_entry(published, monkeypatch, tmp_path, files=files)
+    with pytest.raises(ZooError, match="more than the 10 bytes the entry states"):
+        from_pretrained("tiny-clf")
+    assert not published["cache"].exists()
+
+
+def test_an_oversized_entry_json_is_refused(published, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_ENTRY_BYTES", 100)
+    with pytest.raises(ZooError, match="larger than 100 bytes"):
+        from_pretrained(published["url"])
+
+
+def test_a_checksum_mismatch_tries_the_next_mirror(published, monkeypatch, tmp_path):
+    bad = tmp_path / "bad" / "tiny-clf"
+    bad.mkdir(parents=True)
+    for path in published["folder"].iterdir():
+        (bad / path.name).write_bytes(path.read_bytes())
+    weights = bytearray((bad / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(weights))
+    with_entry(published, monkeypatch, tmp_path, urls=[serve_folder(tmp_path / "bad") + "/tiny-clf", published["url"]])
+    assert isinstance(from_pretrained("tiny-clf").network, SequenceClassifier)
+
+
+class CutHandler(SimpleHTTPRequestHandler):
+    """Announces the whole file, sends half of it, and closes the connection."""
+
+    def do_GET(self):
+        data = (self.directory_path / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_cut_transfer_is_a_clear_error_and_leaves_nothing(published, monkeypatch, tmp_path):
+    handler = type("Cut", (CutHandler,), {"directory_path": published["folder"]})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with_entry(published, monkeypatch, tmp_path, urls=[f"http://127.0.0.1:{server.server_address[1]}"])
+    with pytest.raises(ZooError, match="the transfer was cut after"):
+        from_pretrained("tiny-clf")
+    server.shutdown()
+    assert not published["cache"].exists()
+
+
+def test_a_remote_entry_cannot_point_into_the_package(published):
+    entry_path = published["folder"] / "entry.json"
+    entry = json.loads(entry_path.read_text())
+    entry_path.write_text(json.dumps({**entry, "local": "pretrained_models/imdb-bilstm"}))
+    model = from_pretrained(published["url"])  # downloaded and checked, not the packaged imdb-bilstm
+    assert model.config["arguments"] == ARGUMENTS
+
+
+def test_the_cache_is_keyed_by_the_whole_url(published, tmp_path):
+    other = tmp_path / "mirror" / "tiny-clf"
+    torch.manual_seed(1)
+    arguments = {**ARGUMENTS, "hidden_size": 4}
+    save_pretrained(
+        other,
+        SequenceClassifier(**arguments),
+        arguments=arguments,
+        task="ClassificationTask",
+        task_arguments={"labels": ["neg", "pos"]},
+        tokenizers={"tokenizer": tokenizer_json()},
+    )
+    write_entry(other, "tiny-clf", task="classification")
+    first = hub.resolve(published["url"])
+    second = hub.resolve(serve_folder(tmp_path / "mirror") + "/tiny-clf")
+    assert first != second
+    assert from_pretrained(published["url"]).config["arguments"] == ARGUMENTS
+    assert from_pretrained(str(second)).config["arguments"] == arguments
+
+
+def test_files_outside_the_folder_or_its_entry_are_never_read(published, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for path in published["folder"].iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    secret = tmp_path / "secret.json"
+    secret.write_text(tokenizer_json())
+    config = json.loads((folder / "config.json").read_text())
+    for name in (str(secret), "../secret.json"):
+        (folder / "config.json").write_text(json.dumps({**config, "tokenizers": {"tokenizer": name}}))
+        with pytest.raises(ValueError, match="not a plain file name inside the folder"):
+            from_pretrained(str(folder))
+    (folder / "extra.json").write_text(tokenizer_json())  # inside, but not covered by entry.json's sha256
+    (folder / "config.json").write_text(json.dumps({**config, "tokenizers": {"tokenizer": "extra.json"}}))
+    with pytest.raises(ValueError, match="extra.json is not listed in entry.json"):
+        from_pretrained(str(folder))
+
+
+def test_a_folder_named_like_an_entry_does_not_replace_it(published, tmp_path, monkeypatch):
+    from_pretrained("tiny-clf")
+    monkeypatch.chdir(tmp_path)
+    impostor = tmp_path / "tiny-clf"
+    arguments = {**ARGUMENTS, "hidden_size": 3}
+    save_pretrained(
+        impostor,
+        SequenceClassifier(**arguments),
+        arguments=arguments,
+        task="ClassificationTask",
+        task_arguments={"labels": ["neg", "pos"]},
+        tokenizers={"tokenizer": tokenizer_json()},
+    )
+    with pytest.warns(UserWarning, match="write ./tiny-clf to load it"):
+        assert from_pretrained("tiny-clf").config["arguments"] == ARGUMENTS  # the verified entry
+    assert from_pretrained("./tiny-clf").config["arguments"] == arguments  # the folder, asked for explicitly

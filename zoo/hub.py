@@ -3,34 +3,41 @@
 ``from_pretrained(x)`` loads a pretrained folder given as:
 
 - a zoo entry name (``imdb-bilstm``): from the copy shipped inside the package when it is there
-  (checked against the manifest's sha256), else downloaded from the entry's URLs into the cache;
+  (checked against the manifest's sha256), else downloaded from the entry's URLs into the cache.
+  A bare name that the manifest knows is always the entry, even if the working directory holds a
+  folder of that name (write ``./imdb-bilstm`` for the folder);
 - a local folder;
 - an ``http(s)://`` or ``file://`` URL of a published folder (it holds ``entry.json``, written by
   ``rnnzoo zoo publish``, which lists its files with their sha256);
 - ``hf://org/repo`` or ``hf://org/repo@revision``: a Hugging Face Hub repository.
 
-Downloads go to ``RNNZOO_CACHE`` (default ``~/.cache/rnnzoo``) through a temporary file that is
-renamed into place only once its sha256 matches (a mismatch deletes it and raises), under a file
-lock so that concurrent processes fetch an entry once. ``RNNZOO_OFFLINE=1`` (or no network) serves
-from the cache or fails saying so.
+Downloads go to ``RNNZOO_CACHE`` (default ``~/.cache/rnnzoo``), one folder per source (a URL's
+folder is keyed by the whole URL), through a temporary file that is renamed into place only once its
+size and sha256 match; a mismatch or a cut transfer deletes it and tries the next mirror. Reading
+stops at the size the entry states, and ``entry.json`` itself at ``MAX_ENTRY_BYTES``. A file lock
+makes concurrent processes fetch an entry once. ``RNNZOO_OFFLINE=1`` (or no network) serves from the
+cache or fails saying so.
 """
 
 import hashlib
+import http.client
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 
 from filelock import FileLock
 
-from zoo.pretrained import Pretrained, load_pretrained
+from zoo.pretrained import ENTRY_FILE, Pretrained, is_plain_name, load_pretrained
 
 PACKAGE_DIR = Path(__file__).parent
 MANIFEST = PACKAGE_DIR / "pretrained_models" / "manifest.json"
-ENTRY_FILE = "entry.json"
+MAX_ENTRY_BYTES = 1 << 20  # an entry.json lists a few files: anything larger is not one
 
 
 class ZooError(RuntimeError):
@@ -90,8 +97,19 @@ def resolve(source: str | os.PathLike) -> Path:
     if text.startswith("hf://"):
         return _from_hub(text.removeprefix("hf://"))
     if urllib.parse.urlparse(text).scheme in ("http", "https", "file"):
-        entry = json.loads(_fetch_bytes(f"{text.rstrip('/')}/{ENTRY_FILE}"))
-        return fetch_entry(entry.get("name") or _name_from_url(text), {**entry, "urls": [text]})
+        entry = _read_entry(_fetch_bytes(f"{text.rstrip('/')}/{ENTRY_FILE}", MAX_ENTRY_BYTES), text)
+        entry.pop("local", None)  # a remote entry never points into this package
+        name = entry.get("name") or _name_from_url(text)
+        cache_key = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        return fetch_entry(name, {**entry, "urls": [text]}, cache_key)
+    if is_plain_name(text) and text in load_manifest():
+        if Path(text).is_dir():
+            warnings.warn(
+                f"{text!r} is the zoo entry; the folder ./{text} in the working directory is not used "
+                f"(write ./{text} to load it)",
+                stacklevel=2,
+            )
+        return fetch_entry(text, entry_info(text))
     if Path(text).is_dir():
         return Path(text)
     if "/" in text or os.sep in text:
@@ -99,18 +117,19 @@ def resolve(source: str | os.PathLike) -> Path:
     return fetch_entry(text, entry_info(text))
 
 
-def fetch_entry(name: str, entry: dict) -> Path:
-    """The verified folder of ``entry``: the packaged copy, the cache, or a download into the cache."""
+def fetch_entry(name: str, entry: dict, cache_key: str | None = None) -> Path:
+    """The verified folder of ``entry``: the packaged copy, the cache (``cache_key``, default the
+    name), or a download into the cache."""
     files = entry.get("files") or {}
-    if not files:
+    if not isinstance(files, dict) or not files:
         raise ZooError(f"zoo entry {name!r} lists no files")
-    for file_name in [name, *files]:
+    for file_name in [name, cache_key or name, *files]:
         _check_plain_name(file_name)
     local = PACKAGE_DIR / entry["local"] if entry.get("local") else None
     if local is not None and local.is_dir() and _verified(local, files, raise_on_mismatch=True):
         return local
-    folder = cache_dir() / name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_dir() / (cache_key or name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if _verified(folder, files):
             return folder
@@ -119,15 +138,32 @@ def fetch_entry(name: str, entry: dict) -> Path:
         urls = entry.get("urls") or []
         if not urls:
             raise ZooError(f"zoo entry {name!r} is not packaged here and has no download URL")
-        for file_name, expected in files.items():
-            if not _matches(folder / file_name, expected):
-                _download(urls, file_name, folder, expected)
+        new = not folder.exists()
+        folder.mkdir(exist_ok=True)
+        try:
+            for file_name, expected in files.items():
+                if not _matches(folder / file_name, expected):
+                    _download(urls, file_name, folder, expected)
+        except BaseException:
+            if new:  # a failed first download leaves no trace
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
     return folder
+
+
+def _read_entry(data: bytes, source: str) -> dict:
+    try:
+        entry = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ZooError(f"{source}/{ENTRY_FILE} is not valid JSON ({err})") from None
+    if not isinstance(entry, dict):
+        raise ZooError(f"{source}/{ENTRY_FILE} is not an rnnzoo entry")
+    return entry
 
 
 def _check_plain_name(file_name: str) -> None:
     """Refuse names that would escape the cache folder (``../x``, ``/etc/x``, ``a/b``)."""
-    if not file_name or file_name in (".", "..") or Path(file_name).name != file_name or "\\" in file_name:
+    if not is_plain_name(file_name):
         raise ZooError(f"refusing zoo file name {file_name!r}: it must be a plain file name")
 
 
@@ -145,45 +181,63 @@ def _verified(folder: Path, files: dict, raise_on_mismatch: bool = False) -> boo
 
 
 def _download(urls: list[str], file_name: str, folder: Path, expected: dict) -> None:
-    """Fetch ``file_name`` from the first URL that answers; rename into place only if its sha256 matches."""
+    """Fetch ``file_name`` from the first URL whose bytes match its size and sha256 (a mismatch or a
+    cut transfer tries the next mirror); renamed into place only once it matches."""
     errors = []
     for base in urls:
         url = f"{base.rstrip('/')}/{file_name}"
         handle, temporary = tempfile.mkstemp(prefix=f".{file_name}.", dir=folder)
         try:
-            digest = hashlib.sha256()
             with os.fdopen(handle, "wb") as out, _open(url) as response, _progress(file_name, expected) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if digest.hexdigest() != expected["sha256"]:
-                raise ZooError(
-                    f"{url}: sha256 {digest.hexdigest()} does not match the expected {expected['sha256']}; "
-                    "the download was deleted"
-                )
+                digest, size = _copy_at_most(response, out, expected["size"], url, bar.update)
+            if size < expected["size"]:
+                raise ZooError(f"{url}: the transfer was cut after {size} of {expected['size']} bytes")
+            if digest != expected["sha256"]:
+                raise ZooError(f"{url}: sha256 {digest} does not match the expected {expected['sha256']}")
             os.replace(temporary, folder / file_name)
             return
-        except (urllib.error.URLError, OSError) as err:
-            errors.append(f"{url}: {err}")
+        except (ZooError, urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            errors.append(str(err) if isinstance(err, ZooError) else f"{url}: {_describe_error(err)}")
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
     raise ZooError(f"could not download {file_name}: {'; '.join(errors)} (set RNNZOO_OFFLINE=1 to use the cache only)")
 
 
+def _copy_at_most(response, out, limit: int, url: str, on_chunk=lambda n: None) -> tuple[str, int]:
+    """Copy ``response`` into ``out``, refusing more than ``limit`` bytes; returns (sha256, size)."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := response.read(min(1 << 16, limit + 1 - size)):
+        size += len(chunk)
+        if size > limit:
+            raise ZooError(f"{url}: the server sent more than the {limit} bytes the entry states")
+        out.write(chunk)
+        digest.update(chunk)
+        on_chunk(len(chunk))
+    return digest.hexdigest(), size
+
+
+def _describe_error(err: Exception) -> str:
+    if isinstance(err, http.client.IncompleteRead):
+        return f"the transfer was cut after {len(err.partial)} bytes"  # raised by some read paths
+    return str(err) or type(err).__name__
+
+
 def _open(url: str):
     return urllib.request.urlopen(url, timeout=60)
 
 
-def _fetch_bytes(url: str) -> bytes:
+def _fetch_bytes(url: str, limit: int) -> bytes:
     if offline():
         raise ZooError(f"RNNZOO_OFFLINE is set: cannot fetch {url}")
     try:
         with _open(url) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as err:
-        raise ZooError(f"could not fetch {url}: {err}") from err
+            data = response.read(limit + 1)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        raise ZooError(f"could not fetch {url}: {_describe_error(err)}") from err
+    if len(data) > limit:
+        raise ZooError(f"{url} is larger than {limit} bytes: not an rnnzoo {ENTRY_FILE}")
+    return data
 
 
 def _progress(file_name: str, expected: dict):
@@ -203,11 +257,20 @@ def _from_hub(spec: str) -> Path:
 
     repo_id, _, revision = spec.partition("@")
     try:
-        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=offline()))
+        folder = Path(snapshot_download(repo_id, revision=revision or None, local_files_only=offline()))
     except LocalEntryNotFoundError as err:
         raise ZooError(f"hf://{spec} is not in the Hugging Face cache and the Hub cannot be reached: {err}") from err
     except HfHubHTTPError as err:
         raise ZooError(f"hf://{spec}: {err}") from err
+    entry_path = folder / ENTRY_FILE
+    if not entry_path.is_file() or entry_path.stat().st_size > MAX_ENTRY_BYTES:
+        raise ZooError(f"hf://{spec} holds no {ENTRY_FILE}: publish the folder with `rnnzoo zoo publish`")
+    files = _read_entry(entry_path.read_bytes(), f"hf://{spec}").get("files") or {}
+    for file_name in files:
+        _check_plain_name(file_name)
+    if not _verified(folder, files, raise_on_mismatch=True):
+        raise ZooError(f"hf://{spec} lacks files its {ENTRY_FILE} lists")
+    return folder
 
 
 def write_entry(folder: Path, name: str, **fields) -> dict:

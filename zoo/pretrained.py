@@ -30,6 +30,7 @@ from zoo.tagger import SequenceTagger
 FORMAT_VERSION = 1
 INT8_SCALE, INT8_MIN_ELEMENTS = ".int8_row_scale", 1 << 20
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
+ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha256 (``zoo.hub``)
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (RNNLanguageModel, SequenceClassifier, SequenceTagger, Seq2Seq)
 }
@@ -92,8 +93,13 @@ def save_pretrained(
 
 @contextmanager
 def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
-    """Fill a folder that replaces ``directory`` only if the block succeeds (else nothing changes)."""
-    destination = Path(directory)
+    """Fill a folder that replaces ``directory`` only if the block succeeds (else nothing changes).
+
+    ``directory`` must be new, empty, or a folder rnnzoo wrote earlier (see ``check_replaceable``):
+    a user's folder is never deleted. An earlier folder is swapped out by two renames, so readers see
+    the old folder or the new one, never a mix."""
+    destination = Path(directory).absolute()
+    check_replaceable(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
@@ -101,12 +107,44 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
         for path in staging.iterdir():  # mkdtemp and some writers create owner-only files
             path.chmod(0o644)
         staging.chmod(0o755)
+        check_replaceable(destination)  # the block may have run for minutes
         if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+            previous = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
+            destination.rename(previous / destination.name)
+            staging.rename(destination)
+            shutil.rmtree(previous)
+        else:
+            staging.rename(destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_replaceable(destination: Path) -> None:
+    """Raise unless ``destination`` is absent, an empty folder, or a pretrained or exported folder
+    holding only the files its ``config.json`` names (rnnzoo's own output, safe to replace)."""
+    if destination.is_symlink() or (destination.exists() and not destination.is_dir()):
+        raise FileExistsError(f"{destination} exists and is not a folder: choose another output folder")
+    if not destination.exists():
+        return
+    if Path.cwd().resolve().is_relative_to(destination.resolve()):
+        raise FileExistsError(f"{destination} holds the working directory: choose another output folder")
+    if not any(destination.iterdir()):
+        return
+    refusal = FileExistsError(
+        f"{destination} is not empty and is not a folder written by rnnzoo: refusing to replace it "
+        "(choose a new or empty output folder)"
+    )
+    try:
+        config = json.loads((destination / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        raise refusal from None
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        raise refusal
+    written = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, ENTRY_FILE}
+    written |= set(dict(config.get("tokenizers") or {}).values()) | set(dict(config.get("graphs") or {}))
+    if any(path.name not in written or not path.is_file() for path in destination.iterdir()):
+        raise refusal
 
 
 def write_json(path: Path, value) -> None:
@@ -147,17 +185,23 @@ def _unique_tensors(network: nn.Module, dtype: torch.dtype | None) -> tuple[dict
 
 
 def load_pretrained(directory: str | os.PathLike) -> Pretrained:
-    """Rebuild the network of a pretrained folder (float32, eval mode) with its tokenizers and metrics."""
+    """Rebuild the network of a pretrained folder (float32, eval mode) with its tokenizers and metrics.
+
+    Only the files ``config.json`` names are read, each a plain name inside the folder and, where the
+    folder holds ``entry.json`` (every published or downloaded folder does), one that it lists."""
     folder = Path(directory)
     config = read_config(folder)
     architecture = ARCHITECTURES.get(config.get("architecture"))
     if architecture is None:
         raise ValueError(f"{folder / CONFIG_FILE}: unknown architecture {config.get('architecture')!r}")
     network = architecture(**config["arguments"])
+    weights_path = folder_file(folder, WEIGHTS_FILE)
     try:
-        weights = load_file(folder / WEIGHTS_FILE)
+        weights = load_file(weights_path)
     except (FileNotFoundError, SafetensorError) as err:
-        raise ValueError(f"{folder / WEIGHTS_FILE}: cannot read the weights ({err})") from err
+        raise ValueError(
+            f"{weights_path}: cannot read the weights ({err}); download or publish the folder again"
+        ) from None
     for name in config.get("int8_rows", []):
         weights[name] = weights[name].float() * weights.pop(name + INT8_SCALE).float().unsqueeze(1)
     for alias, stored in config.get("tied_weights", {}).items():
@@ -170,25 +214,68 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
         architecture_call = f"{config['architecture']}({config['arguments']})"
         raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
     tokenizers = load_tokenizers(folder, config)
+    listed = listed_files(folder)
     metrics_path = folder / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    has_metrics = metrics_path.is_file() and (listed is None or METRICS_FILE in listed)
+    metrics = json.loads(metrics_path.read_text()) if has_metrics else {}
     return Pretrained(network.eval(), config, tokenizers, metrics)
 
 
 def load_tokenizers(folder: Path, config: dict | None = None) -> dict[str, Tokenizer]:
     """The tokenizers of a pretrained folder by name (``tokenizer``, ``source_tokenizer``...)."""
     config = read_config(folder) if config is None else config
-    return {
-        name: Tokenizer.from_file(str(Path(folder) / file_name))
-        for name, file_name in config.get("tokenizers", {}).items()
-    }
+    tokenizers = {}
+    for name, file_name in config.get("tokenizers", {}).items():
+        path = folder_file(Path(folder), file_name)
+        try:
+            tokenizers[name] = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises its own Exception type for missing or damaged files
+            raise ValueError(f"{path}: cannot read the tokenizer ({err})") from None
+    return tokenizers
 
 
 def read_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a pretrained folder: it has no {CONFIG_FILE}")
-    config = json.loads(path.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {config.get('format_version')!r}, this rnnzoo reads {FORMAT_VERSION}")
+    folder_file(Path(folder), CONFIG_FILE)
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        version = config.get("format_version") if isinstance(config, dict) else None
+        raise ValueError(f"{path}: format_version {version!r}, this rnnzoo reads {FORMAT_VERSION}")
     return config
+
+
+def is_plain_name(file_name) -> bool:
+    """A file name with no folder part (not ``../x``, ``/etc/x``, ``a/b``): it stays inside its folder."""
+    return (
+        isinstance(file_name, str)
+        and file_name not in ("", ".", "..")
+        and Path(file_name).name == file_name
+        and "\\" not in file_name
+    )
+
+
+def listed_files(folder: Path) -> set[str] | None:
+    """The files ``entry.json`` lists with their sha256, or ``None`` for a folder without one."""
+    path = Path(folder) / ENTRY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return set(json.loads(path.read_text())["files"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid entry ({err})") from None
+
+
+def folder_file(folder: Path, file_name: str) -> Path:
+    """The path of a file a pretrained folder names, refused unless it is a plain name inside the
+    folder and, where ``entry.json`` exists, one that it lists (unlisted files are never read)."""
+    if not is_plain_name(file_name):
+        raise ValueError(f"{folder / CONFIG_FILE}: {file_name!r} is not a plain file name inside the folder")
+    listed = listed_files(folder)
+    if listed is not None and file_name not in listed:
+        raise ValueError(f"{folder}: {file_name} is not listed in {ENTRY_FILE}, so it is not read")
+    return Path(folder) / file_name

@@ -1,0 +1,130 @@
+"""Files from strangers and user folders: a crafted or damaged .ckpt runs nothing and says so in one
+line, remote .ckpt files are refused, and --out never deletes a folder rnnzoo did not write."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from deploy.export import export
+from tests.conftest import REPO, shared_dataset
+from tests.test_cli import CONFIG, rnnzoo
+from tests.test_deploy import pretrained_folder
+from zoo import SequenceClassifier
+from zoo.pretrained import save_pretrained
+
+ARGUMENTS = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 8, "hidden_size": 8}
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def crafted(tmp_path):
+    marker = tmp_path / "PAYLOAD_RAN"
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab_size": 3}, "payload": Payload(marker)}, path)
+    return path, marker
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--ckpt", "{ckpt}", "--out", "out"],
+        ["generate", "--ckpt", "{ckpt}"],
+        ["translate", "--ckpt", "{ckpt}", "--text", "ein Hund"],
+        ["zoo", "publish", "{ckpt}", "--out", "out"],
+        ["test", "--config", str(CONFIG), "--data.data_dir", "{ptb}", "--ckpt_path", "{ckpt}"],
+    ],
+    ids=lambda command: command[0] if command[0] != "zoo" else "publish",
+)
+def test_a_crafted_checkpoint_runs_no_code(tmp_path, crafted, command):
+    ckpt, marker = crafted
+    ptb = shared_dataset("ptb")
+    result = rnnzoo(tmp_path, *[part.format(ckpt=ckpt, ptb=ptb) for part in command], check=False)
+    assert result.returncode != 0 and not marker.exists()
+    assert "holds Python objects other than tensors" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_remote_checkpoints_are_refused(tmp_path):
+    url = "http://127.0.0.1:9/run/last.ckpt"  # nothing listens: a refusal, not a failed download
+    fitted = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--ckpt_path", url, check=False)
+    assert fitted.returncode != 0 and "remote .ckpt files are not loaded" in fitted.stderr
+    generated = rnnzoo(tmp_path, "generate", "--ckpt", url, check=False)
+    assert generated.returncode == 2 and "remote .ckpt files are not loaded" in generated.stderr
+
+
+def test_damaged_files_are_one_line_errors(tmp_path):
+    checkpoint = tmp_path / "damaged.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    result = rnnzoo(tmp_path, "export", "--ckpt", str(checkpoint), "--out", "out", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{checkpoint}: not a readable checkpoint (truncated or corrupted" in result.stderr
+
+    folder = tmp_path / "entry"
+    shutil.copytree(REPO / "zoo" / "pretrained_models" / "imdb-bilstm", folder)
+    (folder / "entry.json").unlink()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    result = rnnzoo(tmp_path, "zoo", "predict", str(folder), "--text", "great", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{weights}: cannot read the weights" in result.stderr
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    torch.manual_seed(0)
+    arguments = {**ARGUMENTS, "pooling": "max"}
+    return pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments, {"labels": ["a", "b"]})
+
+
+def test_out_never_replaces_a_user_folder(tmp_path, classifier):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a folder written by rnnzoo"):
+        export(classifier, user)
+    assert (user / "notes.txt").read_text() == "keep me" and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+    (tmp_path / "notes.txt").write_text("keep me too")
+    result = rnnzoo(tmp_path, "export", "--ckpt", str(classifier), "--out", ".", check=False)
+    assert result.returncode == 2 and "holds the working directory" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me too"
+
+    published = rnnzoo(tmp_path, "zoo", "publish", str(tmp_path / "x.ckpt"), "--out", str(user), check=False)
+    assert published.returncode == 2 and (user / "notes.txt").exists()
+
+
+def test_an_earlier_rnnzoo_folder_is_replaced_whole(tmp_path, classifier):
+    out = tmp_path / "exported"
+    export(classifier, out)
+    first = json.loads((out / "config.json").read_text())["source_sha256"]
+    torch.manual_seed(1)
+    other = save_pretrained(
+        tmp_path / "clf2",
+        SequenceClassifier(**ARGUMENTS),
+        arguments=ARGUMENTS,
+        task="Task",
+        task_arguments={"labels": ["a", "b"]},
+        tokenizers={"tokenizer": (classifier / "tokenizer.json").read_text()},
+    )
+    export(other, out)  # an earlier export is replaced
+    assert json.loads((out / "config.json").read_text())["source_sha256"] != first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old copy left
+
+    (out / "notes.txt").write_text("added by the user")  # no longer only what rnnzoo wrote
+    with pytest.raises(FileExistsError):
+        export(other, out)
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        export(other, out / "notes.txt")
