@@ -7,10 +7,9 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.streams import BPTTWindows, stream_layout
+from datamodules.streams import BPTTWindows, WindowLoader, stream_layout
 from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, pretrained_tokenizers
 
 SPLITS = ("train", "validation", "test")
@@ -123,11 +122,10 @@ class PTBDataModule(L.LightningDataModule):
             if split not in self.streams:
                 self.streams[split] = self.encode(split)
 
-    def _windows(self, split: str, batch_size: int) -> DataLoader:
+    def _windows(self, split: str, batch_size: int) -> WindowLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         inputs, targets = stream_layout(self.streams[split], batch_size, self.eos_id, rank, world_size)
-        # batch_size=None: the dataset already yields whole batches, in the order the state needs.
-        return DataLoader(BPTTWindows(inputs, targets, self.hparams.bptt), batch_size=None)
+        return WindowLoader(BPTTWindows(inputs, targets, self.hparams.bptt))
 
     def train_dataloader(self):
         return self._windows("train", self.hparams.batch_size)

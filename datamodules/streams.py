@@ -10,7 +10,7 @@ padded and its targets are ``IGNORE_INDEX``, so a metric over all batches covers
 import math
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
@@ -37,17 +37,40 @@ def stream_layout(
 
 
 class BPTTWindows(IterableDataset):
-    """Yields ``(inputs, targets)`` windows of ``bptt`` steps, in order (never shuffle them)."""
+    """Yields ``(inputs, targets)`` windows of ``bptt`` steps, in order (never shuffle them).
+
+    ``position`` counts the windows the current pass has yielded; a pass begins at ``start`` (then
+    reset to 0), which is how a run resumed in the middle of an epoch skips what it has trained on.
+    """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, bptt: int):
         if bptt < 1:
             raise ValueError(f"bptt must be >= 1, got {bptt}")
         self.inputs, self.targets, self.bptt = inputs, targets, bptt
+        self.start = self.position = 0
 
     def __len__(self) -> int:
         return math.ceil(self.inputs.size(1) / self.bptt)
 
     def __iter__(self):
-        for start in range(0, self.inputs.size(1), self.bptt):
-            end = start + self.bptt
-            yield self.inputs[:, start:end], self.targets[:, start:end]
+        first, self.start = self.start, 0
+        for index in range(first, len(self)):
+            self.position = index + 1
+            window = slice(index * self.bptt, (index + 1) * self.bptt)
+            yield self.inputs[:, window], self.targets[:, window]
+
+
+class WindowLoader(DataLoader):
+    """The windows of a split, in order, as a loader Lightning saves in its checkpoints (it calls
+    ``state_dict``/``load_state_dict`` of loaders that have them), so that a run killed in the middle
+    of an epoch resumes at the next window. Exact because Lightning does not prefetch from a loader
+    whose length it knows and the windows are read in the main process."""
+
+    def __init__(self, windows: BPTTWindows):
+        super().__init__(windows, batch_size=None)  # the dataset already yields whole batches
+
+    def state_dict(self) -> dict:
+        return {"position": self.dataset.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.start = state["position"] % len(self.dataset)

@@ -1,12 +1,16 @@
 """The ``rnnzoo`` command: LightningCLI (fit/validate/test/predict) and our own subcommands.
 
-Each subcommand imports what it needs when it runs, so that ``rnnzoo serve`` never imports torch.
+Each subcommand imports what it needs when it runs, so that ``rnnzoo serve`` never imports torch:
+the base install (``pip install rnnzoo``) serves exported models; the others need the ``train`` extra.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
+
+TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "onnx", "safetensors")
 
 
 def generate_main(argv: list[str]) -> None:
@@ -135,20 +139,37 @@ SUBCOMMANDS = {
 }
 
 
+def require_training_stack(command: str) -> None:
+    """Exit with one line naming the extra to install when the training stack is missing."""
+    missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"rnnzoo {command} needs the training stack ({', '.join(missing)} missing): "
+            "pip install 'rnnzoo[train]' (install torch for your machine first)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point; ``argv`` defaults to the command line."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] and args[0] in SUBCOMMANDS:
+        if args[0] != "serve" and not set(args[1:2]) & {"-h", "--help"}:
+            require_training_stack(args[0])
         return SUBCOMMANDS[args[0]](args[1:])
     if not args or args[0] in ("-h", "--help"):
         print(
+            "rnnzoo serve --help: serve exported models over HTTP (the base install, no torch needed)\n"
+            "With the training stack (pip install 'rnnzoo[train]'):\n"
+            "rnnzoo fit|validate|test|predict --help: LightningCLI training and evaluation\n"
             "rnnzoo generate --help: sample text from a language-model checkpoint\n"
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
-            "rnnzoo zoo --help: pretrained zoo entries (list, info, download, publish)\n"
+            "rnnzoo zoo --help: pretrained zoo entries (list, info, download, predict, publish)\n"
             "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"
-            "rnnzoo serve --help: serve exported models over HTTP (no torch needed)\n"
-            "(LightningCLI subcommands below)\n"
         )
+        if importlib.util.find_spec("lightning") is None:
+            return
+        print("(LightningCLI subcommands below)\n")
+    require_training_stack(args[0] if args else "fit")
     from lightning_modules.lightning_cli import run_lightning_cli
 
     run_lightning_cli(argv)

@@ -2,7 +2,12 @@
 and refuse a checkpoint whose vocabulary or labels differ from the data it is used with."""
 
 import lightning as L
+import torch
 from tokenizers import Tokenizer
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
 
 
 class DataStateInCheckpoint(L.LightningModule):
@@ -28,6 +33,16 @@ class DataStateInCheckpoint(L.LightningModule):
             tokenizer = getattr(datamodule, name, None)
             if tokenizer is not None and name not in self.tokenizer_jsons:
                 self.tokenizer_jsons[name] = tokenizer.to_str()
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop before a NaN/inf loss reaches the weights: no backward, no optimizer step, and no
+        checkpoint is written, so ``last.ckpt`` keeps the last finite weights."""
+        if not torch.isfinite(loss).all():
+            step, epoch = self.trainer.global_step, self.trainer.current_epoch
+            raise NonFiniteLoss(
+                f"training stopped at step {step} (epoch {epoch}): the loss is {loss.item()}; the checkpoints "
+                "hold the last finite weights (try a lower learning rate or gradient clipping)"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         for name in self.tokenizer_names:

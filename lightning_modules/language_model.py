@@ -22,8 +22,10 @@ class LanguageModelTask(DataStateInCheckpoint):
             Zaremba et al. (2014) did, so their lr 1 / clip 5 carry over unchanged.
 
     The hidden state is carried from one batch to the next and detached (truncated BPTT); it is
-    reset at the start of every epoch. Validation/test perplexity is exp of the token-weighted mean
-    negative log-likelihood over the whole split (synchronised across DDP ranks).
+    reset at the start of every epoch. Checkpoints hold it with the random state, so a run resumed
+    in the middle of an epoch continues exactly where it stopped. Validation/test perplexity is exp
+    of the token-weighted mean negative log-likelihood over the whole split (synchronised across DDP
+    ranks).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class LanguageModelTask(DataStateInCheckpoint):
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
         self._states: dict[str, object] = {}
+        self._resumed: dict | None = None  # the training state of a mid-epoch checkpoint, until its epoch restarts
 
     # -- steps -----------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, state=None):
@@ -63,11 +66,24 @@ class LanguageModelTask(DataStateInCheckpoint):
     def on_train_epoch_start(self) -> None:
         self._reset_state("train")
 
-    def on_validation_epoch_start(self) -> None:
-        self._reset_state("val")
+    def on_train_start(self) -> None:
+        """A resumed run: the carried state of a mid-epoch checkpoint (Lightning calls no
+        ``on_train_epoch_start`` for the epoch it resumes) and the random state at the save."""
+        if self._resumed is not None:
+            if self._resumed["state"] is not None:
+                self._states["train"] = self._resumed["state"]
+            set_rng_states(self._resumed["rng"])
+            self._resumed = None
 
-    def on_test_epoch_start(self) -> None:
-        self._reset_state("test")
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        mid_epoch = 0 < done < self.trainer.num_training_batches
+        checkpoint["train_carry"] = {"state": self._states.get("train") if mid_epoch else None, "rng": rng_states()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._resumed = checkpoint.get("train_carry")
 
     def training_step(self, batch, batch_idx):
         nll_sum, count = self._nll(batch, "train")
@@ -114,3 +130,14 @@ class LanguageModelTask(DataStateInCheckpoint):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         new_ids = generate(self.net, prompt_ids, max_new_tokens, temperature, top_k, eos_id, generator)
         return tokenizer.decode(prompt_ids[1:] + new_ids, skip_special_tokens=False)
+
+
+def rng_states() -> list[torch.Tensor]:
+    """The CPU generator's state, then each CUDA device's (dropout draws from them)."""
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])]
+
+
+def set_rng_states(states: list[torch.Tensor]) -> None:
+    torch.set_rng_state(states[0])
+    if len(states) > 1 and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states[1:])

@@ -7,6 +7,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.loading import DataError
+from lightning_modules.data_state import NonFiniteLoss
 
 
 class RnnzooCLI(LightningCLI):
@@ -158,3 +159,5 @@ def run_lightning_cli(argv: list[str] | None = None) -> None:
         )
     except DataError as err:
         raise SystemExit(f"rnnzoo: data error: {err}") from None
+    except NonFiniteLoss as err:
+        raise SystemExit(f"rnnzoo: {err}") from None

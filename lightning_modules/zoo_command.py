@@ -21,7 +21,9 @@ def zoo_main(argv: list[str]) -> None:
     predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
     publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`")
-    publish.add_argument("--out", required=True, help="a new or empty folder, or an earlier pretrained folder to replace")
+    publish.add_argument(
+        "--out", required=True, help="a new or empty folder, or an earlier pretrained folder to replace"
+    )
     publish.add_argument("--name", default=None, help="the entry's name (default: the folder's name)")
     publish.add_argument("--description", default="")
     publish.add_argument(

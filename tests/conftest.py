@@ -10,7 +10,6 @@ from pathlib import Path
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="rnnzoo-tests-hf-")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
-import datasets  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +34,8 @@ def ptb_dir() -> Path:
 
 def write_synthetic_corpus(folder: Path, rows: dict[str, int], seed: int = 0, column: str = "sentence") -> Path:
     """Random sentences over a 30-word vocabulary, one Parquet file per split."""
+    import datasets  # the training stack: the runtime tests run without it
+
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(30)]
     folder.mkdir(parents=True, exist_ok=True)
