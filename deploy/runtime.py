@@ -7,7 +7,9 @@ thread per session is best when many processes or requests run side by side.
 """
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,27 @@ from tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
 
+# Padded cells per onnxruntime call. A batch is split into calls under these, similar lengths
+# together, so that one long text neither pads the others nor multiplies a call's memory: with the
+# shipped models each is 50-80 MB at peak (a classifier token costs ~13 KB in its BiLSTM, a tagger
+# character ~1.3 KB in the character BiLSTM, a translator source token ~6-10 KB per beam).
+CLASSIFIER_TOKENS = 4096  # texts x tokens
+TAGGER_CHARACTERS = 32_768  # sentences x words x characters per word
+TRANSLATOR_TOKEN_BEAMS = 8192  # texts x source tokens x beam; one text over it is refused (TooLarge)
+MAX_WORD_CHARACTERS = 64  # characters of a word the tagger reads (the longest CoNLL-2003 word has 61)
+PROMPT_CHUNK = 256  # prompt tokens per language-model call: logits are (tokens, vocabulary)
+
+
+class TooLarge(ValueError):
+    """One input needs more work than a predictor call may do."""
+
 
 def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The arena keeps its peak size for good, and shapes change with every request: without it a
+    # long request's memory goes back to the allocator when the call ends.
+    options.enable_cpu_mem_arena = False
     if threads is not None:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -30,8 +49,10 @@ class Predictor:
 
     def __init__(self, folder: Path, config: dict, threads: int | None = None):
         self.folder, self.config = folder, config
-        self.tokenizers = {name: Tokenizer.from_file(str(folder / file)) for name, file in config["tokenizers"].items()}
-        self.sessions = {name: make_session(folder / name, threads) for name in config["graphs"]}
+        self.tokenizers = {
+            name: Tokenizer.from_file(str(folder_file(folder, file))) for name, file in config["tokenizers"].items()
+        }
+        self.sessions = {name: make_session(folder_file(folder, name), threads) for name in config["graphs"]}
         self.special_tokens = config["special_tokens"]
 
     @property
@@ -42,6 +63,7 @@ class Predictor:
         """Right-padded ids ``(B, T)`` and lengths ``(B,)``; an empty text is refused."""
         if isinstance(texts, str) or not texts:
             raise ValueError("give a non-empty list of texts")
+        check_unicode(texts)
         encodings = self.tokenizers[tokenizer].encode_batch(list(texts))
         empty = [i for i, encoding in enumerate(encodings) if not encoding.ids]
         if empty:
@@ -54,9 +76,15 @@ class Predictor:
 
 
 class ClassifierPredictor(Predictor):
-    def logits(self, texts: list[str]) -> np.ndarray:
+    def logits(self, texts: list[str], budget: int = CLASSIFIER_TOKENS) -> np.ndarray:
+        """``(B, classes)``, in calls of at most ``budget`` padded tokens (a longer text runs alone)."""
         ids, lengths = self.encode(texts)
-        return self.sessions["model.onnx"].run(["logits"], {"tokens": ids, "lengths": lengths})[0]
+        logits = [None] * len(texts)
+        for rows in sub_batches([(int(n),) for n in lengths], budget):
+            feed = {"tokens": ids[rows, : lengths[rows].max()], "lengths": lengths[rows]}
+            for row, values in zip(rows, self.sessions["model.onnx"].run(["logits"], feed)[0], strict=True):
+                logits[row] = values
+        return np.stack(logits)
 
     def classify(self, texts: list[str]) -> list[dict]:
         """``[{"text", "label", "probability"}]`` per text, as ``rnnzoo predict`` prints them."""
@@ -90,15 +118,18 @@ class LanguageModelPredictor(Predictor):
         seed: int | None = None,
     ) -> str:
         """Continue ``prompt`` as a new sentence; stops at ``<eos>`` or after ``max_tokens``."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        check_unicode([prompt], "prompt")
         tokenizer = self.tokenizers["tokenizer"]
         eos_id = self.special_tokens["tokenizer"]["<eos>"]
         prompt_ids = [eos_id] + tokenizer.encode(prompt).ids
         rng = np.random.default_rng(seed)
-        logits, state = self.step(np.array([prompt_ids]), self.zero_state(1))
+        state = self.zero_state(1)
+        for start in range(0, len(prompt_ids), PROMPT_CHUNK):  # the state carries over: same result, bounded logits
+            logits, state = self.step(np.array([prompt_ids[start : start + PROMPT_CHUNK]]), state)
         new_ids = []
         for _ in range(max_tokens):
             token = sample(logits[0, -1], temperature, top_k, rng)
@@ -110,26 +141,37 @@ class LanguageModelPredictor(Predictor):
 
 
 class TaggerPredictor(Predictor):
-    def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
-        """``[{"words", "tags"}]`` per sentence; a sentence is a string (split on whitespace) or its words."""
-        sentences, feed = self.features(sentences)
-        tags = self.sessions["model.onnx"].run(["tags"], feed)[0]
-        labels = self.config["labels"]
-        return [
-            {"words": words, "tags": [labels[t] for t in tags[row, : len(words)]]}
-            for row, words in enumerate(sentences)
-        ]
+    def tag(self, sentences: list[str] | list[list[str]], budget: int = TAGGER_CHARACTERS) -> list[dict]:
+        """``[{"words", "tags"}]`` per sentence; a sentence is a string (split on whitespace) or its words.
+        Calls pad at most ``budget`` cells (sentences x words, x characters per word if the model reads
+        them); a sentence over it runs alone."""
+        sentences = self.words(sentences)
+        chars = "char_tokenizer" in self.tokenizers
+        sizes = [(len(w), min(max(map(len, w)), MAX_WORD_CHARACTERS) if chars else 1) for w in sentences]
+        labels, results = self.config["labels"], [None] * len(sentences)
+        for rows in sub_batches(sizes, budget):
+            words, feed = self.features([sentences[i] for i in rows])
+            tags = self.sessions["model.onnx"].run(["tags"], feed)[0]
+            for row, i in enumerate(rows):
+                results[i] = {"words": words[row], "tags": [labels[t] for t in tags[row, : len(words[row])]]}
+        return results
 
-    def features(self, sentences: list[str] | list[list[str]]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
-        """The sentences' words and the graph's inputs: padded word ids, lengths (and characters)."""
+    def words(self, sentences: list[str] | list[list[str]]) -> list[list[str]]:
+        """Each sentence's words; empty sentences and words with whitespace are refused."""
         if isinstance(sentences, str) or not sentences:
             raise ValueError("give a non-empty list of sentences")
         sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
         empty = [i for i, words in enumerate(sentences) if not words]
         if empty:
             raise ValueError(f"sentences {empty} are empty")
-        if any(len(word.split()) != 1 for words in sentences for word in words):
-            raise ValueError("a word contains whitespace (or is empty)")
+        if any(not isinstance(word, str) or len(word.split()) != 1 for words in sentences for word in words):
+            raise ValueError("a word is not a string, contains whitespace or is empty")
+        check_unicode([" ".join(words) for words in sentences], "sentences")
+        return sentences
+
+    def features(self, sentences: list[str] | list[list[str]]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+        """The sentences' words and the graph's inputs: padded word ids, lengths (and characters)."""
+        sentences = self.words(sentences)
         encodings = self.tokenizers["tokenizer"].encode_batch(sentences, is_pretokenized=True)
         lengths = np.array([len(words) for words in sentences], dtype=np.int64)
         feed = {"tokens": np.zeros((len(sentences), lengths.max()), dtype=np.int64), "lengths": lengths}
@@ -141,7 +183,13 @@ class TaggerPredictor(Predictor):
 
     def _chars(self, sentences: list[list[str]], time: int) -> dict[str, np.ndarray]:
         words = [word for sentence in sentences for word in sentence]
-        char_ids = [e.ids for e in self.tokenizers["char_tokenizer"].encode_batch(words)]
+        # A longer word keeps its first and last characters: the character BiLSTM's final states read
+        # the word from both ends (prefixes, suffixes), and no training word was that long.
+        half = MAX_WORD_CHARACTERS // 2
+        char_ids = [
+            ids if len(ids) <= MAX_WORD_CHARACTERS else ids[:half] + ids[-half:]
+            for ids in (e.ids for e in self.tokenizers["char_tokenizer"].encode_batch(words))
+        ]
         chars = np.zeros((len(sentences), time, max(map(len, char_ids))), dtype=np.int64)
         char_lengths = np.zeros((len(sentences), time), dtype=np.int64)
         index = 0
@@ -171,6 +219,7 @@ class TranslatorPredictor(Predictor):
         empty = [i for i, text in enumerate(texts) if not text.strip()]
         if empty:
             raise ValueError(f"texts {empty} are empty: nothing to translate")
+        check_unicode(texts)
         special = self.special_tokens["source_tokenizer"]
         rows = [e.ids + [special["<eos>"]] for e in self.tokenizers["source_tokenizer"].encode_batch(list(texts))]
         lengths = np.array([len(row) for row in rows], dtype=np.int64)
@@ -192,19 +241,37 @@ class TranslatorPredictor(Predictor):
         )
         return outputs[0], dict(zip(self.state_names, outputs[1:], strict=True))
 
-    def translate(self, texts: list[str], beam_size: int | None = None, max_length: int | None = None) -> list[str]:
-        """Translate raw sentences; ``beam_size`` 1 is greedy (default: the model's)."""
+    def translate(
+        self,
+        texts: list[str],
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        budget: int = TRANSLATOR_TOKEN_BEAMS,
+    ) -> list[str]:
+        """Translate raw sentences; ``beam_size`` 1 is greedy (default: the model's). Each call
+        decodes at most ``budget`` source tokens x beams, since every beam reads its own copy of the
+        encoder's memory; a text that alone needs more raises ``TooLarge``."""
         if beam_size is None:
             beam_size = self.config["decoding"].get("beam_size", 5)
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         source, lengths = self.encode_sources(texts)
+        too_long = [i for i, n in enumerate(lengths) if n * beam_size > budget]
+        if too_long:
+            raise TooLarge(
+                f"texts {too_long} have up to {lengths[too_long].max()} source tokens; at beam {beam_size} a text "
+                f"may have {budget // beam_size} (a budget of {budget} tokens x beams): split it or lower beam_size"
+            )
         max_length = max_length or self.config["decoding"].get("max_decode_length") or 2 * int(lengths.max()) + 10
-        memory, state = self.encode(source, lengths)
-        if beam_size == 1:
-            ids = self.greedy(memory, state, len(texts), max_length)
-        else:
-            ids = self.beam_search(memory, state, len(texts), beam_size, max_length)
+        ids = [None] * len(texts)
+        for rows in sub_batches([(int(n),) for n in lengths], budget // beam_size):
+            memory, state = self.encode(source[rows, : lengths[rows].max()], lengths[rows])
+            if beam_size == 1:
+                decoded = self.greedy(memory, state, len(rows), max_length)
+            else:
+                decoded = self.beam_search(memory, state, len(rows), beam_size, max_length)
+            for row, sequence in zip(rows, decoded, strict=True):
+                ids[row] = sequence
         return self.tokenizers["target_tokenizer"].decode_batch(ids)
 
     def greedy(self, memory: dict, state: dict, batch: int, max_length: int) -> list[list[int]]:
@@ -270,6 +337,34 @@ class TranslatorPredictor(Predictor):
         return {name: value[rows] if name == "feed" else value[:, rows] for name, value in state.items()}
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(texts: list[str], what: str = "texts") -> None:
+    """Refuse a lone surrogate (JSON can carry ``"\\udc80"``, a Python str can hold it): it is not
+    Unicode text, and the tokenizers fail on it with a TypeError."""
+    bad = [i for i, text in enumerate(texts) if not text.isascii() and SURROGATE.search(text)]
+    if bad:
+        raise ValueError(f"{what} {bad} contain a lone surrogate (not valid Unicode); send UTF-8 text")
+
+
+def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:
+    """The indices of ``sizes`` (each item's length along every padded axis) in groups, similar sizes
+    together, whose padded size (items x the largest length on each axis) is at most ``budget``;
+    an item over the budget forms a group by itself."""
+    groups: list[list[int]] = []
+    shape: tuple[int, ...] = ()
+    for i in sorted(range(len(sizes)), key=sizes.__getitem__):
+        grown = tuple(map(max, shape, sizes[i]))
+        if groups and (len(groups[-1]) + 1) * math.prod(grown) <= budget:
+            groups[-1].append(i)
+            shape = grown
+        else:
+            groups.append([i])
+            shape = sizes[i]
+    return groups
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -292,7 +387,8 @@ def sample(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.ra
     """One token id from ``logits`` ``(V,)``: argmax at temperature 0, else top-k sampling."""
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.astype(np.float64) / temperature
+    with np.errstate(over="ignore"):  # shifted first: a tiny temperature sends the others to -inf, not nan
+        logits = (logits.astype(np.float64) - logits.max()) / temperature
     if top_k is not None and top_k < logits.size:
         logits = np.where(logits < np.sort(logits)[-top_k], -np.inf, logits)
     return int(rng.choice(logits.size, p=softmax(logits)))
@@ -304,6 +400,15 @@ PREDICTORS: dict[str, type[Predictor]] = {
     "translation": TranslatorPredictor,
     "tagging": TaggerPredictor,
 }
+
+
+def folder_file(folder: Path, file_name) -> Path:
+    """A file an export's ``config.json`` names, refused unless it is a plain name inside the folder
+    (an absolute or ``../`` path would read files the folder does not hold). The same rule as
+    ``zoo.pretrained.folder_file``, restated here because the runtime never imports torch."""
+    if not isinstance(file_name, str) or file_name in ("", ".", "..") or Path(file_name).name != file_name:
+        raise ValueError(f"{folder / 'config.json'}: {file_name!r} is not a plain file name inside the folder")
+    return folder / file_name
 
 
 def load(directory: str | os.PathLike, threads: int | None = None) -> Predictor:

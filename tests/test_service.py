@@ -1,48 +1,27 @@
 """The HTTP service, started for real on 127.0.0.1 in a subprocess that cannot import torch."""
 
+import http.client
 import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-import torch
 
-from deploy.export import export
+from deploy.runtime import MAX_WORD_CHARACTERS, PROMPT_CHUNK, TooLarge, load, sub_batches
 from tests.conftest import REPO
-from tests.test_deploy import pretrained_folder, translation_tokenizer
-from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
-from zoo.pretrained import save_pretrained
+from tests.exports import exported_models
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("exported")
-    torch.manual_seed(0)
-    arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 8, "hidden_size": 8, "pooling": "max"}
-    folder = pretrained_folder(root / "clf", SequenceClassifier(**arguments), arguments, {"labels": ["neg", "pos"]})
-    export(folder, root / "sentiment")
-    arguments = {"source_vocab_size": 24, "target_vocab_size": 24, "embedding_dim": 8, "hidden_size": 8}
-    tokenizers = {"source_tokenizer": translation_tokenizer(), "target_tokenizer": translation_tokenizer()}
-    folder = save_pretrained(
-        root / "s2s",
-        Seq2Seq(**arguments, context="attention", attention="bahdanau"),
-        arguments={**arguments, "context": "attention", "attention": "bahdanau"},
-        task="TranslationTask",
-        task_arguments={"beam_size": 2, "max_decode_length": 8},
-        tokenizers=tokenizers,
-    )
-    export(folder, root / "translator")
-    arguments = {"vocab_size": 23, "labels": ["O", "B-X", "I-X"], "embedding_dim": 8, "hidden_size": 8}
-    folder = pretrained_folder(root / "tag", SequenceTagger(**arguments), arguments, {"labels": arguments["labels"]})
-    export(folder, root / "tagger")
-    arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8}
-    export(pretrained_folder(root / "lm", RNNLanguageModel(**arguments), arguments), root / "lm")
-    return {name: root / name for name in ("sentiment", "translator", "tagger", "lm")}
+    return exported_models(tmp_path_factory)
 
 
 def free_port() -> int:
@@ -61,11 +40,13 @@ class Server:
             "from lightning_modules.cli import main\n"
             f"main({arguments!r})\n"
         )
-        self.process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        self.log = tempfile.TemporaryFile("w+")  # a pipe nobody reads could fill up and stall the server
+        self.process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=self.log, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"the server exited: {self.process.stderr.read()}")
+                self.log.seek(0)
+                raise AssertionError(f"the server exited: {self.log.read()}")
             try:
                 if self.get("/healthz")[0] == 200:
                     return
@@ -86,18 +67,42 @@ class Server:
         return self.request("GET", path)
 
     def post(self, path: str, payload) -> tuple[int, dict]:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        status, text = self.request("POST", path, body)
+        status, text = self.request("POST", path, encode(payload))
         return status, json.loads(text)
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
     def close(self):
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.log.close()
+
+
+def encode(payload) -> bytes:
+    return payload if isinstance(payload, bytes) else json.dumps(payload).encode()  # lone surrogates as \udXXX
+
+
+def raw_response(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict, bool]:
+    """Send ``data`` as is on a new connection; the answer's status, JSON body and whether the server
+    then closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = json.loads(response.read())
+        try:
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            closed = False
+        return response.status, body, closed
 
 
 @pytest.fixture(scope="module")
 def server(exported):
-    server = Server(exported.values(), "--max_items", "8", "--max_text_chars", "200", "--max_parallel", "1")
+    options = ["--max_items", "8", "--max_text_chars", "2000", "--max_parallel", "1"]
+    server = Server(exported.values(), *options, "--max_beam_tokens", "64", "--max_body_bytes", "100000")
     yield server
     server.close()
 
@@ -124,25 +129,64 @@ def test_models_predictions_and_openapi(server):
     assert {"/v1/models/sentiment/predict", "/v1/models/translator/predict", "/metrics"} <= set(paths)
 
 
-@pytest.mark.parametrize(
-    ("path", "payload", "status"),
-    [
-        ("/v1/models/sentiment/predict", {"texts": "w1 w2"}, 422),  # a string, not a list
-        ("/v1/models/sentiment/predict", {"texts": []}, 422),
-        ("/v1/models/sentiment/predict", {"texts": ["w1", "   "]}, 422),
-        ("/v1/models/sentiment/predict", {"text": ["w1"]}, 422),
-        ("/v1/models/sentiment/predict", b"{not json", 422),
-        ("/v1/models/sentiment/predict", {"texts": ["w1"] * 9}, 413),
-        ("/v1/models/sentiment/predict", {"texts": ["w1 " * 100]}, 413),
-        ("/v1/models/translator/predict", {"texts": ["w1"], "beam_size": 0}, 422),
-        ("/v1/models/nope/predict", {"texts": ["w1"]}, 404),
-        ("/v1/models/tagger/predict", {"sentences": ["w1", ""]}, 422),
-        ("/v1/models/lm/predict", {"prompts": ["w1"], "temperature": -1}, 422),
-    ],
-)
+BAD_REQUESTS = [
+    ("/v1/models/sentiment/predict", {"texts": "w1 w2"}, 422),  # a string, not a list
+    ("/v1/models/sentiment/predict", {"texts": []}, 422),
+    ("/v1/models/sentiment/predict", {"texts": ["w1", "   "]}, 422),
+    ("/v1/models/sentiment/predict", {"text": ["w1"]}, 422),
+    ("/v1/models/sentiment/predict", b"{not json", 422),
+    ("/v1/models/sentiment/predict", {"texts": ["w1"] * 9}, 413),
+    ("/v1/models/sentiment/predict", {"texts": ["w1 " * 700]}, 413),
+    ("/v1/models/sentiment/predict", b'{"texts": ["' + b"w1 " * 40_000 + b'"]}', 413),  # over max_body_bytes
+    ("/v1/models/translator/predict", {"texts": ["w1"], "beam_size": 0}, 422),
+    ("/v1/models/translator/predict", {"texts": ["w1"], "beam_size": 10**6}, 422),
+    ("/v1/models/translator/predict", {"texts": ["w1 w2", "w1 " * 40], "beam_size": 2}, 413),  # over the beam budget
+    ("/v1/models/nope/predict", {"texts": ["w1"]}, 404),
+    ("/v1/models/tagger/predict", {"sentences": ["w1", ""]}, 422),
+    ("/v1/models/lm/predict", {"prompts": ["w1"], "temperature": -1}, 422),
+    ("/v1/models/lm/predict", {"prompts": ["w1"], "seed": -1}, 422),
+    # lone surrogates, which the tokenizers cannot take, and NaN/infinity, which JSON cannot echo back
+    ("/v1/models/sentiment/predict", {"texts": ["w1", "w2 \udc80"]}, 422),
+    ("/v1/models/translator/predict", {"texts": ["\ud800"]}, 422),
+    ("/v1/models/tagger/predict", {"sentences": ["w1 \udfff w2"]}, 422),
+    ("/v1/models/lm/predict", {"prompts": ["\udc80"]}, 422),
+    ("/v1/models/lm/predict", b'{"prompts": ["w1"], "temperature": NaN}', 422),
+    ("/v1/models/lm/predict", b'{"prompts": ["w1"], "temperature": Infinity}', 422),
+    ("/v1/models/lm/predict", b'{"prompts": ["w1"], "top_k": -Infinity}', 422),
+]
+
+
+@pytest.mark.parametrize(("path", "payload", "status"), BAD_REQUESTS)
 def test_bad_input_is_a_clear_4xx(server, path, payload, status):
     got, body = server.post(path, payload)
     assert got == status and body["detail"]
+
+
+def test_bad_requests_leave_their_connection_and_other_requests_alone(server):
+    valid = ("/v1/models/sentiment/predict", {"texts": ["w1 w2"]}, 200)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    for path, payload, status in [valid, *BAD_REQUESTS, valid]:  # one keep-alive connection for all
+        connection.request("POST", path, encode(payload), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert (response.status, bool(json.loads(response.read()))) == (status, True), payload
+    connection.close()
+
+    def client(seed: int) -> list[tuple[int, int]]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        mixed = [valid, *BAD_REQUESTS] * 2
+        order = np.random.default_rng(seed).permutation(len(mixed))
+        outcomes = []
+        for path, payload, status in (mixed[i] for i in order):
+            connection.request("POST", path, encode(payload), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            outcomes.append((response.status, status))
+        connection.close()
+        return outcomes
+
+    with ThreadPoolExecutor(8) as pool:
+        for outcomes in pool.map(client, range(8)):
+            assert all(got == expected for got, expected in outcomes)
 
 
 def test_concurrent_requests_are_micro_batched_and_counted(server):
@@ -163,8 +207,121 @@ def metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
+def test_tagger_work_is_bounded_by_word_length_and_budget(server, exported):
+    tagger = load(exported["tagger"], threads=1)
+    sentence = " ".join(["w1"] * 500 + ["b" * 500])  # 1.5 KB: 501 words, one of 500 characters
+    _, feed = tagger.features([sentence])
+    assert feed["chars"].shape == (1, 501, MAX_WORD_CHARACTERS)  # not 501 x 500
+    calls = record_calls(tagger, "model.onnx")
+    rows = tagger.tag([sentence, *["w2 w3"] * 8], budget=1000)
+    assert [len(row["tags"]) for row in rows] == [501] + [2] * 8
+    assert sorted(call["chars"].shape for call in calls) == [(1, 501, MAX_WORD_CHARACTERS), (8, 2, 2)]
+
+    before = server.rss_mb()
+    status, body = server.post("/v1/models/tagger/predict", {"sentences": [sentence, "w1 w2"]})
+    assert status == 200 and [len(row["tags"]) for row in body["predictions"]] == [501, 2]
+    assert server.rss_mb() - before < 100
+
+
+def test_classification_is_split_under_the_token_budget(exported):
+    classifier = load(exported["sentiment"], threads=1)
+    texts = ["w1 " * 50, "w2", "w3 w4", "w5 " * 30]
+    expected = classifier.logits(texts)
+    calls = record_calls(classifier, "model.onnx")
+    np.testing.assert_allclose(classifier.logits(texts, budget=50), expected, atol=1e-5)
+    assert sorted(call["tokens"].shape for call in calls) == [(1, 30), (1, 50), (2, 2)]
+
+
+def test_translation_is_split_under_the_beam_budget(exported):
+    translator = load(exported["translator"], threads=1)
+    texts = ["w1 w2 " * 10, "w3", "w4 w5 w6", "w7 " * 15]
+    expected = translator.translate(texts, beam_size=3)
+    calls = record_calls(translator, "decoder.onnx")
+    assert translator.translate(texts, beam_size=3, budget=3 * 21) == expected  # the same, in calls under the budget
+    assert max(call["memory"].shape[0] * call["memory"].shape[1] for call in calls) <= 3 * 21
+    assert {call["memory"].shape[0] for call in calls} == {3, 2 * 3}  # "w3" and "w4 w5 w6" shared a call
+    with pytest.raises(TooLarge, match=r"texts \[0\] have up to 21 source tokens; at beam 3 a text may have 20"):
+        translator.translate(texts, beam_size=3, budget=60)
+
+
+def test_a_long_prompt_is_read_in_chunks_and_a_tiny_temperature_is_greedy(exported):
+    lm = load(exported["lm"], threads=1)
+    prompt = " ".join(f"w{i % 20}" for i in range(3 * PROMPT_CHUNK))
+    greedy = lm.generate(prompt, max_tokens=4, temperature=0)
+    calls = record_calls(lm, "model.onnx")
+    assert lm.generate(prompt, max_tokens=4, temperature=1e-300, seed=0) == greedy
+    assert max(call["tokens"].shape[1] for call in calls) == PROMPT_CHUNK
+
+
+def record_calls(predictor, graph: str) -> list[dict]:
+    """The inputs of every run of the predictor's ``graph`` from now on."""
+    calls, session = [], predictor.sessions[graph]
+
+    class Recording:
+        def run(self, names, feed):
+            calls.append(feed)
+            return session.run(names, feed)
+
+    predictor.sessions[graph] = Recording()
+    if hasattr(predictor, "decoder"):
+        predictor.encoder, predictor.decoder = predictor.sessions["encoder.onnx"], predictor.sessions["decoder.onnx"]
+    return calls
+
+
+def test_sub_batches_put_similar_sizes_together_under_the_budget():
+    assert sub_batches([(3,), (100,), (2,), (5,)], 12) == [[2, 0], [3], [1]]
+    assert sub_batches([(5, 3), (1, 64), (2, 2)], 64) == [[1], [2, 0]]
+
+
+def test_body_limits_are_enforced_before_the_body_is_read(server):
+    path = "/v1/models/sentiment/predict"
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+    # 20 MB announced and not sent: refused at once, not read, not parsed
+    status, body, _ = raw_response(server.port, head + b"Content-Length: 20000000\r\n\r\n{")
+    assert status == 413 and "max_body_bytes" in body["detail"]
+    # no length announced: counted as it streams, refused before its end
+    chunks = b"".join(b"%x\r\n%s\r\n" % (10_000, b" " * 10_000) for _ in range(12))
+    status, body, _ = raw_response(server.port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert status == 413 and "max_body_bytes" in body["detail"]
+    assert server.post(path, {"texts": ["w1"]})[0] == 200
+
+
+@pytest.fixture(scope="module")
+def slow_server(exported):
+    """A lone request waits 3 s for company before it runs, longer than it may take in all."""
+    options = ["--max_wait_ms", "3000", "--request_timeout_s", "1", "--body_timeout_s", "1"]
+    server = Server([exported["sentiment"]], *options)
+    yield server
+    server.close()
+
+
+def test_a_slow_body_is_answered_408_and_the_connection_closed(slow_server):
+    head = b"POST /v1/models/sentiment/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    start = time.monotonic()
+    status, body, closed = raw_response(slow_server.port, head + b'{"texts": ')
+    assert status == 408 and "body_timeout_s" in body["detail"] and closed
+    assert time.monotonic() - start < 5
+
+
+def test_timed_out_and_abandoned_requests_answer_504_or_nothing_and_never_run(slow_server):
+    request = b'{"texts": ["w1 w2"]}'
+    head = b"POST /v1/models/sentiment/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % len(request)
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", slow_server.port)) as gone:
+        gone.sendall(head + request)
+        time.sleep(0.5)  # the client leaves while its text is queued
+    status, body = slow_server.post("/v1/models/sentiment/predict", {"texts": ["w3"]})
+    assert status == 504 and "request_timeout_s" in body["detail"]
+    time.sleep(start + 4 - time.monotonic())  # past the batch's 3 s wait: neither text ran
+    metrics = slow_server.get("/metrics")[1]
+    assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="499"}') == 1
+    assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="504"}') == 1
+    assert metric(metrics, "rnnzoo_batch_texts_count") == 0
+
+
 def test_a_full_queue_answers_503_not_a_longer_wait(exported):
-    server = Server([exported["sentiment"]], "--max_queue", "1", "--max_wait_ms", "300")
+    server = Server([exported["sentiment"]], "--max_queue", "1", "--max_items", "1", "--max_wait_ms", "300")
     try:
         with ThreadPoolExecutor(8) as pool:
             statuses = list(
@@ -177,12 +334,32 @@ def test_a_full_queue_answers_503_not_a_longer_wait(exported):
         server.close()
 
 
-def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_modules.cli", "serve", str(tmp_path)],
+def rnnzoo_serve(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_modules.cli", "serve", *arguments],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
+    result = rnnzoo_serve(str(tmp_path))
     assert result.returncode == 2 and "not exported model folders" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--max_parallel", "0"], "--max_parallel must be an integer >= 1, got 0"),
+        (["--max_batch", "-3"], "--max_batch must be an integer >= 1, got -3"),
+        (["--max_wait_ms", "nan"], "--max_wait_ms must be a finite number >= 0, got nan"),
+        (["--request_timeout_s", "0"], "--request_timeout_s must be a finite number > 0, got 0.0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--max_queue", "8"], "--max_queue 8 is under --max_items 64: a full request never fits"),
+    ],
+)
+def test_serve_refuses_limits_that_cannot_work(exported, option, message):
+    result = rnnzoo_serve(str(exported["sentiment"]), "--port", str(free_port()), *option)
+    assert result.returncode == 2 and result.stderr.strip().endswith(message)

@@ -1,0 +1,265 @@
+"""Soak test of ``rnnzoo serve`` with the four shipped zoo models: mixed valid and invalid requests.
+
+Exports the shipped entries (once: ``--exports`` keeps them for later runs), starts ``rnnzoo serve``
+on 127.0.0.1, sends a warm-up round and then ``--requests`` requests (about 70% valid, 30% invalid)
+from ``--concurrency`` client threads, each on its own keep-alive connection, stopping early after
+``--max_seconds``. Prints requests/s, p50/p99 latency, the status counts of valid and of invalid
+requests, client-side connection errors and the server's resident memory (VmRSS) after the warm-up
+and at the end. Targets: every valid request 200, every invalid one a 4xx, no connection error,
+at most 50 MB of memory growth; the exit status is 1 when one is missed.
+
+    python benchmarks/soak_service.py [--requests 10000] [--concurrency 16] [--max_seconds 1800]
+"""
+
+import argparse
+import http.client
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRIES = ("imdb-bilstm", "multi30k-bahdanau", "conll-bilstm-crf", "ptb-lstm-small-tied")
+MAX_ITEMS, MAX_TEXT_CHARS, MAX_BODY_BYTES = 64, 10_000, 8 * 2**20  # the service's default limits
+
+REVIEWS = [
+    "One of the best films I have seen in years; the cast is wonderful.",
+    "A dull, predictable plot and wooden acting. I wanted my two hours back.",
+    "The photography is gorgeous but the story never comes together.",
+    "I laughed, I cried, and I will watch it again with my kids.",
+    "Terrible. The director clearly had no idea what to do with the book.",
+    "An honest, quiet little movie that stays with you long after it ends.",
+]
+GERMAN = [
+    "Ein Hund rennt durch den Schnee.",
+    "Zwei Männer spielen Fußball auf einer grünen Wiese.",
+    "Eine Frau mit einem roten Hut liest ein Buch.",
+    "Kinder spielen am Strand in der Nähe des Wassers.",
+    "Ein Mann fährt mit dem Fahrrad durch die Stadt.",
+]
+ENGLISH = [
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn reported from Brussels on Monday .",
+    "The European Commission said on Thursday it disagreed with German advice .",
+    "Japan began the defence of their Asian Cup title with a lucky 2-1 win against Syria .",
+]
+PROMPTS = ["the company said", "in the first quarter", "", "shares of the bank", "the new york stock exchange"]
+OVERSIZE = b'{"texts": ["' + b"x" * MAX_BODY_BYTES + b'"]}'
+
+
+def export_entries(folder: Path) -> dict[str, Path]:
+    """The shipped entries exported into ``folder`` (kept there: later runs skip the export)."""
+    exported = {entry: folder / entry for entry in ENTRIES}
+    for entry, out in exported.items():
+        if not (out / "config.json").is_file():
+            from deploy.export import export  # needs torch; only when an export is missing
+
+            print(f"exporting {entry} to {out}", flush=True)
+            export(REPO / "zoo" / "pretrained_models" / entry, out)
+    return exported
+
+
+def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
+    """(label, model, payload) of a request the service must answer 200."""
+
+    def pick(pool: list[str], n: int) -> list[str]:
+        return [str(text) for text in rng.choice(pool, n)]
+
+    kind = rng.integers(8)
+    if kind <= 1:
+        texts = pick(REVIEWS, rng.integers(1, 9))
+        if rng.random() < 0.1:  # one long review among short ones
+            texts.append(" ".join(pick(REVIEWS, 120))[:MAX_TEXT_CHARS])
+        return "classify", "imdb-bilstm", {"texts": texts}
+    if kind <= 3:
+        payload = {"texts": pick(GERMAN, rng.integers(1, 5)), "beam_size": int(rng.choice([1, 3, 5]))}
+        if rng.random() < 0.1:  # a longer text at the largest beam: split into calls under the budget
+            payload = {"texts": [" ".join(pick(GERMAN, 12)), *payload["texts"]], "beam_size": 16, "max_length": 40}
+        return "translate", "multi30k-bahdanau", payload
+    if kind <= 5:
+        sentences = pick(ENGLISH, rng.integers(1, 9))
+        if rng.random() < 0.1:  # 500 one-letter words and one of 500 letters
+            sentences.append(" ".join(["a"] * 500 + ["b" * 500]))
+        return "tag", "conll-bilstm-crf", {"sentences": sentences}
+    payload = {"prompts": pick(PROMPTS, rng.integers(1, 4)), "max_tokens": int(rng.integers(5, 30))}
+    payload |= {"temperature": float(rng.choice([0.0, 0.7, 1.0])), "top_k": int(rng.choice([5, 50])), "seed": 0}
+    return "generate", "ptb-lstm-small-tied", payload
+
+
+def invalid_request(rng: np.random.Generator) -> tuple[str, str, dict | bytes]:
+    """(label, model, payload or raw body) of a request the service must answer with a 4xx."""
+    kinds = [
+        ("lone surrogate", "imdb-bilstm", {"texts": ["fine", "not \udc80 fine"]}),
+        ("lone surrogate", "conll-bilstm-crf", {"sentences": ["EU \ud800 rejects"]}),
+        ("lone surrogate", "ptb-lstm-small-tied", {"prompts": ["\udfff"]}),
+        ("wrong type", "imdb-bilstm", {"texts": "a string, not a list"}),
+        ("wrong type", "multi30k-bahdanau", {"texts": [1, 2]}),
+        ("wrong type", "conll-bilstm-crf", {"sentences": {"a": 1}}),
+        ("empty text", "imdb-bilstm", {"texts": ["good", "   "]}),
+        ("empty text", "multi30k-bahdanau", {"texts": []}),
+        ("too many items", "imdb-bilstm", {"texts": ["good"] * (MAX_ITEMS + 1)}),
+        ("too long text", "conll-bilstm-crf", {"sentences": ["a " * (MAX_TEXT_CHARS // 2 + 1)]}),
+        ("NaN parameter", "ptb-lstm-small-tied", b'{"prompts": ["the"], "temperature": NaN}'),
+        ("NaN parameter", "ptb-lstm-small-tied", b'{"prompts": ["the"], "top_k": Infinity}'),
+        ("huge beam", "multi30k-bahdanau", {"texts": ["Ein Hund."], "beam_size": 10**6}),
+        ("beam over budget", "multi30k-bahdanau", {"texts": [" ".join(["Hund ."] * 1400)], "beam_size": 16}),
+        ("malformed JSON", "imdb-bilstm", b'{"texts": ["good"'),
+        ("oversize body", "imdb-bilstm", OVERSIZE),
+        ("unknown model", "no-such-model", {"texts": ["good"]}),
+        ("missing field", "multi30k-bahdanau", {"text": ["Ein Hund."]}),
+    ]
+    return kinds[rng.integers(len(kinds))]
+
+
+def make_requests(count: int, seed: int) -> list[tuple[bool, str, str, bytes]]:
+    """(valid, label, path, body) of ``count`` requests, about 70% valid."""
+    rng = np.random.default_rng(seed)
+    requests = []
+    for _ in range(count):
+        valid = rng.random() < 0.7
+        label, model, payload = valid_request(rng) if valid else invalid_request(rng)
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        requests.append((valid, label, f"/v1/models/{model}/predict", body))
+    return requests
+
+
+class Client:
+    """Sends requests on one keep-alive connection per thread; a connection error counts and reconnects."""
+
+    def __init__(self, port: int):
+        self.port, self.local, self.lock = port, threading.local(), threading.Lock()
+        self.outcomes: list[tuple[bool, str, int | str, float]] = []  # valid, label, status or error, seconds
+
+    def send(self, request: tuple[bool, str, str, bytes], deadline: float) -> None:
+        valid, label, path, body = request
+        if time.monotonic() > deadline:
+            return
+        if getattr(self.local, "connection", None) is None:
+            self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        start = time.perf_counter()
+        try:
+            self.local.connection.request("POST", path, body, {"Content-Type": "application/json"})
+            response = self.local.connection.getresponse()
+            response.read()
+            outcome = response.status
+        except (OSError, http.client.HTTPException) as err:
+            outcome = type(err).__name__
+            self.local.connection.close()
+            self.local.connection = None
+        with self.lock:
+            self.outcomes.append((valid, label, outcome, time.perf_counter() - start))
+
+    def run(self, requests: list, concurrency: int, max_seconds: float) -> float:
+        deadline = time.monotonic() + max_seconds
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda request: self.send(request, deadline), requests))
+        return time.perf_counter() - start
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folders: list[Path], threads: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [sys.executable, "-m", "lightning_modules.cli", "serve", *map(str, folders), "--port", str(port)]
+    server = subprocess.Popen([*command, "--threads", str(threads)], cwd=REPO)
+    for _ in range(600):
+        if server.poll() is not None:
+            sys.exit(f"the server exited with status {server.returncode}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return server, port
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    sys.exit("the server did not become ready in 120 s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max_seconds", type=float, default=1800, help="stop sending after this long")
+    parser.add_argument("--exports", type=Path, default=REPO / "exported" / "soak", help="exported models (cache)")
+    parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime threads per model")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    folders = export_entries(args.exports)
+    server, port = start_server(list(folders.values()), args.threads)
+    try:
+        Client(port).run(make_requests(max(50, args.requests // 20), args.seed + 1), args.concurrency, args.max_seconds)
+        before = memory_mb(server.pid)
+        client = Client(port)
+        seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)
+        after, peak = memory_mb(server.pid), memory_mb(server.pid, "VmHWM")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    report(client.outcomes, seconds, before, after, peak, args)
+
+
+def report(outcomes: list, seconds: float, before: float, after: float, peak: float, args) -> None:
+    statuses = {valid: Counter(outcome for v, _, outcome, _ in outcomes if v == valid) for valid in (True, False)}
+    wrong = Counter((label, outcome) for valid, label, outcome, _ in outcomes if not expected(valid, outcome))
+    errors = sum(not isinstance(outcome, int) for _, _, outcome, _ in outcomes)
+    latencies = {valid: [s for v, _, _, s in outcomes if v == valid] for valid in (True, False)}
+
+    print(f"\nrnnzoo serve soak: {len(outcomes)} of {args.requests} requests sent, concurrency {args.concurrency}")
+    print("| requests | seconds | requests/s | valid p50 / p99 | invalid p50 / p99 | connection errors |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        f"| {len(outcomes)} | {seconds:.1f} | {len(outcomes) / seconds:.1f} | {percentiles(latencies[True])} "
+        f"| {percentiles(latencies[False])} | {errors} |"
+    )
+    print(f"\nvalid requests by status:   {dict(sorted(statuses[True].items(), key=str))}")
+    print(f"invalid requests by status: {dict(sorted(statuses[False].items(), key=str))}")
+    print("invalid requests by kind:  ", dict(Counter(label for valid, label, _, _ in outcomes if not valid)))
+    growth = after - before
+    print(f"server memory (VmRSS): {before:.0f} MB after warm-up, {after:.0f} MB at the end ({growth:+.0f} MB)")
+    print(f"server peak memory (VmHWM): {peak:.0f} MB")
+    missed = [f"{count} x {label} -> {outcome}" for (label, outcome), count in wrong.items()]
+    if growth > 50:
+        missed.append(f"memory grew by {growth:.0f} MB (target <= 50 MB)")
+    if len(outcomes) < args.requests:
+        missed.append(f"only {len(outcomes)} requests in {args.max_seconds:g} s")
+    print("\ntargets met" if not missed else "\ntargets missed:\n  " + "\n  ".join(missed))
+    if missed:
+        sys.exit(1)
+
+
+def expected(valid: bool, outcome: int | str) -> bool:
+    """200 for a valid request, a 4xx for an invalid one."""
+    if valid:
+        return outcome == 200
+    return isinstance(outcome, int) and 400 <= outcome < 500
+
+
+def percentiles(latencies: list[float]) -> str:
+    if len(latencies) < 2:
+        return "-"
+    cuts = statistics.quantiles(latencies, n=100)
+    return f"{cuts[49] * 1000:.0f} / {cuts[98] * 1000:.0f} ms"
+
+
+if __name__ == "__main__":
+    main()

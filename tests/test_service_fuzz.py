@@ -1,0 +1,126 @@
+"""Property-based fuzzing of every task's request schema (the app in-process) and predictor: arbitrary
+Unicode (lone surrogates included), lengths, types and parameter values give an answer or a 4xx (a
+ValueError from a predictor), never a 5xx or a hang."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deploy.runtime import load
+from deploy.service import TASK_APIS, Limits, create_app
+from tests.exports import exported_models
+
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+WORDS = [f"w{i}" for i in range(20)]
+TASKS = {"sentiment": "classification", "translator": "translation", "tagger": "tagging", "lm": "language_model"}
+
+characters = st.characters(exclude_categories=())  # every code point, lone surrogates included
+texts = st.one_of(
+    st.text(characters, max_size=40),
+    st.lists(st.one_of(st.sampled_from(WORDS), st.text(characters, max_size=3)), max_size=30).map(" ".join),
+    st.sampled_from(["", " ", "\udc80", "w1 \ud800 w2", "w1\x00w2", "\u200b", "b" * 200, "w1 " * 150]),
+)
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(characters, max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def number(low: int, high: int):
+    """Mostly values near the valid range, sometimes anything at all."""
+    return st.one_of(st.integers(low - 3, high + 3), st.floats(allow_nan=True), anything)
+
+
+# Parameters a predictor accepts, and anything at all for the service's schema to refuse.
+GOOD_PARAMETERS = {
+    "sentiment": {},
+    "tagger": {},
+    "translator": {"beam_size": st.integers(1, 16), "max_length": st.integers(1, 64)},
+    "lm": {
+        "max_tokens": st.integers(1, 30),
+        "temperature": st.one_of(st.floats(0, 10), st.just(1e-300)),
+        "top_k": st.none() | st.integers(1, 40),
+        "seed": st.none() | st.integers(0, 2**70),
+    },
+}
+ANY_PARAMETERS = {
+    "sentiment": {},
+    "tagger": {},
+    "translator": {"beam_size": number(1, 16), "max_length": number(1, 512)},
+    "lm": {
+        "max_tokens": number(1, 1000),
+        "temperature": st.one_of(st.floats(allow_nan=True, allow_infinity=True), anything),
+        "top_k": number(1, 30),
+        "seed": number(0, 2**70),
+    },
+}
+
+
+def bodies(name: str):
+    """Well-formed requests with arbitrary texts, malformed ones, and bytes that are not JSON."""
+    field = TASK_APIS[TASKS[name]].items_field
+    well_formed = st.fixed_dictionaries(
+        {field: st.lists(texts, min_size=1, max_size=8)}, optional=GOOD_PARAMETERS[name]
+    )
+    malformed = st.fixed_dictionaries({field: st.lists(texts, max_size=10) | anything}, optional=ANY_PARAMETERS[name])
+    return st.one_of(well_formed, malformed).map(lambda payload: json.dumps(payload).encode()) | st.binary(max_size=50)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    return exported_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(exported):
+    limits = Limits(max_items=8, max_text_chars=300, max_body_bytes=20_000, max_beam_tokens=200, request_timeout_s=30)
+    with TestClient(create_app(exported.values(), limits, threads=1)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_requests_get_an_answer_or_a_4xx(client, name):
+    @FUZZ
+    @given(bodies(name))
+    def check(body: bytes):
+        response = client.post(f"/v1/models/{name}/predict", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, body)
+        answer = response.json()
+        if response.status_code == 200:
+            request = json.loads(body)
+            field = TASK_APIS[TASKS[name]].items_field
+            assert len(answer[TASK_APIS[TASKS[name]].response_key]) == len(request[field])
+        else:
+            assert answer["detail"]
+
+    check()
+
+
+PREDICTOR_CALLS = {
+    "sentiment": lambda p, items, _: p.classify(items),
+    "tagger": lambda p, items, _: p.tag(items),
+    "translator": lambda p, items, params: p.translate(items, **params),
+    "lm": lambda p, items, params: [p.generate(item, **params) for item in items],
+}
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_predictors_answer_or_raise_a_value_error(exported, name):
+    predictor = load(exported[name], threads=1)
+    parameters = GOOD_PARAMETERS[name] | ({"budget": st.integers(1, 400)} if name == "translator" else {})
+
+    @FUZZ
+    @given(st.lists(texts, min_size=1, max_size=8), st.fixed_dictionaries(parameters))
+    def check(items: list[str], params: dict):
+        try:
+            results = PREDICTOR_CALLS[name](predictor, items, params)
+        except ValueError as err:
+            assert str(err)
+        else:
+            assert len(results) == len(items)
+
+    check()
