@@ -34,20 +34,26 @@ class CountingHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def save_classifier(folder, arguments: dict, **options):
+    """A tiny random classifier as a pretrained folder."""
+    return save_pretrained(
+        folder,
+        SequenceClassifier(**arguments),
+        arguments=arguments,
+        task="ClassificationTask",
+        task_arguments={"labels": ["neg", "pos"]},
+        tokenizers={"tokenizer": tokenizer_json()},
+        **options,
+    )
+
+
 @pytest.fixture
 def published(tmp_path, monkeypatch):
     """A published entry served over loopback HTTP, an empty cache, and a manifest naming the entry."""
     root = tmp_path / "www"
     torch.manual_seed(0)
-    folder = save_pretrained(
-        root / "tiny-clf",
-        SequenceClassifier(**ARGUMENTS),
-        arguments=ARGUMENTS,
-        task="ClassificationTask",
-        task_arguments={"labels": ["neg", "pos"]},
-        tokenizers={"tokenizer": tokenizer_json()},
-        metrics={"split": "test", "metrics": {"test_acc": 0.5}, "command": "none"},
-    )
+    metrics = {"split": "test", "metrics": {"test_acc": 0.5}, "command": "none"}
+    folder = save_classifier(root / "tiny-clf", ARGUMENTS, metrics=metrics)
     entry = write_entry(folder, "tiny-clf", task="classification")
     CountingHandler.served, CountingHandler.delay = {}, 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(root)))
@@ -200,14 +206,7 @@ def test_the_cache_is_keyed_by_the_whole_url(published, tmp_path):
     other = tmp_path / "mirror" / "tiny-clf"
     torch.manual_seed(1)
     arguments = {**ARGUMENTS, "hidden_size": 4}
-    save_pretrained(
-        other,
-        SequenceClassifier(**arguments),
-        arguments=arguments,
-        task="ClassificationTask",
-        task_arguments={"labels": ["neg", "pos"]},
-        tokenizers={"tokenizer": tokenizer_json()},
-    )
+    save_classifier(other, arguments)
     write_entry(other, "tiny-clf", task="classification")
     first = hub.resolve(published["url"])
     second = hub.resolve(serve_folder(tmp_path / "mirror") + "/tiny-clf")
@@ -239,14 +238,7 @@ def test_a_folder_named_like_an_entry_does_not_replace_it(published, tmp_path, m
     monkeypatch.chdir(tmp_path)
     impostor = tmp_path / "tiny-clf"
     arguments = {**ARGUMENTS, "hidden_size": 3}
-    save_pretrained(
-        impostor,
-        SequenceClassifier(**arguments),
-        arguments=arguments,
-        task="ClassificationTask",
-        task_arguments={"labels": ["neg", "pos"]},
-        tokenizers={"tokenizer": tokenizer_json()},
-    )
+    save_classifier(impostor, arguments)
     with pytest.warns(UserWarning, match="write ./tiny-clf to load it"):
         assert from_pretrained("tiny-clf").config["arguments"] == ARGUMENTS  # the verified entry
     assert from_pretrained("./tiny-clf").config["arguments"] == arguments  # the folder, asked for explicitly

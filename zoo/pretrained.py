@@ -195,7 +195,8 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     if architecture is None:
         raise ValueError(f"{folder / CONFIG_FILE}: unknown architecture {config.get('architecture')!r}")
     network = architecture(**config["arguments"])
-    weights_path = folder_file(folder, WEIGHTS_FILE)
+    listed = listed_files(folder)
+    weights_path = folder_file(folder, WEIGHTS_FILE, listed)
     try:
         weights = load_file(weights_path)
     except (FileNotFoundError, SafetensorError) as err:
@@ -213,20 +214,21 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     except RuntimeError as err:
         architecture_call = f"{config['architecture']}({config['arguments']})"
         raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
-    tokenizers = load_tokenizers(folder, config)
-    listed = listed_files(folder)
+    tokenizers = load_tokenizers(folder, config, listed)
     metrics_path = folder / METRICS_FILE
     has_metrics = metrics_path.is_file() and (listed is None or METRICS_FILE in listed)
     metrics = json.loads(metrics_path.read_text()) if has_metrics else {}
     return Pretrained(network.eval(), config, tokenizers, metrics)
 
 
-def load_tokenizers(folder: Path, config: dict | None = None) -> dict[str, Tokenizer]:
-    """The tokenizers of a pretrained folder by name (``tokenizer``, ``source_tokenizer``...)."""
+def load_tokenizers(folder: Path, config: dict | None = None, listed: set[str] | None = None) -> dict[str, Tokenizer]:
+    """The tokenizers of a pretrained folder by name (``tokenizer``, ``source_tokenizer``...);
+    ``listed``: its ``listed_files`` when the caller has read them."""
     config = read_config(folder) if config is None else config
+    listed = listed_files(folder) if listed is None else listed
     tokenizers = {}
     for name, file_name in config.get("tokenizers", {}).items():
-        path = folder_file(Path(folder), file_name)
+        path = folder_file(Path(folder), file_name, listed)
         try:
             tokenizers[name] = Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises its own Exception type for missing or damaged files
@@ -238,7 +240,7 @@ def read_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a pretrained folder: it has no {CONFIG_FILE}")
-    folder_file(Path(folder), CONFIG_FILE)
+    folder_file(Path(folder), CONFIG_FILE, listed_files(folder))
     try:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, ValueError) as err:
@@ -270,12 +272,12 @@ def listed_files(folder: Path) -> set[str] | None:
         raise ValueError(f"{path}: not a valid entry ({err})") from None
 
 
-def folder_file(folder: Path, file_name: str) -> Path:
+def folder_file(folder: Path, file_name: str, listed: set[str] | None) -> Path:
     """The path of a file a pretrained folder names, refused unless it is a plain name inside the
-    folder and, where ``entry.json`` exists, one that it lists (unlisted files are never read)."""
+    folder and one of ``listed`` (its ``entry.json``'s files, ``None`` without one): unlisted files
+    are never read."""
     if not is_plain_name(file_name):
         raise ValueError(f"{folder / CONFIG_FILE}: {file_name!r} is not a plain file name inside the folder")
-    listed = listed_files(folder)
     if listed is not None and file_name not in listed:
         raise ValueError(f"{folder}: {file_name} is not listed in {ENTRY_FILE}, so it is not read")
     return Path(folder) / file_name
