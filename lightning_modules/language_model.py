@@ -44,7 +44,7 @@ class LanguageModelTask(DataStateInCheckpoint):
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
         self._states: dict[str, object] = {}
-        self._resumed: dict | None = None  # the training state of a mid-epoch checkpoint, until its epoch restarts
+        self._resumed: dict | None = None  # a loaded checkpoint's training state, until training starts
 
     # -- steps -----------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, state=None):
@@ -65,6 +65,12 @@ class LanguageModelTask(DataStateInCheckpoint):
 
     def on_train_epoch_start(self) -> None:
         self._reset_state("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_state("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_state("test")
 
     def on_train_start(self) -> None:
         """A resumed run: the carried state of a mid-epoch checkpoint (Lightning calls no
