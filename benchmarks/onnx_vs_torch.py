@@ -48,7 +48,6 @@ def default_language_model(folder: Path) -> Path:
         folder,
         RNNLanguageModel(**arguments),
         arguments=arguments,
-        task="LanguageModelTask",
         task_arguments={},
         tokenizers={"tokenizer": tokenizer},
     )

@@ -46,7 +46,6 @@ def synthetic_classifier(folder: Path) -> Path:
         folder / "pretrained",
         SequenceClassifier(**arguments),
         arguments=arguments,
-        task="ClassificationTask",
         task_arguments={"labels": ["neg", "pos"]},
         tokenizers={"tokenizer": tokenizer.to_str()},
     )

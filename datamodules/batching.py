@@ -12,14 +12,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from zoo.text import pad
+
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(B, T)`` long tensor and the ``(B,)`` lengths."""
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    padded = torch.full((len(sequences), int(lengths.max())), pad_value, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        padded[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
-    return padded, lengths
+    """Right-padded ``(B, T)`` long tensor and the ``(B,)`` lengths (``zoo.text.pad``)."""
+    padded, lengths = pad(sequences, pad_value)
+    return torch.from_numpy(padded), torch.from_numpy(lengths)
 
 
 def bucket_batches(

@@ -1,21 +1,19 @@
 """CoNLL-2003 token tagging (NER by default; POS or chunk tags selectable)."""
 
-import logging
 from functools import cached_property
-from pathlib import Path
 
 import datasets
 import torch
-from tokenizers import Regex, Tokenizer, normalizers
+from tokenizers import Regex, normalizers
 from torch.utils.data import DataLoader
 
 from datamodules.base import BucketedDataModule
 from datamodules.batching import pad_sequences
-from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, pretrained_tokenizers
+from datamodules.loading import DataError, load_splits, require_column
+from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
+from zoo import text
+from zoo.text import IGNORE_INDEX, PAD, UNK, log
 
-log = logging.getLogger(__name__)
-PAD, UNK = "<pad>", "<unk>"
 SPLITS = ("train", "validation", "test")
 
 Example = tuple[list[int], list[list[int]], list[int]]  # word ids, char ids per word, tag ids
@@ -24,17 +22,15 @@ Example = tuple[list[int], list[list[int]], list[int]]  # word ids, char ids per
 class CoNLLDataModule(BucketedDataModule):
     """Sentences as word ids (+ character ids per word) and one tag per word.
 
-    Args:
-        data_dir: folder with ``train/validation/test.parquet``; ``None`` downloads ``hub_name``.
+    Args (and those of ``TextDataModule``: ``data_dir``, ``max_samples``, ``tokenizer_from``,
+    ``batch_size``, ``eval_batch_size``):
         tag_column: ``ner_tags`` (default), ``pos_tags`` or ``chunk_tags``; names from the features.
         min_frequency: words seen fewer times in train map to ``<unk>`` (characters still see them).
         lowercase: lowercase words (digits always map to 0).
         use_chars: build the character vocabulary for character-level word features.
-        max_length: longer sentences are truncated, with a warning.
+        max_length: longer training and evaluation sentences are truncated, with a warning
+            (prediction tags every word, as the task API and the exported model do).
         predict_sentences: whitespace-tokenised sentences for ``rnnzoo predict``.
-        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
-            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
-            pretrained vocabulary).
     """
 
     def __init__(
@@ -54,12 +50,9 @@ class CoNLLDataModule(BucketedDataModule):
         predict_sentences: list[str] | None = None,
         tokenizer_from: str | None = None,
     ):
-        super().__init__()
-        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
+        names = ("tokenizer", "char_tokenizer") if use_chars else ("tokenizer",)
+        super().__init__(data_dir, tokenizer_from, names, batch_size, eval_batch_size, max_length=max_length)
         self.save_hyperparameters()
-        self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
-        names = ["tokenizer", "char_tokenizer"] if use_chars else ["tokenizer"]
-        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, names)
 
     @cached_property
     def splits(self) -> datasets.DatasetDict:
@@ -68,8 +61,7 @@ class CoNLLDataModule(BucketedDataModule):
         for split, dataset in loaded.items():
             require_column(dataset, hp.tokens_column, split)
             require_column(dataset, hp.tag_column, split)
-            if hp.max_samples is not None:
-                loaded[split] = dataset.select(range(min(hp.max_samples, len(dataset))))
+            loaded[split] = self.first_rows(dataset)
         feature = loaded["train"].features[hp.tag_column]
         names = getattr(getattr(feature, "feature", None), "names", None)
         if names is None:
@@ -108,9 +100,11 @@ class CoNLLDataModule(BucketedDataModule):
         return self.char_tokenizer.get_vocab_size() if self.char_tokenizer else 0
 
     def encode_sentences(self, sentences: list[list[str]]) -> list[tuple[list[int], list[list[int]]]]:
-        """Word ids and per-word character ids; truncated to ``max_length`` words."""
-        limit = self.hparams.max_length
-        return encode_sentences([words[:limit] for words in sentences], self.tokenizer, self.char_tokenizer)
+        """Word ids and per-word character ids (``zoo.text.encode_words``)."""
+        try:
+            return text.encode_words(self.tokenizer, self.char_tokenizer, sentences)
+        except ValueError as err:
+            raise DataError(str(err)) from None
 
     def _encode_split(self, split: str) -> list[Example]:
         dataset = self.splits[split]
@@ -120,8 +114,11 @@ class CoNLLDataModule(BucketedDataModule):
             log.warning(f"{too_long} {split} sentences exceed max_length={self.hparams.max_length} words; truncated")
         examples = [
             (ids, chars, sentence_tags[: len(ids)])
-            for (ids, chars), sentence_tags in zip(self.encode_sentences(sentences), tags, strict=True)
-            if ids
+            for (ids, chars), sentence_tags in zip(
+                self.encode_sentences([words[: self.hparams.max_length] for words in sentences if words]),
+                [t for words, t in zip(sentences, tags, strict=True) if words],
+                strict=True,
+            )
         ]
         if len(examples) < len(sentences):
             log.warning(f"dropped {len(sentences) - len(examples)} empty {split} sentences")
@@ -133,44 +130,24 @@ class CoNLLDataModule(BucketedDataModule):
     @staticmethod
     def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
         input_ids, lengths = pad_sequences([ids for ids, _, _ in examples])
-        width = max((len(word) for _, chars, _ in examples for word in chars), default=1)
-        chars = torch.zeros(len(examples), input_ids.size(1), width, dtype=torch.long)
-        char_lengths = torch.zeros(len(examples), input_ids.size(1), dtype=torch.long)
-        for row, (_, words, _) in enumerate(examples):
-            for col, word in enumerate(words):
-                chars[row, col, : len(word)] = torch.tensor(word, dtype=torch.long)
-                char_lengths[row, col] = len(word)
-        tags, _ = pad_sequences([tags for _, _, tags in examples], pad_value=-100)
+        chars, char_lengths = map(
+            torch.from_numpy, text.pad_words([chars for _, chars, _ in examples], input_ids.size(1))
+        )
+        tags, _ = pad_sequences([tags for _, _, tags in examples], pad_value=IGNORE_INDEX)
         return {"input_ids": input_ids, "lengths": lengths, "chars": chars, "char_lengths": char_lengths, "tags": tags}
 
     def predict_dataloader(self):
-        sentences = [text.split() for text in self.hparams.predict_sentences or []]
-        if not sentences:
+        if not self.hparams.predict_sentences:
             raise DataError("nothing to tag: pass --data.init_args.predict_sentences '[\"EU rejects German call\"]'")
-        empty = [i for i, words in enumerate(sentences) if not words]
-        if empty:
-            raise DataError(f"predict_sentences {empty} are empty")
+        try:
+            sentences = text.split_words(self.hparams.predict_sentences)
+        except ValueError as err:
+            raise DataError(f"predict_sentences: {err}") from None
         rows = [(ids, chars, [0] * len(ids)) for ids, chars in self.encode_sentences(sentences)]
 
         def collate(batch_indices):
             batch = self.collate([rows[i] for i in batch_indices])
-            batch["words"] = [sentences[i][: self.hparams.max_length] for i in batch_indices]
+            batch["words"] = [sentences[i] for i in batch_indices]
             return batch
 
         return DataLoader(range(len(rows)), batch_size=self.hparams.eval_batch_size, collate_fn=collate)
-
-
-def encode_sentences(
-    sentences: list[list[str]], tokenizer: Tokenizer, char_tokenizer: Tokenizer | None
-) -> list[tuple[list[int], list[list[int]]]]:
-    """Word ids and (with ``char_tokenizer``) per-word character ids of pre-split sentences."""
-    encoded = tokenizer.encode_batch(sentences, is_pretokenized=True)
-    words = [word for sentence in sentences for word in sentence]
-    chars = [e.ids for e in char_tokenizer.encode_batch(words)] if char_tokenizer else [[]] * len(words)
-    result, start = [], 0
-    for sentence, encoding in zip(sentences, encoded, strict=True):
-        if len(encoding.ids) != len(sentence):
-            raise DataError(f"a token contains whitespace and split into several words: {sentence}")
-        result.append((encoding.ids, chars[start : start + len(sentence)]))
-        start += len(sentence)
-    return result

@@ -2,40 +2,33 @@
 
 import itertools
 from functools import cached_property
-from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 
-from datamodules.loading import DataError, load_splits, require_column, require_positive
+from datamodules.base import TextDataModule
+from datamodules.loading import DataError, load_splits, require_column
 from datamodules.streams import BPTTWindows, WindowLoader, stream_layout
-from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, pretrained_tokenizers
+from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
+from zoo.text import EOS, UNK
 
 SPLITS = ("train", "validation", "test")
-UNK, EOS = "<unk>", "<eos>"
 
 
-class PTBDataModule(L.LightningDataModule):
+class PTBDataModule(TextDataModule):
     """Word- or character-level Penn Treebank for language modelling.
 
     Each sentence is followed by ``<eos>``; the vocabulary is fitted on train (word level: PTB's own
     10,000 words). Batches are ``(batch_size, bptt)`` windows of one contiguous stream per split.
 
-    Args:
-        data_dir: folder with ``train/validation/test.parquet``; ``None`` downloads ``hub_name``.
+    Args (and those of ``TextDataModule``: ``data_dir``, ``max_samples``, ``tokenizer_from``):
         hub_name, hub_config, hub_revision, hub_subdir: the Hugging Face Hub dataset (and its
             branch and folder) to use when there is no ``data_dir``.
         text_column: the column holding one sentence per row.
         level: ``word`` or ``char`` (every character, the space included, is a token).
-        batch_size: rows of the training stream.
-        eval_batch_size: rows of the validation and test streams.
+        batch_size, eval_batch_size: rows of the training stream, of the validation and test streams.
         bptt: steps per batch (truncated backpropagation through time).
-        max_samples: use only the first ``max_samples`` rows of each split (quick runs).
         num_proc: processes for ``Dataset.map`` during numericalisation.
-        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
-            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
-            pretrained vocabulary).
     """
 
     def __init__(
@@ -56,14 +49,11 @@ class PTBDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         tokenizer_from: str | None = None,
     ):
-        super().__init__()
-        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, bptt=bptt)
+        super().__init__(data_dir, tokenizer_from, ("tokenizer",), batch_size, eval_batch_size, bptt=bptt)
         if level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', got {level!r}")
         self.save_hyperparameters()
-        self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
         self.streams: dict[str, torch.Tensor] = {}
-        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, ["tokenizer"])
 
     @cached_property
     def splits(self):
@@ -77,8 +67,7 @@ class PTBDataModule(L.LightningDataModule):
         )
         for split, dataset in loaded.items():
             require_column(dataset, self.hparams.text_column, split)
-            if self.hparams.max_samples is not None:
-                loaded[split] = dataset.select(range(min(self.hparams.max_samples, len(dataset))))
+            loaded[split] = self.first_rows(dataset)
         return loaded
 
     @cached_property
@@ -95,9 +84,6 @@ class PTBDataModule(L.LightningDataModule):
     @property
     def eos_id(self) -> int:
         return self.tokenizer.token_to_id(EOS)
-
-    def prepare_data(self):
-        _ = self.splits  # download (or check the local files) before any process sets up
 
     def encode(self, split: str) -> torch.Tensor:
         """The whole split as one stream of ids, ``<eos>`` after every sentence."""

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
+from zoo.text import IGNORE_INDEX
 
 
 def stream_layout(

@@ -1,21 +1,17 @@
 """Text classification (IMDB sentiment by default): bucketed, padded batches with lengths."""
 
-import logging
 from functools import cached_property
-from pathlib import Path
 from typing import Literal
 
 import datasets
 import torch
-from torch.utils.data import DataLoader
 
 from datamodules.base import BucketedDataModule
 from datamodules.batching import pad_sequences
-from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, pretrained_tokenizers, text_normalizer
-
-log = logging.getLogger(__name__)
-PAD, UNK = "<pad>", "<unk>"
+from datamodules.loading import DataError, load_splits, require_column
+from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, text_normalizer
+from zoo import text
+from zoo.text import PAD, UNK, log
 
 
 class IMDBDataModule(BucketedDataModule):
@@ -24,17 +20,15 @@ class IMDBDataModule(BucketedDataModule):
     IMDB has no validation split: a seeded, stratified ``val_size`` rows are carved from train, and
     test is never used for model selection. Label names come from the dataset's features.
 
-    Args:
-        data_dir: folder with ``train.parquet`` and ``test.parquet``; ``None`` downloads ``hub_name``.
+    Args (and those of ``TextDataModule``: ``data_dir``, ``max_samples`` (class-balanced here),
+    ``tokenizer_from``, ``batch_size``, ``eval_batch_size``):
         tokenizer: ``word`` (lowercased words and punctuation, ``<br />`` removed) or ``bpe``.
         max_vocab: vocabulary size (word: most frequent words; bpe: merges target).
         min_frequency: drop words seen fewer times in train.
-        max_length: longer texts are truncated (a warning says how many).
+        max_length: longer texts are truncated (a warning says how many); the fitted tokenizer
+            keeps the limit, so prediction truncates alike everywhere.
         val_size: rows of train held out for validation.
         predict_texts: raw texts for ``rnnzoo predict``.
-        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
-            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
-            pretrained vocabulary).
     """
 
     def __init__(
@@ -57,13 +51,10 @@ class IMDBDataModule(BucketedDataModule):
         num_proc: int | None = None,
         tokenizer_from: str | None = None,
     ):
-        super().__init__()
-        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
+        super().__init__(data_dir, tokenizer_from, ("tokenizer",), batch_size, eval_batch_size, max_length=max_length)
         if tokenizer not in ("word", "bpe"):
             raise ValueError(f"tokenizer must be 'word' or 'bpe', got {tokenizer!r}")
         self.save_hyperparameters()
-        self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
-        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, ["tokenizer"])
 
     @cached_property
     def splits(self) -> datasets.DatasetDict:
@@ -130,9 +121,6 @@ class IMDBDataModule(BucketedDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def encode_texts(self, texts: list[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
-
     def _encode_split(self, split: str) -> list[tuple[list[int], int]]:
         hp, tokenizer = self.hparams, self.tokenizer
 
@@ -142,11 +130,7 @@ class IMDBDataModule(BucketedDataModule):
 
         dataset = self.splits[split]
         encoded = dataset.map(numericalize, batched=True, num_proc=hp.num_proc, remove_columns=[hp.text_column])
-        truncated = sum(encoded["truncated"])
-        if truncated:
-            log.warning(
-                f"{truncated} of {len(encoded)} {split} texts exceed max_length={hp.max_length} tokens; truncated"
-            )
+        text.warn_truncated(tokenizer, encoded["truncated"], f"{split} texts")
         labels, ids = encoded[hp.label_column], encoded["ids"]
         if labels and not 0 <= min(labels) <= max(labels) < self.num_classes:
             raise DataError(f"the {split!r} split has labels outside 0..{self.num_classes - 1} ({self.labels})")
@@ -164,14 +148,4 @@ class IMDBDataModule(BucketedDataModule):
         texts = self.hparams.predict_texts
         if not texts:
             raise DataError('nothing to predict: pass texts with --data.init_args.predict_texts \'["...", "..."]\'')
-        encoded = self.encode_texts(texts)
-        empty = [i for i, ids in enumerate(encoded) if not ids]
-        if empty:
-            raise DataError(f"predict_texts {empty} are empty (no tokens after normalisation)")
-        rows = [{"text": text, "ids": ids} for text, ids in zip(texts, encoded, strict=True)]
-
-        def collate(batch):
-            input_ids, lengths = pad_sequences([row["ids"] for row in batch])
-            return {"input_ids": input_ids, "lengths": lengths, "texts": [row["text"] for row in batch]}
-
-        return DataLoader(rows, batch_size=self.hparams.eval_batch_size, collate_fn=collate)
+        return self.text_loader(texts, self.tokenizer, "input_ids")

@@ -1,6 +1,5 @@
 """Sentence-pair translation data (Multi30k by default; IWSLT/WMT-style ``translation`` columns too)."""
 
-import logging
 import random
 from collections.abc import Iterator
 from functools import cached_property
@@ -14,11 +13,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.base import BucketedDataModule
 from datamodules.batching import bucket_batches, pad_sequences
-from datamodules.loading import DataError, load_splits, require_column, require_positive
-from datamodules.tokenization import fit_reversible_tokenizer, pretrained_tokenizers
+from datamodules.loading import DataError, load_splits, require_column
+from datamodules.tokenization import fit_reversible_tokenizer
+from zoo.text import BOS, EOS, IGNORE_INDEX, PAD, UNK, log
 
-log = logging.getLogger(__name__)
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # ids 0..3 on both sides
 SPLITS = ("train", "validation", "test")
 
@@ -30,10 +28,11 @@ class TranslationDataModule(BucketedDataModule):
 
     Source sequences end in ``<eos>``; targets get ``<bos>``/``<eos>`` in the batch
     (``target_in``/``target_out``). Training pairs with a side longer than ``max_length`` tokens
-    are dropped; evaluation sources are truncated (with a warning) so every test sentence is scored.
+    are dropped; evaluation pairs are truncated (with a warning) so every test sentence is scored. The
+    fitted tokenizers keep the limit, so a long source is truncated alike wherever it is translated.
 
-    Args:
-        data_dir: folder of ``train/validation/test.parquet``; ``None`` loads ``hub_name``.
+    Args (and those of ``TextDataModule``: ``data_dir``, ``max_samples``, ``tokenizer_from``,
+    ``batch_size``, ``eval_batch_size``):
         source_lang, target_lang: column names (``de``/``en``), or keys of ``translation_column``.
         translation_column: a dict column ``{lang: text}`` (WMT/IWSLT on the Hub); ``None`` for
             one column per language (Multi30k).
@@ -43,10 +42,8 @@ class TranslationDataModule(BucketedDataModule):
         streaming: read the training split as a stream (corpora that do not fit on disk); the
             stream is sharded across DDP ranks and the tokenizers are fitted on its first
             ``tokenizer_sample`` pairs.
+        max_length: tokens of a side, ``<eos>`` included.
         predict_texts: source sentences for ``rnnzoo predict``.
-        tokenizer_from: a pretrained folder or zoo entry whose tokenizers to use instead of fitting
-            new ones on train (``rnnzoo fit --ckpt_path <pretrained>`` sets it: fine-tuning keeps the
-            pretrained vocabulary).
     """
 
     def __init__(
@@ -74,13 +71,11 @@ class TranslationDataModule(BucketedDataModule):
         predict_texts: list[str] | None = None,
         tokenizer_from: str | None = None,
     ):
-        super().__init__()
-        require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length)
+        names = ("source_tokenizer", "target_tokenizer")
+        super().__init__(data_dir, tokenizer_from, names, batch_size, eval_batch_size, max_length=max_length)
         if source_lang == target_lang:
             raise ValueError(f"source_lang and target_lang are both {source_lang!r}")
         self.save_hyperparameters()
-        self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
-        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, ["source_tokenizer", "target_tokenizer"])
 
     @property
     def language_pair(self) -> str:
@@ -123,10 +118,7 @@ class TranslationDataModule(BucketedDataModule):
         for split, dataset in loaded.items():
             if dataset.column_names is not None:  # a stream may not know its columns up front
                 self._check_columns(dataset, split)
-            if hp.max_samples is not None and isinstance(dataset, datasets.IterableDataset):
-                loaded[split] = dataset.take(hp.max_samples)
-            elif hp.max_samples is not None:
-                loaded[split] = dataset.select(range(min(hp.max_samples, len(dataset))))
+            loaded[split] = self.first_rows(dataset)
         return loaded
 
     def pair(self, row: dict) -> tuple[str, str]:
@@ -156,7 +148,7 @@ class TranslationDataModule(BucketedDataModule):
             raise DataError("the training split is empty")
 
         def fit(texts):
-            return fit_reversible_tokenizer(
+            tokenizer = fit_reversible_tokenizer(
                 texts,
                 SPECIAL_TOKENS,
                 UNK,
@@ -165,6 +157,8 @@ class TranslationDataModule(BucketedDataModule):
                 vocab_size=hp.vocab_size,
                 min_frequency=hp.min_frequency,
             )
+            tokenizer.enable_truncation(hp.max_length - 1)  # <eos> (and <bos>) come after
+            return tokenizer
 
         if hp.joint_vocabulary:
             joint = fit([text for pair in pairs for text in pair])
@@ -187,35 +181,32 @@ class TranslationDataModule(BucketedDataModule):
     def target_vocab_size(self) -> int:
         return self.target_tokenizer.get_vocab_size()
 
-    def encode_sources(self, texts: list[str], what: str = "source") -> list[list[int]]:
-        """Source ids ending in ``<eos>``, truncated to ``max_length`` tokens (with a warning)."""
-        limit, eos = self.hparams.max_length, self.source_tokenizer.token_to_id(EOS)
-        encoded = [e.ids for e in self.source_tokenizer.encode_batch(texts)]
-        too_long = sum(len(ids) >= limit for ids in encoded)
-        if too_long:
-            log.warning(f"{too_long} {what} sentences exceed max_length={limit} tokens; truncated")
-        return [ids[: limit - 1] + [eos] for ids in encoded]
-
     def _encode_pairs(self, pairs: list[tuple[str, str]], split: str) -> list[Example]:
         limit = self.hparams.max_length
-        sources = [e.ids for e in self.source_tokenizer.encode_batch([s for s, _ in pairs])]
-        targets = [e.ids for e in self.target_tokenizer.encode_batch([t for _, t in pairs])]
+        sources = self.source_tokenizer.encode_batch([s for s, _ in pairs])
+        targets = self.target_tokenizer.encode_batch([t for _, t in pairs])
         eos = self.source_tokenizer.token_to_id(EOS)
+        # A pretrained tokenizer may not truncate: the length limit is checked here as well.
+        over = [
+            bool(s.overflowing or t.overflowing) or len(s.ids) >= limit or len(t.ids) >= limit
+            for s, t in zip(sources, targets, strict=True)
+        ]
         if split == "train":
             kept = [
-                (source + [eos], target, text, row)
-                for row, (source, target, (_, text)) in enumerate(zip(sources, targets, pairs, strict=True))
-                if source and target and len(source) < limit and len(target) < limit
+                (source.ids + [eos], target.ids, text_pair[1], row)
+                for row, (source, target, text_pair, too_long) in enumerate(
+                    zip(sources, targets, pairs, over, strict=True)
+                )
+                if source.ids and target.ids and not too_long
             ]
             if len(kept) < len(pairs):
                 log.warning(f"dropped {len(pairs) - len(kept)} training pairs: empty or over max_length={limit}")
             return kept
-        truncated = sum(len(s) >= limit or len(t) >= limit for s, t in zip(sources, targets, strict=True))
-        if truncated:
-            log.warning(f"{truncated} {split} pairs exceed max_length={limit} tokens; truncated")
+        if any(over):
+            log.warning(f"{sum(over)} {split} pairs exceed max_length={limit} tokens; truncated")
         return [
-            (source[: limit - 1] + [eos], target[: limit - 1], text, row)
-            for row, (source, target, (_, text)) in enumerate(zip(sources, targets, pairs, strict=True))
+            (source.ids[: limit - 1] + [eos], target.ids[: limit - 1], text_pair[1], row)
+            for row, (source, target, text_pair) in enumerate(zip(sources, targets, pairs, strict=True))
         ]
 
     def _encode_split(self, split: str) -> list[Example]:
@@ -231,7 +222,7 @@ class TranslationDataModule(BucketedDataModule):
         bos, eos = self.target_tokenizer.token_to_id(BOS), self.target_tokenizer.token_to_id(EOS)
         source, lengths = pad_sequences([example[0] for example in examples])
         target_in, _ = pad_sequences([[bos] + example[1] for example in examples])
-        target_out, _ = pad_sequences([example[1] + [eos] for example in examples], pad_value=-100)
+        target_out, _ = pad_sequences([example[1] + [eos] for example in examples], pad_value=IGNORE_INDEX)
         return {
             "source": source,
             "lengths": lengths,
@@ -260,16 +251,7 @@ class TranslationDataModule(BucketedDataModule):
         texts = self.hparams.predict_texts
         if not texts:
             raise DataError("nothing to translate: pass --data.init_args.predict_texts '[\"Ein Hund läuft.\"]'")
-        empty = [i for i, text in enumerate(texts) if not text.strip()]
-        if empty:
-            raise DataError(f"predict_texts {empty} are empty")
-        rows = list(zip(self.encode_sources(texts), texts, strict=True))
-
-        def collate(batch):
-            source, lengths = pad_sequences([ids for ids, _ in batch])
-            return {"source": source, "lengths": lengths, "texts": [text for _, text in batch]}
-
-        return DataLoader(rows, batch_size=self.hparams.eval_batch_size, collate_fn=collate)
+        return self.text_loader(texts, self.source_tokenizer, "source", end=EOS)
 
 
 class StreamedPairBatches(IterableDataset):

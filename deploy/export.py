@@ -22,8 +22,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from deploy.graphs import TASKS, Graph
+from deploy.export_format import FORMAT_VERSION
+from deploy.graphs import Graph
 from deploy.parity import task_parity
+from zoo import tasks
 from zoo.fused import prepare_for_onnx_export
 from zoo.hub import resolve, sha256_of
 from zoo.pretrained import Pretrained, load_pretrained, staged_folder, write_json
@@ -39,7 +41,7 @@ class ExportError(RuntimeError):
 
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
-DECODING_SETTINGS = ("beam_size", "length_penalty", "max_decode_length")
+DECODING_SETTINGS = ("beam_size", "length_penalty", "max_new_tokens")
 
 
 def load_source(source: str | os.PathLike) -> tuple[Pretrained, str]:
@@ -74,13 +76,12 @@ def export(
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     pretrained, source_sha256 = load_source(source)
     network = pretrained.network.eval().float()
-    if type(network) not in TASKS:
-        raise ExportError(f"exporting {type(network).__name__} is not supported yet")
+    task = tasks.get(pretrained.config["task"])
     stacks = [m for m in network.modules() if isinstance(m, RecurrentStack)]
     if any(stack.cell not in FUSED_CELLS for stack in stacks):
         raise ExportError(f"only the fused cells ({', '.join(FUSED_CELLS)}) export to ONNX RNN ops")
-    task, make_graphs = TASKS[type(network)]
-    graphs = make_graphs(prepare_for_onnx_export(network))
+    interface = task.load("graphs")(prepare_for_onnx_export(network))
+    graphs = interface.graphs
     with staged_folder(out_dir) as staging:
         verification = {}
         for graph in graphs:
@@ -95,15 +96,16 @@ def export(
             tokenizer.save(str(staging / f"{name}.json"))
             tokenizer_files[name] = f"{name}.json"
         config = {
-            "format_version": 1,
-            "task": task,
+            "format_version": FORMAT_VERSION,
+            "task": task.name,
             "architecture": pretrained.config["architecture"],
             "labels": pretrained.config["task_arguments"].get("labels"),
             "language_pair": pretrained.config["task_arguments"].get("language_pair"),
             "tokenizers": tokenizer_files,
             "special_tokens": _special_tokens(pretrained),
             "graphs": {graph.file: _describe(staging / graph.file) for graph in graphs},
-            "state": {name: _state_sizes(m) for name, m in network.named_modules() if isinstance(m, RecurrentStack)},
+            "state": interface.state,
+            "memory": interface.memory,
             "decoding": {k: v for k, v in pretrained.config["task_arguments"].items() if k in DECODING_SETTINGS},
             "opset": opset,
             "quantization": quantize,
@@ -194,13 +196,4 @@ def _special_tokens(pretrained: Pretrained) -> dict[str, dict[str, int]]:
             token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is not None
         }
         for name, tokenizer in pretrained.tokenizers.items()
-    }
-
-
-def _state_sizes(stack: RecurrentStack) -> dict:
-    return {
-        "cell": stack.cell,
-        "num_layers": stack.num_layers,
-        "num_directions": stack.num_directions,
-        "hidden_size": stack.hidden_size,
     }

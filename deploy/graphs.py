@@ -6,7 +6,7 @@ graph and an incremental decoder-step graph.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,6 +32,16 @@ class Graph:
 
     def __post_init__(self):
         self.module.eval()  # a new wrapper starts in training mode, and the exporter restores that mode
+
+
+@dataclass
+class Interface:
+    """A network's graphs and the roles of their tensors (written to ``config.json``, see
+    ``deploy.export_format``): the state carried between calls and the translator's memory."""
+
+    graphs: list[Graph]
+    state: dict = field(default_factory=dict)  # {"inputs": [...], "outputs": [...], "shape": [...]}
+    memory: list[str] = field(default_factory=list)
 
 
 class LanguageModelGraph(nn.Module):
@@ -68,7 +78,7 @@ def _state_names(stack: RecurrentStack, suffix: str = "") -> list[str]:
     return [f"h{suffix}", f"c{suffix}"] if stack.cell == "lstm" else [f"h{suffix}"]
 
 
-def language_model_graphs(network: RNNLanguageModel) -> list[Graph]:
+def language_model_graphs(network: RNNLanguageModel) -> Interface:
     stack = network.rnn
     vocab_size = network.vocab_size
 
@@ -80,10 +90,12 @@ def language_model_graphs(network: RNNLanguageModel) -> list[Graph]:
     inputs, outputs = ["tokens", *_state_names(stack)], ["logits", *_state_names(stack, "_out")]
     axes = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
     axes |= {name: {1: "batch"} for name in inputs[1:] + outputs[1:]}
-    return [Graph("model.onnx", LanguageModelGraph(network), make_inputs, inputs, outputs, axes)]
+    graph = Graph("model.onnx", LanguageModelGraph(network), make_inputs, inputs, outputs, axes)
+    state = {"inputs": inputs[1:], "outputs": outputs[1:], "shape": [stack.num_layers, "batch", stack.hidden_size]}
+    return Interface([graph], state)
 
 
-def classifier_graphs(network: SequenceClassifier) -> list[Graph]:
+def classifier_graphs(network: SequenceClassifier) -> Interface:
     vocab_size = network.embedding.num_embeddings
 
     def make_inputs(batch, time, generator):
@@ -91,7 +103,9 @@ def classifier_graphs(network: SequenceClassifier) -> list[Graph]:
         return tokens, _random_lengths(batch, time, generator)
 
     axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
-    return [Graph("model.onnx", ClassifierGraph(network), make_inputs, ["tokens", "lengths"], ["logits"], axes)]
+    return Interface(
+        [Graph("model.onnx", ClassifierGraph(network), make_inputs, ["tokens", "lengths"], ["logits"], axes)]
+    )
 
 
 class TaggerGraph(nn.Module):
@@ -107,7 +121,7 @@ class TaggerGraph(nn.Module):
         return emissions, self.network.decode(emissions, valid_mask(lengths, tokens.size(1)))
 
 
-def tagger_graphs(network: SequenceTagger) -> list[Graph]:
+def tagger_graphs(network: SequenceTagger) -> Interface:
     vocab_size = network.embedding.num_embeddings
     char_vocab_size = network.chars.embedding.num_embeddings if network.chars is not None else 0
 
@@ -125,7 +139,7 @@ def tagger_graphs(network: SequenceTagger) -> list[Graph]:
     axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "chars": {0: "batch", 1: "time", 2: "width"}}
     axes |= {name: {0: "batch", 1: "time"} for name in ("char_lengths", "emissions", "tags")}
     axes = {name: value for name, value in axes.items() if name in inputs + ["emissions", "tags"]}
-    return [Graph("model.onnx", TaggerGraph(network), make_inputs, inputs, ["emissions", "tags"], axes)]
+    return Interface([Graph("model.onnx", TaggerGraph(network), make_inputs, inputs, ["emissions", "tags"], axes)])
 
 
 # What the decoder step reads from the encoded source, by how the decoder sees it.
@@ -171,7 +185,7 @@ def _tensors(state) -> tuple[torch.Tensor, ...]:
     return state if isinstance(state, tuple) else (state,)
 
 
-def seq2seq_graphs(network: Seq2Seq) -> list[Graph]:
+def seq2seq_graphs(network: Seq2Seq) -> Interface:
     vocab, target_vocab = network.source_embedding.num_embeddings, network.target_embedding.num_embeddings
     memory_names = [MEMORY_NAMES[field] for field in MEMORY_FIELDS[network.context]]
     state_names = ["h", "c"] if network.cell == "lstm" else ["h"]
@@ -195,7 +209,7 @@ def seq2seq_graphs(network: Seq2Seq) -> list[Graph]:
     def axes(names: list[str]) -> dict[str, dict[int, str]]:
         return {name: SEQ2SEQ_AXES[name.removesuffix("_out")] for name in names}
 
-    return [
+    graphs = [
         Graph(
             "encoder.onnx",
             encoder,
@@ -213,6 +227,8 @@ def seq2seq_graphs(network: Seq2Seq) -> list[Graph]:
             axes(decoder_inputs_names + decoder_outputs),
         ),
     ]
+    state = {"inputs": state_names, "outputs": [f"{name}_out" for name in state_names]}
+    return Interface(graphs, state, memory_names)
 
 
 _SOURCE = {0: "batch", 1: "source_time"}
@@ -229,13 +245,4 @@ SEQ2SEQ_AXES = {
     "tokens": {0: "batch"},
     "logits": {0: "batch"},
     "attention": _SOURCE,
-}
-
-
-# The runtime's name for each architecture's task, and how to cut it into graphs.
-TASKS: dict[type[nn.Module], tuple[str, Callable[[nn.Module], list[Graph]]]] = {
-    RNNLanguageModel: ("language_model", language_model_graphs),
-    SequenceClassifier: ("classification", classifier_graphs),
-    Seq2Seq: ("translation", seq2seq_graphs),
-    SequenceTagger: ("tagging", tagger_graphs),
 }

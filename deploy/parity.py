@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import deploy
-from zoo.decoding import beam_search
+from zoo import decoding, tasks
+from zoo.seq2seq import translate_ids
 
 
 def _batches(items: list, size: int):
@@ -28,16 +29,11 @@ def task_parity(folder, network: nn.Module, test, examples: int = 1000, batch_si
     predictor = deploy.load(folder)
     network = network.eval()
     rows = test.select(np.unique(np.linspace(0, len(test) - 1, min(examples, len(test))).astype(int)))
-    run = {
-        "classification": _classification,
-        "tagging": _tagging,
-        "translation": _translation,
-        "language_model": _language_model,
-    }[predictor.task]
+    run = tasks.get(predictor.task).load("parity")
     return {"examples": len(rows), **run(predictor, network, rows, batch_size)}
 
 
-def _classification(predictor, network, rows, batch_size) -> dict:
+def classification_parity(predictor, network, rows, batch_size) -> dict:
     same = onnx_right = torch_right = 0
     for batch in _batches(list(zip(rows["text"], rows["label"], strict=True)), batch_size):
         texts = [text for text, _ in batch]
@@ -54,7 +50,7 @@ def _classification(predictor, network, rows, batch_size) -> dict:
     return {"same_label": same / n, "onnx_accuracy": onnx_right / n, "torch_accuracy": torch_right / n}
 
 
-def _tagging(predictor, network, rows, batch_size) -> dict:
+def tagging_parity(predictor, network, rows, batch_size) -> dict:
     same = total = 0
     for sentences in _batches([words for words in rows["tokens"] if words], batch_size):
         words, feed = predictor.features(sentences)
@@ -68,20 +64,20 @@ def _tagging(predictor, network, rows, batch_size) -> dict:
     return {"same_tag": same / total, "tokens": total}
 
 
-def _translation(predictor, network, rows, batch_size) -> dict:
+def translation_parity(predictor, network, rows, batch_size) -> dict:
     import sacrebleu
 
     source_lang, target_lang = predictor.config["language_pair"].split("-")
     sources, references = rows[source_lang], rows[target_lang]
-    beam = predictor.config["decoding"].get("beam_size", 5)
-    length_penalty = predictor.config["decoding"].get("length_penalty", 1.0)
+    beam = predictor.config["decoding"].get("beam_size", decoding.BEAM_SIZE)
+    length_penalty = predictor.config["decoding"].get("length_penalty", decoding.LENGTH_PENALTY)
     from_onnx, from_torch = [], []
     for texts in _batches(sources, batch_size):
         from_onnx += predictor.translate(texts)
         source, lengths = predictor.encode_sources(texts)
-        ids = beam_search(
+        ids = translate_ids(
             network, torch.from_numpy(source), torch.from_numpy(lengths), predictor.bos, predictor.eos, beam,
-            predictor.config["decoding"].get("max_decode_length"), length_penalty,
+            predictor.config["decoding"].get("max_new_tokens"), length_penalty,
         )  # fmt: skip
         from_torch += predictor.tokenizers["target_tokenizer"].decode_batch(ids)
     same = sum(a == b for a, b in zip(from_onnx, from_torch, strict=True)) / len(sources)
@@ -92,7 +88,7 @@ def _translation(predictor, network, rows, batch_size) -> dict:
     return {"same_translation": same, "onnx_bleu": bleu["onnx"], "torch_bleu": bleu["torch"], "beam_size": beam}
 
 
-def _language_model(predictor, network, rows, batch_size) -> dict:
+def language_model_parity(predictor, network, rows, batch_size) -> dict:
     eos = predictor.special_tokens["tokenizer"]["<eos>"]
     tokenizer = predictor.tokenizers["tokenizer"]
     nll = {"onnx": 0.0, "torch": 0.0}

@@ -30,9 +30,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
-from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Predictor, TooLarge, check_unicode, load
+from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Predictor, TooLarge, load
+from zoo import decoding, tasks
+from zoo.text import check_texts
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +78,28 @@ class TagRequest(BaseModel):
 
 class TranslateRequest(TextsRequest):
     beam_size: int | None = Field(None, ge=1, le=16, description="1 = greedy; default: the model's")
-    max_length: int | None = Field(None, ge=1, le=512, description="target token budget")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=512, description="target token budget (``max_length``: its old name, still accepted)",
+        validation_alias=AliasChoices("max_new_tokens", "max_length"),
+    )  # fmt: skip
 
 
 class GenerateRequest(BaseModel):
     prompts: list[str] = Field(min_length=1, description="texts to continue (may be empty strings)")
-    max_tokens: int = Field(50, ge=1, le=1000)
-    temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False)
+    max_new_tokens: int = Field(
+        decoding.MAX_NEW_TOKENS, ge=1, le=1000, description="(``max_tokens``: its old name, still accepted)",
+        validation_alias=AliasChoices("max_new_tokens", "max_tokens"),
+    )  # fmt: skip
+    temperature: float = Field(decoding.TEMPERATURE, ge=0.0, le=10.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0)
 
 
 @dataclass
 class TaskAPI:
-    """How one task is served: its request schema, which field holds the texts, the predictor call
-    on a batch of texts with shared parameters (and the service's limits), and the response key."""
+    """How one task is served (``zoo.tasks`` names it): its request schema, which field holds the
+    texts, the predictor call on a batch of texts with shared parameters (and the service's limits),
+    and the response key."""
 
     request: type[BaseModel]
     items_field: str
@@ -99,23 +108,25 @@ class TaskAPI:
     allow_empty: bool = False
 
 
-TASK_APIS = {
-    "classification": TaskAPI(TextsRequest, "texts", lambda p, texts, *_: p.classify(texts), "predictions"),
-    "tagging": TaskAPI(TagRequest, "sentences", lambda p, texts, *_: p.tag(texts), "predictions"),
-    "translation": TaskAPI(
-        TranslateRequest,
-        "texts",
-        lambda p, texts, params, limits: p.translate(texts, **params, budget=limits.max_beam_tokens),
-        "translations",
-    ),
-    "language_model": TaskAPI(
-        GenerateRequest,
-        "prompts",
-        lambda p, prompts, params, _: [p.generate(prompt, **params) for prompt in prompts],
-        "generations",
-        allow_empty=True,
-    ),
-}
+CLASSIFICATION_API = TaskAPI(TextsRequest, "texts", lambda p, texts, *_: p.classify(texts), "predictions")
+TAGGING_API = TaskAPI(TagRequest, "sentences", lambda p, texts, *_: p.tag(texts), "predictions")
+TRANSLATION_API = TaskAPI(
+    TranslateRequest,
+    "texts",
+    lambda p, texts, params, limits: p.translate(texts, **params, budget=limits.max_beam_tokens),
+    "translations",
+)
+GENERATION_API = TaskAPI(
+    GenerateRequest,
+    "prompts",
+    lambda p, prompts, params, _: [p.generate(prompt, **params) for prompt in prompts],
+    "generations",
+    allow_empty=True,
+)
+
+
+def task_api(predictor: Predictor) -> TaskAPI:
+    return tasks.get(predictor.task).load("api")
 
 
 class QueueFull(Exception):
@@ -211,7 +222,7 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
         if folder.name in predictors:
             raise ValueError(f"two model folders are named {folder.name!r}")
         predictors[folder.name] = load(folder, threads)
-    apis = {name: TASK_APIS[predictor.task] for name, predictor in predictors.items()}
+    apis = {name: task_api(predictor) for name, predictor in predictors.items()}
     registry = CollectorRegistry()
     requests_total = Counter("rnnzoo_requests", "Prediction requests", ["model", "status"], registry=registry)
     latency = Histogram("rnnzoo_request_seconds", "Prediction latency", ["model"], registry=registry)
@@ -296,7 +307,7 @@ def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: L
             if empty and not api.allow_empty:
                 raise HTTPException(422, f"{api.items_field} {empty} are empty")
             try:
-                check_unicode(items, api.items_field)
+                check_texts(items, api.items_field)
                 results = await asyncio.wait_for(batcher.submit(items, params), limits.request_timeout_s)
             except QueueFull:
                 message = f"model {name!r} is at capacity ({limits.max_queue} queued texts); retry later"

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from datamodules.batching import pad_sequences
 from lightning_modules.data_state import DataStateInCheckpoint
+from zoo import text
 from zoo.classifier import SequenceClassifier
 
 
@@ -61,23 +61,20 @@ class ClassificationTask(DataStateInCheckpoint):
             save_confusion_matrix(matrix.cpu(), self.hparams.labels, folder / "confusion_matrix.png")
 
     def predict_step(self, batch, batch_idx):
-        probabilities = self(batch["input_ids"], batch["lengths"]).softmax(-1)
-        best = probabilities.max(-1)
-        return [
-            {"text": text, "label": self.hparams.labels[i], "probability": round(float(p), 4)}
-            for text, i, p in zip(batch["texts"], best.indices.tolist(), best.values.tolist(), strict=True)
-        ]
+        probabilities = self(batch["input_ids"], batch["lengths"]).float().softmax(-1)
+        return text.labelled(batch["texts"], probabilities.cpu().numpy(), self.hparams.labels)
 
     @torch.no_grad()
     def classify(self, texts: list[str]) -> list[dict]:
-        """Label and probability of raw texts, tokenized (and truncated) as in training."""
-        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
-        empty = [i for i, row in enumerate(ids) if not row]
-        if empty:
-            raise ValueError(f"texts {empty} are empty (no tokens after normalisation)")
-        input_ids, lengths = pad_sequences(ids)
+        """Label and probability of raw texts, encoded by ``zoo.text`` as at every entry point."""
+        ids, lengths = text.pad(text.encode(self.tokenizer, texts), text.pad_id(self.tokenizer))
         self.eval()
-        return self.predict_step({"input_ids": input_ids.to(self.device), "lengths": lengths, "texts": texts}, 0)
+        batch = {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "lengths": torch.from_numpy(lengths),
+            "texts": texts,
+        }
+        return self.predict_step(batch, 0)
 
 
 def save_confusion_matrix(matrix: torch.Tensor, labels: list[str], path: Path) -> None:
@@ -88,13 +85,7 @@ def save_confusion_matrix(matrix: torch.Tensor, labels: list[str], path: Path) -
 
     size = max(4, len(labels) * 0.6)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix.numpy(), cmap="Blues")
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true")
-    ax.set_xticklabels(labels, rotation=45, ha="right")
-    ax.set_yticklabels(labels)
-    for row in range(len(labels)):
-        for col in range(len(labels)):
-            ax.text(col, row, int(matrix[row, col]), ha="center", va="center")
+    MulticlassConfusionMatrix(len(labels)).plot(matrix, ax=ax, labels=labels)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -21,7 +21,9 @@ def generate_main(argv: list[str]) -> None:
     )
     parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`, a zoo entry or a folder")
     parser.add_argument("--prompt", default="", help="text to continue (a new sentence when empty)")
-    parser.add_argument("--max_tokens", type=int, default=50, help="stop after this many new tokens")
+    parser.add_argument(
+        "--max_new_tokens", "--max_tokens", type=int, default=50, help="stop after this many new tokens"
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--num_samples", type=int, default=1)
@@ -31,7 +33,7 @@ def generate_main(argv: list[str]) -> None:
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         try:
-            print(task.generate_text(args.prompt, args.max_tokens, args.temperature, args.top_k, seed))
+            print(task.generate_text(args.prompt, args.max_new_tokens, args.temperature, args.top_k, seed))
         except ValueError as err:
             parser.error(str(err))
 

@@ -5,19 +5,21 @@ import lightning as L
 import torch
 from tokenizers import Tokenizer
 
+from zoo import tasks
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
 class DataStateInCheckpoint(L.LightningModule):
-    """Base for tasks: copies the datamodule's tokenizers, saves them, restores and checks them.
+    """Base for tasks: copies the datamodule's tokenizers, saves them with the task's name
+    (``zoo.tasks``), restores and checks them.
 
-    ``tokenizer_names`` are datamodule attributes (and checkpoint keys); a tagger also has a
+    The task's ``tokenizers`` are datamodule attributes (and checkpoint keys); a tagger also has a
     ``char_tokenizer``, a translator a ``source_tokenizer`` and a ``target_tokenizer``.
     """
 
-    tokenizer_names: tuple[str, ...] = ("tokenizer",)
     checked_hparams: tuple[str, ...] = ("labels",)  # must equal the data's when a checkpoint is loaded
     # The arguments of the zoo architecture in ``self.net``. Each task still calls the architecture
     # with ``**architecture`` spelled out: LightningCLI reads that call to learn the accepted options.
@@ -26,6 +28,10 @@ class DataStateInCheckpoint(L.LightningModule):
     def __init__(self):
         super().__init__()
         self.tokenizer_jsons: dict[str, str] = {}
+
+    @property
+    def tokenizer_names(self) -> tuple[str, ...]:
+        return tasks.of_class(type(self)).tokenizers
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -45,6 +51,7 @@ class DataStateInCheckpoint(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["task"] = tasks.of_class(type(self)).name
         for name in self.tokenizer_names:
             checkpoint[name] = self.tokenizer_jsons.get(name)
 

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from datamodules.streams import IGNORE_INDEX
 from lightning_modules.data_state import DataStateInCheckpoint
+from zoo import decoding, text
 from zoo.language_model import RNNLanguageModel, generate
 from zoo.recurrent import detach_state
+from zoo.text import IGNORE_INDEX
 
 
 class LanguageModelTask(DataStateInCheckpoint):
@@ -124,18 +125,18 @@ class LanguageModelTask(DataStateInCheckpoint):
     def generate_text(
         self,
         prompt: str = "",
-        max_new_tokens: int = 50,
-        temperature: float = 1.0,
+        max_new_tokens: int = decoding.MAX_NEW_TOKENS,
+        temperature: float = decoding.TEMPERATURE,
         top_k: int | None = None,
         seed: int | None = None,
     ) -> str:
-        """Continue ``prompt`` as a new sentence; stops at ``<eos>`` or after ``max_new_tokens``."""
+        """Continue ``prompt`` as a new sentence; stops at ``<eos>`` or after ``max_new_tokens``
+        (``zoo.text`` and ``zoo.decoding``, as at every entry point)."""
         tokenizer = self.tokenizer
-        eos_id = tokenizer.token_to_id("<eos>")
-        prompt_ids = [eos_id] + tokenizer.encode(prompt).ids
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        new_ids = generate(self.net, prompt_ids, max_new_tokens, temperature, top_k, eos_id, generator)
-        return tokenizer.decode(prompt_ids[1:] + new_ids, skip_special_tokens=False)
+        prompt_ids = text.prompt_ids(tokenizer, prompt)
+        eos = text.special_id(tokenizer, text.EOS)
+        new_ids = generate(self.net, prompt_ids, max_new_tokens, temperature, top_k, eos, seed)
+        return text.continuation_text(tokenizer, prompt_ids, new_ids)
 
 
 def rng_states() -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from datamodules.loading import DataError
 from lightning_modules.data_state import NonFiniteLoss
+from zoo import tasks
 
 
 class RnnzooCLI(LightningCLI):
@@ -45,10 +46,11 @@ class RnnzooCLI(LightningCLI):
             pretrained_task = read_config(self._pretrained_folder)["task"]
         except (ZooError, OSError, ValueError) as err:
             raise SystemExit(f"rnnzoo {self.subcommand}: --ckpt_path {path}: {err}") from None
-        task = str(config["model"]["class_path"]).rsplit(".", 1)[-1]
+        task = tasks.get(str(config["model"]["class_path"]).rpartition(".")[2]).name
         if pretrained_task != task:
             raise SystemExit(
-                f"rnnzoo {self.subcommand}: --ckpt_path {path} holds a {pretrained_task}, the config trains a {task}"
+                f"rnnzoo {self.subcommand}: --ckpt_path {path} holds a {pretrained_task} model, "
+                f"the config trains a {task} one"
             )
         data_arguments = config["data"]["init_args"]
         if "tokenizer_from" in data_arguments and data_arguments["tokenizer_from"] is None:

@@ -6,30 +6,21 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.classification import ClassificationTask
 from lightning_modules.data_state import DataStateInCheckpoint
-from lightning_modules.language_model import LanguageModelTask
-from lightning_modules.tagging import TaggingTask
-from lightning_modules.translation import TranslationTask
+from zoo import tasks
 from zoo.hub import resolve
-from zoo.pretrained import load_pretrained, read_config, save_pretrained
-
-TASKS: dict[str, type[DataStateInCheckpoint]] = {
-    cls.__name__: cls for cls in (LanguageModelTask, ClassificationTask, TaggingTask, TranslationTask)
-}
+from zoo.pretrained import load_pretrained, save_pretrained
 
 
-def task_class_of_checkpoint(hyper_parameters: dict) -> type[DataStateInCheckpoint]:
-    """Which task wrote a checkpoint, told by the hyperparameters only that task has."""
-    if "source_vocab_size" in hyper_parameters:
-        return TranslationTask
-    if "char_vocab_size" in hyper_parameters:
-        return TaggingTask
-    if "labels" in hyper_parameters:
-        return ClassificationTask
-    if "vocab_size" in hyper_parameters:
-        return LanguageModelTask
-    raise ValueError(f"not an rnnzoo checkpoint: hyperparameters {sorted(hyper_parameters)} name no task")
+def task_of_checkpoint(checkpoint: dict, ckpt_path) -> tasks.Task:
+    """The task a checkpoint stores (``"task"``); checkpoints written before that was stored name their
+    LightningModule in the hyperparameters LightningCLI saves (``_class_path``)."""
+    name = (
+        checkpoint.get("task") or str(checkpoint.get("hyper_parameters", {}).get("_class_path", "")).rpartition(".")[2]
+    )
+    if not name:
+        raise ValueError(f"{ckpt_path}: not an rnnzoo checkpoint (it names no task)")
+    return tasks.get(name, str(ckpt_path))
 
 
 def read_checkpoint(ckpt_path: str | os.PathLike) -> dict:
@@ -65,7 +56,7 @@ def read_checkpoint(ckpt_path: str | os.PathLike) -> dict:
 
 def load_task_checkpoint(ckpt_path: str | os.PathLike) -> DataStateInCheckpoint:
     """Any rnnzoo task from its ``.ckpt`` (see ``read_checkpoint``)."""
-    task_class = task_class_of_checkpoint(read_checkpoint(ckpt_path).get("hyper_parameters", {}))
+    task_class = task_of_checkpoint(read_checkpoint(ckpt_path), ckpt_path).load("lightning_module")
     return task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
 
 
@@ -81,7 +72,6 @@ def publish(
         out_dir,
         task.net,
         arguments=task.network_arguments,
-        task=type(task).__name__,
         task_arguments=dict(task.hparams),
         tokenizers=dict(task.tokenizer_jsons),
         metrics=metrics,
@@ -97,7 +87,9 @@ def load_task(source: str | os.PathLike, expected: type[DataStateInCheckpoint] |
     else:
         task = task_from_pretrained(source)
     if expected is not None and not isinstance(task, expected):
-        raise ValueError(f"{source} holds a {type(task).__name__}, not a {expected.__name__}")
+        raise ValueError(
+            f"{source} holds a {tasks.of_class(type(task)).name} model, not a {tasks.of_class(expected).name} one"
+        )
     return task
 
 
@@ -105,12 +97,9 @@ def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     """The Lightning task of a pretrained folder (or zoo entry name, URL, ``hf://``; see ``zoo.hub``),
     ready to predict, test or fine-tune."""
     directory = resolve(directory)
-    config = read_config(Path(directory))
-    task_class = TASKS.get(config["task"])
-    if task_class is None:
-        raise ValueError(f"{directory}: unknown task {config['task']!r} (known: {', '.join(TASKS)})")
     pretrained = load_pretrained(directory)
-    task = task_class(**config["task_arguments"])
+    config = pretrained.config
+    task = tasks.get(config["task"]).load("lightning_module")(**config["task_arguments"])
     task.net.load_state_dict(pretrained.network.state_dict())
     task.tokenizer_jsons = {name: tokenizer.to_str() for name, tokenizer in pretrained.tokenizers.items()}
     return task.eval()
@@ -120,8 +109,9 @@ def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.Pat
     """Copy a pretrained folder's weights into ``task`` (built from a config) to fine-tune it."""
     pretrained = load_pretrained(directory)
     config = pretrained.config
-    if config["task"] != type(task).__name__:
-        raise ValueError(f"{directory} holds a {config['task']}, the config builds a {type(task).__name__}")
+    ours = tasks.of_class(type(task)).name
+    if config["task"] != ours:
+        raise ValueError(f"{directory} holds a {config['task']} model, the config builds a {ours} one")
     task.check_trained_on_same_data(config["task_arguments"], str(directory))
     try:
         task.net.load_state_dict(pretrained.network.state_dict())

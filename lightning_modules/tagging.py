@@ -5,8 +5,9 @@ import torch.distributed as dist
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from datamodules.conll import CoNLLDataModule, encode_sentences
+from datamodules.conll import CoNLLDataModule
 from lightning_modules.data_state import DataStateInCheckpoint
+from zoo import text
 from zoo.tagger import SequenceTagger
 
 
@@ -20,8 +21,6 @@ class TaggingTask(DataStateInCheckpoint):
     Validation/test report token accuracy and, for IOB2 tag sets (NER, chunking), the CoNLL
     entity-level precision/recall/F1 computed by seqeval in strict IOB2 mode (per type at test).
     """
-
-    tokenizer_names = ("tokenizer", "char_tokenizer")
 
     def __init__(self, vocab_size: int, labels: list[str], char_vocab_size: int = 0, **architecture):
         """``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
@@ -105,15 +104,11 @@ class TaggingTask(DataStateInCheckpoint):
 
     @torch.no_grad()
     def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
-        """Tags of raw sentences (a string is split on whitespace), encoded as in training."""
-        sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
-        empty = [i for i, words in enumerate(sentences) if not words]
-        if empty:
-            raise ValueError(f"sentences {empty} are empty")
+        """Tags of raw sentences (a string is split on whitespace), encoded by ``zoo.text`` as at every
+        entry point."""
+        sentences = text.split_words(sentences)
         chars = self.get_tokenizer("char_tokenizer") if "char_tokenizer" in self.tokenizer_jsons else None
-        rows = [
-            (ids, word_chars, [0] * len(ids)) for ids, word_chars in encode_sentences(sentences, self.tokenizer, chars)
-        ]
-        batch = {k: v.to(self.device) for k, v in CoNLLDataModule.collate(rows).items()}
+        encoded = text.encode_words(self.tokenizer, chars, sentences)
+        batch = CoNLLDataModule.collate([(ids, word_chars, [0] * len(ids)) for ids, word_chars in encoded])
         self.eval()
-        return self.predict_step({**batch, "words": sentences}, 0)
+        return self.predict_step({**{k: v.to(self.device) for k, v in batch.items()}, "words": sentences}, 0)

@@ -1,8 +1,10 @@
 """Translation task: teacher-forced cross-entropy, perplexity, sacreBLEU and chrF on detokenized output."""
 
+import warnings
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import sacrebleu
 import torch
 import torch.distributed as dist
@@ -10,8 +12,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lightning_modules.data_state import DataStateInCheckpoint
-from zoo.decoding import beam_search, greedy_decode
-from zoo.seq2seq import Seq2Seq
+from zoo import decoding, text
+from zoo.seq2seq import Seq2Seq, translate_ids
 
 
 class TranslationTask(DataStateInCheckpoint):
@@ -25,11 +27,11 @@ class TranslationTask(DataStateInCheckpoint):
         label_smoothing: of the training loss (validation/test loss is plain cross-entropy).
         teacher_forcing: probability of feeding the reference token during training (< 1:
             scheduled sampling).
-        beam_size, length_penalty, max_decode_length: test-time and ``translate`` decoding
-            (``max_decode_length`` None: twice the source length plus 10).
+        beam_size, length_penalty, max_new_tokens: test-time and ``translate`` decoding
+            (``max_new_tokens`` None: twice the source length plus 10; ``max_decode_length`` is its
+            old name, still accepted).
     """
 
-    tokenizer_names = ("source_tokenizer", "target_tokenizer")
     checked_hparams = ("language_pair",)
 
     def __init__(
@@ -39,18 +41,23 @@ class TranslationTask(DataStateInCheckpoint):
         language_pair: str = "",
         label_smoothing: float = 0.0,
         teacher_forcing: float = 1.0,
-        beam_size: int = 5,
-        length_penalty: float = 1.0,
+        beam_size: int = decoding.BEAM_SIZE,
+        length_penalty: float = decoding.LENGTH_PENALTY,
+        max_new_tokens: int | None = None,
         max_decode_length: int | None = None,
         **architecture,
     ):
         """``architecture``: the keyword arguments of ``zoo.Seq2Seq`` (sizes, cell, context, attention...)."""
         super().__init__()
+        if max_decode_length is not None:
+            warnings.warn("max_decode_length is deprecated: use max_new_tokens", DeprecationWarning, stacklevel=2)
+            max_new_tokens = max_new_tokens or max_decode_length
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore="max_decode_length")
+        self.hparams.max_new_tokens = max_new_tokens
         self.network_arguments = {
             "source_vocab_size": source_vocab_size,
             "target_vocab_size": target_vocab_size,
@@ -80,15 +87,13 @@ class TranslationTask(DataStateInCheckpoint):
     def _nll(self, batch, metric: MeanMetric) -> None:
         logits = self(batch["source"], batch["lengths"], batch["target_in"])
         targets = batch["target_out"].flatten()
-        tokens = (targets != -100).sum()
+        tokens = (targets != text.IGNORE_INDEX).sum()
         metric.update(F.cross_entropy(logits.flatten(0, 1), targets), weight=tokens)
 
     def decode(self, source, lengths, beam_size: int) -> list[list[int]]:
         bos, eos = self._special_ids
-        max_length = self.hparams.max_decode_length
-        if beam_size == 1:
-            return greedy_decode(self.net, source, lengths, bos, eos, max_length)
-        return beam_search(self.net, source, lengths, bos, eos, beam_size, max_length, self.hparams.length_penalty)
+        hp = self.hparams
+        return translate_ids(self.net, source, lengths, bos, eos, beam_size, hp.max_new_tokens, hp.length_penalty)
 
     def _translate_batch(self, batch, beam_size: int) -> None:
         tokenizer = self.get_tokenizer("target_tokenizer")
@@ -141,18 +146,10 @@ class TranslationTask(DataStateInCheckpoint):
 
     # -- inference outside the trainer ------------------------------------------------------------
     def encode_sources(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded source ids ``(B, S)`` ending in ``<eos>`` and their lengths; empty texts are refused."""
-        empty = [i for i, text in enumerate(texts) if not text.strip()]
-        if empty:
-            raise ValueError(f"texts {empty} are empty: nothing to translate")
+        """Padded source ids ``(B, S)`` ending in ``<eos>`` and their lengths (``zoo.text``)."""
         tokenizer = self.get_tokenizer("source_tokenizer")
-        eos = tokenizer.token_to_id("<eos>")
-        rows = [encoding.ids + [eos] for encoding in tokenizer.encode_batch(texts)]
-        lengths = torch.tensor([len(row) for row in rows])
-        source = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-        for i, row in enumerate(rows):
-            source[i, : len(row)] = torch.tensor(row)
-        return source.to(self.device), lengths
+        source, lengths = text.pad(text.encode(tokenizer, texts, end=text.EOS), text.pad_id(tokenizer))
+        return torch.from_numpy(source).to(self.device), torch.from_numpy(lengths)
 
     @torch.no_grad()
     def translate(self, texts: list[str], beam_size: int | None = None) -> list[str]:
@@ -163,19 +160,21 @@ class TranslationTask(DataStateInCheckpoint):
         return self.get_tokenizer("target_tokenizer").decode_batch(ids)
 
     @torch.no_grad()
-    def plot_attention(self, text: str, path: str | Path) -> str:
-        """Greedy-translate ``text`` and save its attention weights (source x target) as a PNG."""
+    def plot_attention(self, source_text: str, path: str | Path) -> str:
+        """Greedy-translate ``source_text`` and save its attention weights (source x target) as a PNG."""
         if self.net.attention is None:
             raise ValueError("this model has no attention (context is not 'attention')")
         self.eval()
-        source, lengths = self.encode_sources([text])
+        source, lengths = self.encode_sources([source_text])
         bos, eos = self._special_ids
-        (hypothesis,), (weights,) = greedy_decode(
-            self.net, source, lengths, bos, eos, self.hparams.max_decode_length, return_attention=True
+        steps: list = []
+        (hypothesis,) = translate_ids(
+            self.net, source, lengths, bos, eos, 1, self.hparams.max_new_tokens, attention=steps
         )
+        weights = torch.from_numpy(np.stack([step[0] for step in steps])[: len(hypothesis) + 1])
         source_tokens = [self.get_tokenizer("source_tokenizer").id_to_token(i) for i in source[0].tolist()]
         target = self.get_tokenizer("target_tokenizer")
-        target_tokens = [target.id_to_token(i) for i in hypothesis] + ["<eos>"]
+        target_tokens = [target.id_to_token(i) for i in hypothesis] + [text.EOS]
         save_attention_heatmap(weights[: len(target_tokens)], source_tokens, target_tokens[: len(weights)], path)
         return target.decode(hypothesis)
 

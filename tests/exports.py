@@ -19,7 +19,7 @@ def export_fixtures(root: Path) -> dict[str, Path]:
 
     from datamodules.tokenization import fit_char_tokenizer
     from deploy.export import export
-    from tests.test_deploy import WORDS, pretrained_folder, translation_tokenizer, word_tokenizer
+    from tests.conftest import WORDS, pretrained_folder, translation_tokenizer, word_tokenizer
     from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
     from zoo.pretrained import save_pretrained
 
@@ -39,8 +39,7 @@ def export_fixtures(root: Path) -> dict[str, Path]:
         sources / "s2s",
         Seq2Seq(**arguments),
         arguments=arguments,
-        task="TranslationTask",
-        task_arguments={"beam_size": 2, "max_decode_length": 8},
+        task_arguments={"beam_size": 2, "max_new_tokens": 8},
         tokenizers={"source_tokenizer": translation_tokenizer(), "target_tokenizer": translation_tokenizer()},
     )
     export(folder, folders["translator"])
@@ -52,7 +51,6 @@ def export_fixtures(root: Path) -> dict[str, Path]:
         sources / "tag",
         SequenceTagger(**arguments),
         arguments=arguments,
-        task="TaggingTask",
         task_arguments={"labels": arguments["labels"]},
         tokenizers={"tokenizer": word_tokenizer(), "char_tokenizer": char_tokenizer.to_str()},
     )

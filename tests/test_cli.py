@@ -1,39 +1,15 @@
 """End-to-end: the `rnnzoo` command on the first rows of the real Penn Treebank."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer
 
-from tests.conftest import REPO, shared_dataset
+from tests.conftest import PTB_CONFIG, QUICK, REPO, rnnzoo, shared_dataset
 from zoo.pretrained import load_pretrained
-
-CONFIG = REPO / "zoo" / "configs" / "ptb_lstm_small.yaml"
-QUICK = (
-    "--data.max_samples 200 --trainer.enable_progress_bar false "
-    "--model.init_args.hidden_size 32 --model.init_args.embedding_dim 32"
-).split()
-
-
-def rnnzoo(cwd: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "rnnzoo"), *args]
-    result = subprocess.run(
-        command,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def global_step(checkpoint: Path) -> int:
@@ -41,7 +17,7 @@ def global_step(checkpoint: Path) -> int:
 
 
 def fit(cwd: Path, ptb_dir: Path, extra: str) -> None:
-    rnnzoo(cwd, "fit", "--config", str(CONFIG), "--data.data_dir", str(ptb_dir), *QUICK, *extra.split())
+    rnnzoo(cwd, "fit", "--config", str(PTB_CONFIG), "--data.data_dir", str(ptb_dir), *QUICK, *extra.split())
 
 
 def test_fit_test_resume_and_generate(tmp_path, ptb_dir):
@@ -51,7 +27,7 @@ def test_fit_test_resume_and_generate(tmp_path, ptb_dir):
     assert len(list(checkpoints.glob("epoch=*-val_ppl=*.ckpt"))) == 1
 
     tested = rnnzoo(
-        tmp_path, "test", "--config", str(CONFIG), "--data.data_dir", str(ptb_dir), *QUICK, "--ckpt_path", "best"
+        tmp_path, "test", "--config", str(PTB_CONFIG), "--data.data_dir", str(ptb_dir), *QUICK, "--ckpt_path", "best"
     )
     assert "test_ppl" in tested.stdout and "best checkpoint:" in tested.stdout
 
@@ -65,7 +41,7 @@ def test_fit_test_resume_and_generate(tmp_path, ptb_dir):
         "--ckpt",
         str(checkpoints / "last.ckpt"),
         *prompt,
-        *"--max_tokens 8 --top_k 10 --seed 0 --num_samples 2".split(),
+        *"--max_new_tokens 8 --top_k 10 --seed 0 --num_samples 2".split(),
     )
     lines = sampled.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("the company") for line in lines)
@@ -88,7 +64,7 @@ def test_offline_without_data_dir_says_how_to_train_offline(tmp_path):
         tmp_path,
         "fit",
         "--config",
-        str(CONFIG),
+        str(PTB_CONFIG),
         "--trainer.max_steps",
         "1",
         env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
@@ -99,7 +75,9 @@ def test_offline_without_data_dir_says_how_to_train_offline(tmp_path):
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
-    result = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--data.data_dir", str(tmp_path / "nope"), check=False)
+    result = rnnzoo(
+        tmp_path, "fit", "--config", str(PTB_CONFIG), "--data.data_dir", str(tmp_path / "nope"), check=False
+    )
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -110,7 +88,9 @@ def test_generate_needs_an_existing_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("argument", ["--data.init_args.bptt"])
 def test_bad_config_value_is_reported(tmp_path, argument):
-    result = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--data.data_dir", "unused", argument, "0", check=False)
+    result = rnnzoo(
+        tmp_path, "fit", "--config", str(PTB_CONFIG), "--data.data_dir", "unused", argument, "0", check=False
+    )
     assert result.returncode != 0 and "bptt must be >= 1" in result.stderr
 
 
@@ -138,7 +118,7 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     files = {p.name for p in published.iterdir()}
     assert files == {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "entry.json"}
     entry = json.loads((published / "entry.json").read_text())
-    assert entry["name"] == "imdb-tiny" and entry["task"] == "ClassificationTask" and len(entry["files"]) == 4
+    assert entry["name"] == "imdb-tiny" and entry["task"] == "classification" and len(entry["files"]) == 4
     assert json.loads((published / "metrics.json").read_text())["metrics"] == {"test_acc": 0.5}
     from_folder = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", str(published))
     assert "test_acc" in from_folder.stdout
@@ -165,7 +145,7 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     for name, tensor in load_pretrained(published).network.state_dict().items():
         torch.testing.assert_close(checkpoint["state_dict"][f"net.{name}"], tensor, rtol=0, atol=0)
     tagger = rnnzoo(tuned, "fit", *other_rows, *steps, "--ckpt_path", "conll-bilstm-crf", check=False)
-    assert tagger.returncode != 0 and "holds a TaggingTask, the config trains a ClassificationTask" in tagger.stderr
+    assert tagger.returncode != 0 and "holds a tagging model, the config trains a classification one" in tagger.stderr
 
 
 def test_conll_fit_test_and_tag_raw_sentences(tmp_path):

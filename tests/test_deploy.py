@@ -7,39 +7,19 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers.models import WordLevel
+from tokenizers import Tokenizer
 
 import deploy
 from datamodules.tokenization import fit_char_tokenizer
 from deploy.export import ExportError, export, verify
 from deploy.graphs import classifier_graphs
-from tests.conftest import REPO
+from tests.conftest import REPO, WORDS, pretrained_folder, translation_tokenizer, word_tokenizer
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger, generate
-from zoo.decoding import beam_search, greedy_decode
 from zoo.hub import ZooError
 from zoo.pretrained import save_pretrained
+from zoo.seq2seq import translate_ids
 
-WORDS = [f"w{i}" for i in range(20)]
 ONNX_OP = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-
-
-def word_tokenizer() -> str:
-    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<eos>", *WORDS])}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return tokenizer.to_str()
-
-
-def pretrained_folder(path, network, arguments, task_arguments=None):
-    return save_pretrained(
-        path,
-        network,
-        arguments=arguments,
-        task="Task",
-        task_arguments=task_arguments or {},
-        tokenizers={"tokenizer": word_tokenizer()},
-    )
 
 
 def ops(path) -> set[str]:
@@ -54,16 +34,29 @@ def test_language_model_exports_a_fused_op_and_generates_like_torch(tmp_path, ce
     config = export(pretrained_folder(tmp_path / "lm", network, arguments), tmp_path / "onnx")
     graph_ops = ops(tmp_path / "onnx" / "model.onnx")
     assert ONNX_OP[cell] in graph_ops and "Loop" not in graph_ops
-    assert config["verification"]["model.onnx"]["max_abs_diff"] <= 1e-4
-    assert config["state"] == {"rnn": {"cell": cell, "num_layers": 2, "num_directions": 1, "hidden_size": 8}}
+    names = ["h", "c"] if cell == "lstm" else ["h"]
+    assert config["state"] == {"inputs": names, "outputs": [f"{n}_out" for n in names], "shape": [2, "batch", 8]}
 
     predictor = deploy.load(tmp_path / "onnx")
+    # fresh tokens from a non-zero state: onnxruntime's logits and carried state are the network's
+    generator = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, 23, (3, 11), generator=generator)
+    initial = [torch.randn(2, 3, 8, generator=generator) for _ in names]
+    with torch.no_grad():
+        logits, final = network(tokens, tuple(initial) if cell == "lstm" else initial[0])
+    feed = {name: value.numpy() for name, value in zip(names, initial, strict=True)}
+    onnx_logits, onnx_state = predictor.step(tokens.numpy(), feed)
+    np.testing.assert_allclose(onnx_logits, logits.numpy(), atol=1e-5)
+    final = final if cell == "lstm" else (final,)
+    assert list(onnx_state) == names
+    for name, value in zip(names, final, strict=True):
+        np.testing.assert_allclose(onnx_state[name], value.numpy(), atol=1e-5)
     prompt = "w1 w2 w3"
     tokenizer = Tokenizer.from_str(word_tokenizer())
     prompt_ids = [2] + tokenizer.encode(prompt).ids
     expected = generate(network, prompt_ids, max_new_tokens=12, temperature=0, eos_id=2)
-    assert predictor.generate(prompt, max_tokens=12, temperature=0) == tokenizer.decode(prompt_ids[1:] + expected)
-    sampled = predictor.generate(prompt, max_tokens=5, temperature=1.0, top_k=3, seed=0)
+    assert predictor.generate(prompt, max_new_tokens=12, temperature=0) == tokenizer.decode(prompt_ids[1:] + expected)
+    sampled = predictor.generate(prompt, max_new_tokens=5, temperature=1.0, top_k=3, seed=0)
     assert sampled.startswith(prompt) and sampled == predictor.generate(prompt, 5, 1.0, 3, seed=0)
 
 
@@ -102,7 +95,8 @@ def test_runtime_never_imports_torch(tmp_path):
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
         "import deploy, json\n"
         f"print(json.dumps(deploy.load({str(tmp_path / 'onnx')!r}).classify(['w1 w2', 'w3'])))\n"
-        "assert 'lightning' not in sys.modules and 'zoo' not in sys.modules\n"
+        "assert 'lightning' not in sys.modules and 'datasets' not in sys.modules\n"
+        "assert {m for m in sys.modules if m.startswith('zoo.')} <= {'zoo.tasks', 'zoo.text', 'zoo.decoding'}\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -113,9 +107,27 @@ def test_a_graph_that_disagrees_with_torch_fails_verification(tmp_path):
     torch.manual_seed(0)
     arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 4, "hidden_size": 4}
     export(pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments), tmp_path / "onnx")
-    other = classifier_graphs(SequenceClassifier(**arguments).eval())[0]  # other weights, same shapes
+    other = classifier_graphs(SequenceClassifier(**arguments).eval()).graphs[0]  # other weights, same shapes
     with pytest.raises(ExportError, match="differ by"):
         verify(other, tmp_path / "onnx" / "model.onnx", tolerance=1e-4)
+
+
+def test_a_tolerance_the_graph_cannot_meet_refuses_the_export_and_changes_nothing(tmp_path):
+    torch.manual_seed(0)
+    arguments = {"vocab_size": 23, "embedding_dim": 16, "hidden_size": 16, "num_layers": 2, "cell": "lstm"}
+    folder = pretrained_folder(tmp_path / "lm", RNNLanguageModel(**arguments), arguments)
+    refused = r"model.onnx: onnxruntime and PyTorch differ by \S+ on logits \(batch \d+, time \d+\); tolerance 1e-12"
+    with pytest.raises(ExportError, match=refused):
+        export(folder, tmp_path / "onnx", tolerance=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]  # no folder, no staging left
+
+    config = export(folder, tmp_path / "onnx")  # the default tolerance is met
+    assert config["verification"]["model.onnx"]["tolerance"] == 1e-4
+    written = {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()}
+    with pytest.raises(ExportError, match=refused):
+        export(folder, tmp_path / "onnx", tolerance=1e-12)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()} == written  # the earlier export stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm", "onnx"]
 
 
 def test_failed_export_writes_nothing(tmp_path, monkeypatch):
@@ -157,13 +169,6 @@ def test_int8_quantization(tmp_path, cell, integer_op):
     np.testing.assert_allclose(quantized_logits, logits, atol=0.5)
 
 
-def translation_tokenizer() -> str:
-    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *WORDS])}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return tokenizer.to_str()
-
-
 SEQ2SEQ_VARIANTS = {
     "bahdanau-gru": {"context": "attention", "attention": "bahdanau", "cell": "gru"},
     "luong-feeding-lstm": {"context": "attention", "attention": "general", "input_feeding": True, "cell": "lstm"},
@@ -183,8 +188,7 @@ def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path
         tmp_path / "s2s",
         network,
         arguments=arguments,
-        task="TranslationTask",
-        task_arguments={"beam_size": 3, "length_penalty": 1.0, "max_decode_length": 12},
+        task_arguments={"beam_size": 3, "length_penalty": 1.0, "max_new_tokens": 12},
         tokenizers=tokenizers,
     )
     config = export(folder, tmp_path / "onnx")
@@ -197,10 +201,7 @@ def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path
     source, lengths = predictor.encode_sources(texts)
     tokenizer = Tokenizer.from_str(translation_tokenizer())
     for beam in (1, 3):
-        if beam == 1:
-            expected = greedy_decode(network, torch.from_numpy(source), torch.from_numpy(lengths), 2, 3, 12)
-        else:
-            expected = beam_search(network, torch.from_numpy(source), torch.from_numpy(lengths), 2, 3, beam, 12)
+        expected = translate_ids(network, torch.from_numpy(source), torch.from_numpy(lengths), 2, 3, beam, 12)
         assert predictor.translate(texts, beam_size=beam) == tokenizer.decode_batch(expected)
     with pytest.raises(ValueError, match="empty"):
         predictor.translate(["w1", "  "])
@@ -224,7 +225,6 @@ def test_tagger_exports_viterbi_in_the_graph_and_tags_like_torch(tmp_path, outpu
         tmp_path / "tagger",
         network,
         arguments=arguments,
-        task="TaggingTask",
         task_arguments={"labels": labels},
         tokenizers=tokenizers,
     )

@@ -12,8 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.test_pretrained import tokenizer_json
+from tests.conftest import REPO, tokenizer_json
 from zoo import SequenceClassifier, hub
 from zoo.hub import ZooError, from_pretrained, write_entry
 from zoo.pretrained import save_pretrained
@@ -40,7 +39,6 @@ def save_classifier(folder, arguments: dict, **options):
         folder,
         SequenceClassifier(**arguments),
         arguments=arguments,
-        task="ClassificationTask",
         task_arguments={"labels": ["neg", "pos"]},
         tokenizers={"tokenizer": tokenizer_json()},
         **options,

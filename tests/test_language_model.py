@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
-from zoo import RNNLanguageModel, create_model, generate, list_models, sample_next
+from zoo import RNNLanguageModel, create_model, generate, list_models
+from zoo.decoding import sample
 
 V = 50
 
@@ -54,16 +56,16 @@ def test_generate_stops_at_eos_and_at_max_length():
 def test_sampling_is_seeded_and_top_k_one_is_greedy():
     torch.manual_seed(0)
     model = RNNLanguageModel(V, embedding_dim=8, hidden_size=8)
-    draws = [generate(model, [1], 20, 1.0, None, None, torch.Generator().manual_seed(7)) for _ in range(2)]
+    draws = [generate(model, [1], 20, 1.0, None, None, seed=7) for _ in range(2)]
     assert draws[0] == draws[1] and len(set(draws[0])) > 1
     greedy = generate(model, [1], 20, temperature=0)
     assert generate(model, [1], 20, temperature=1.0, top_k=1) == greedy
 
 
 def test_top_k_only_draws_from_the_k_best():
-    logits = torch.tensor([5.0, 4.0, 3.0, -1.0, -2.0])
-    generator = torch.Generator().manual_seed(0)
-    assert {sample_next(logits, 5.0, top_k=2, generator=generator) for _ in range(200)} == {0, 1}
+    logits = np.array([5.0, 4.0, 3.0, -1.0, -2.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    assert {sample(logits, 5.0, top_k=2, rng=rng) for _ in range(200)} == {0, 1}
 
 
 def test_generation_arguments_are_checked():

@@ -3,9 +3,8 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
 
+from tests.conftest import tokenizer_json
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
 from zoo.pretrained import WEIGHTS_FILE, load_pretrained, save_pretrained
 
@@ -15,12 +14,8 @@ TINY = {
     SequenceTagger: {"vocab_size": 20, "labels": ["O", "B-X", "I-X"], "embedding_dim": 8, "hidden_size": 6,
                      "char_vocab_size": 10, "char_embedding_dim": 4, "char_hidden_size": 3},
     Seq2Seq: {"source_vocab_size": 20, "target_vocab_size": 18, "embedding_dim": 8, "hidden_size": 6,
-              "context": "attention", "attention": "bahdanau", "tie_embeddings": True},
+              "context": "attention", "attention": "bahdanau", "tie_weights": True},
 }  # fmt: skip
-
-
-def tokenizer_json() -> str:
-    return Tokenizer(WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")).to_str()
 
 
 def save(directory, network, arguments, **options):
@@ -28,7 +23,6 @@ def save(directory, network, arguments, **options):
         directory,
         network,
         arguments=arguments,
-        task="SomeTask",
         task_arguments={"lr": 1},
         tokenizers={"tokenizer": tokenizer_json()},
         **options,

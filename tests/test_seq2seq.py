@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
+from zoo import decoding
 from zoo.attention import Attention
-from zoo.decoding import beam_search, greedy_decode
-from zoo.seq2seq import Seq2Seq
+from zoo.seq2seq import Seq2Seq, translate_ids
 
 BOS, EOS = 2, 3
 VOCAB = 11
@@ -62,16 +63,28 @@ def test_teacher_forced_logits_match_step_by_step_and_ignore_padding(variant):
 def test_beam_of_one_is_greedy(variant):
     net = model(**variant)
     source, lengths = batch()
-    assert beam_search(net, source, lengths, BOS, EOS, beam_size=1) == greedy_decode(net, source, lengths, BOS, EOS)
+    greedy = translate_ids(net, source, lengths, BOS, EOS, beam_size=1)
+    memory, state = net.encode(source, lengths)
+
+    def step(tokens, state):
+        logits, state, _ = net.decode_step(torch.from_numpy(tokens), state, memory)
+        return logits.numpy(), state
+
+    def select(state, rows):
+        return net.select(state, torch.from_numpy(rows))
+
+    with torch.no_grad():
+        beam = decoding.beam_search(step, select, state, len(source), 1, BOS, EOS, 2 * int(lengths.max()) + 10)
+    assert beam == greedy
 
 
 @pytest.mark.parametrize("variant", VARIANTS[2:], ids=lambda v: "-".join(map(str, v.values())))
 def test_batched_beam_equals_beam_per_sentence(variant):
     net = model(**variant)
     source, lengths = batch(1)
-    together = beam_search(net, source, lengths, BOS, EOS, beam_size=4, max_length=12)
+    together = translate_ids(net, source, lengths, BOS, EOS, beam_size=4, max_new_tokens=12)
     for b, n in enumerate(lengths.tolist()):
-        alone = beam_search(net, source[b : b + 1, :n], lengths[b : b + 1], BOS, EOS, beam_size=4, max_length=12)
+        alone = translate_ids(net, source[b : b + 1, :n], lengths[b : b + 1], BOS, EOS, beam_size=4, max_new_tokens=12)
         assert alone[0] == together[b]
 
 
@@ -87,8 +100,8 @@ def test_beam_scores_at_least_greedy():
         ids = hypothesis + [EOS]
         return float(logits[torch.arange(len(ids)), torch.tensor(ids)].sum()) / len(ids)
 
-    greedy = greedy_decode(net, source, lengths, BOS, EOS, max_length=40)
-    beam = beam_search(net, source, lengths, BOS, EOS, beam_size=5, max_length=40)
+    greedy = translate_ids(net, source, lengths, BOS, EOS, beam_size=1, max_new_tokens=40)
+    beam = translate_ids(net, source, lengths, BOS, EOS, beam_size=5, max_new_tokens=40)
     for b in range(4):
         if len(greedy[b]) < 40:  # finished hypotheses only
             assert log_prob(b, beam[b]) >= log_prob(b, greedy[b]) - 1e-5
@@ -97,24 +110,31 @@ def test_beam_scores_at_least_greedy():
 def test_greedy_returns_attention_maps():
     net = model(**VARIANTS[2])
     source, lengths = batch()
-    hypotheses, maps = greedy_decode(net, source, lengths, BOS, EOS, max_length=9, return_attention=True)
+    steps = []
+    hypotheses = translate_ids(net, source, lengths, BOS, EOS, beam_size=1, max_new_tokens=9, attention=steps)
+    maps = torch.from_numpy(np.stack(steps, 1))  # (B, steps, S)
+    assert maps.shape[:2] == (len(hypotheses), max(min(len(h) + 1, 9) for h in hypotheses))
     for hypothesis, weights, n in zip(hypotheses, maps, lengths.tolist(), strict=True):
-        assert weights.shape == (min(len(hypothesis) + 1, 9), n)
-        torch.testing.assert_close(weights.sum(-1), torch.ones(len(weights)))
+        valid = weights[: min(len(hypothesis) + 1, 9)]
+        torch.testing.assert_close(valid.sum(-1), torch.ones(len(valid)))
+        assert not valid[:, n:].any()  # no weight on padding
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="beam_size"):
-        beam_search(model(), *batch(), BOS, EOS, beam_size=0)
+        translate_ids(model(), *batch(), BOS, EOS, beam_size=0)
     with pytest.raises(ValueError, match="input_feeding"):
         Seq2Seq(VOCAB, VOCAB, attention="bahdanau", input_feeding=True)
     with pytest.raises(ValueError, match="context"):
         Seq2Seq(VOCAB, VOCAB, context="sometimes")
 
 
-def test_tied_embeddings_share_the_matrix():
-    net = Seq2Seq(VOCAB, VOCAB, embedding_dim=8, hidden_size=6, tie_embeddings=True)
+def test_tied_weights_share_the_matrix_and_the_old_name_still_works():
+    net = Seq2Seq(VOCAB, VOCAB, embedding_dim=8, hidden_size=6, tie_weights=True)
     assert net.output.weight is net.target_embedding.weight
+    with pytest.warns(DeprecationWarning, match="use tie_weights"):
+        old = Seq2Seq(VOCAB, VOCAB, embedding_dim=8, hidden_size=6, tie_embeddings=True)
+    assert old.output.weight is old.target_embedding.weight
 
 
 def test_scheduled_sampling_feeds_own_predictions():

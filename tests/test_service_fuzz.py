@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy.runtime import load
-from deploy.service import TASK_APIS, Limits, create_app
+from deploy.service import Limits, create_app
 from tests.exports import exported_models
+from zoo import tasks
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WORDS = [f"w{i}" for i in range(20)]
@@ -39,9 +40,9 @@ def number(low: int, high: int):
 GOOD_PARAMETERS = {
     "sentiment": {},
     "tagger": {},
-    "translator": {"beam_size": st.integers(1, 16), "max_length": st.integers(1, 64)},
+    "translator": {"beam_size": st.integers(1, 16), "max_new_tokens": st.integers(1, 64)},
     "lm": {
-        "max_tokens": st.integers(1, 30),
+        "max_new_tokens": st.integers(1, 30),
         "temperature": st.one_of(st.floats(0, 10), st.just(1e-300)),
         "top_k": st.none() | st.integers(1, 40),
         "seed": st.none() | st.integers(0, 2**70),
@@ -50,9 +51,9 @@ GOOD_PARAMETERS = {
 ANY_PARAMETERS = {
     "sentiment": {},
     "tagger": {},
-    "translator": {"beam_size": number(1, 16), "max_length": number(1, 512)},
+    "translator": {"beam_size": number(1, 16), "max_new_tokens": number(1, 512)},
     "lm": {
-        "max_tokens": number(1, 1000),
+        "max_new_tokens": number(1, 1000),
         "temperature": st.one_of(st.floats(allow_nan=True, allow_infinity=True), anything),
         "top_k": number(1, 30),
         "seed": number(0, 2**70),
@@ -62,7 +63,7 @@ ANY_PARAMETERS = {
 
 def bodies(name: str):
     """Well-formed requests with arbitrary texts, malformed ones, and bytes that are not JSON."""
-    field = TASK_APIS[TASKS[name]].items_field
+    field = tasks.get(TASKS[name]).load("api").items_field
     well_formed = st.fixed_dictionaries(
         {field: st.lists(texts, min_size=1, max_size=8)}, optional=GOOD_PARAMETERS[name]
     )
@@ -92,8 +93,8 @@ def test_requests_get_an_answer_or_a_4xx(client, name):
         answer = response.json()
         if response.status_code == 200:
             request = json.loads(body)
-            field = TASK_APIS[TASKS[name]].items_field
-            assert len(answer[TASK_APIS[TASKS[name]].response_key]) == len(request[field])
+            field = tasks.get(TASKS[name]).load("api").items_field
+            assert len(answer[tasks.get(TASKS[name]).load("api").response_key]) == len(request[field])
         else:
             assert answer["detail"]
 

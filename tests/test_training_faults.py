@@ -7,14 +7,22 @@ import math
 import torch
 
 from lightning_modules.pretrained import read_checkpoint
-from tests.conftest import REPO
-from tests.test_cli import CONFIG, QUICK, rnnzoo
+from tests.conftest import PTB_CONFIG, QUICK, REPO, rnnzoo
 
 STEP_CHECKPOINTS = (
     "--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.dirpath checkpoints/ptb_lstm_small "
     "--trainer.callbacks.every_n_train_steps 3 --trainer.callbacks.save_top_k 0 --trainer.callbacks.save_last true"
 ).split()
-FIT = ["fit", "--config", str(CONFIG), *QUICK, "--trainer.limit_val_batches", "3", "--model.init_args.dropout", "0.3"]
+FIT = [
+    "fit",
+    "--config",
+    str(PTB_CONFIG),
+    *QUICK,
+    "--trainer.limit_val_batches",
+    "3",
+    "--model.init_args.dropout",
+    "0.3",
+]
 
 
 def fit(cwd, ptb_dir, *extra, check=True):

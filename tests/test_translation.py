@@ -65,7 +65,14 @@ def test_tokenizers_from_a_pretrained_model_replace_fitting(tmp_path):
     pretrained.mkdir()
     fitted = datamodule(data)
     (pretrained / "config.json").write_text(
-        json.dumps({"format_version": 1, "tokenizers": {"source_tokenizer": "s.json", "target_tokenizer": "t.json"}})
+        json.dumps(
+            {
+                "format_version": 2,
+                "task": "translation",
+                "task_arguments": {},
+                "tokenizers": {"source_tokenizer": "s.json", "target_tokenizer": "t.json"},
+            }
+        )
     )
     fitted.target_tokenizer.save(str(pretrained / "s.json"))  # swapped sides: visibly not fitted anew
     fitted.source_tokenizer.save(str(pretrained / "t.json"))

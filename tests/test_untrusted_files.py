@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from deploy.export import export
-from tests.conftest import REPO, shared_dataset
-from tests.test_cli import CONFIG, rnnzoo
-from tests.test_deploy import pretrained_folder
+from tests.conftest import PTB_CONFIG, REPO, pretrained_folder, rnnzoo, shared_dataset
 from zoo import SequenceClassifier
 from zoo.pretrained import save_pretrained
 
@@ -43,7 +41,7 @@ def crafted(tmp_path):
         ["generate", "--ckpt", "{ckpt}"],
         ["translate", "--ckpt", "{ckpt}", "--text", "ein Hund"],
         ["zoo", "publish", "{ckpt}", "--out", "out"],
-        ["test", "--config", str(CONFIG), "--data.data_dir", "{ptb}", "--ckpt_path", "{ckpt}"],
+        ["test", "--config", str(PTB_CONFIG), "--data.data_dir", "{ptb}", "--ckpt_path", "{ckpt}"],
     ],
     ids=lambda command: command[0] if command[0] != "zoo" else "publish",
 )
@@ -58,7 +56,7 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, crafted, command):
 
 def test_remote_checkpoints_are_refused(tmp_path):
     url = "http://127.0.0.1:9/run/last.ckpt"  # nothing listens: a refusal, not a failed download
-    fitted = rnnzoo(tmp_path, "fit", "--config", str(CONFIG), "--ckpt_path", url, check=False)
+    fitted = rnnzoo(tmp_path, "fit", "--config", str(PTB_CONFIG), "--ckpt_path", url, check=False)
     assert fitted.returncode != 0 and "remote .ckpt files are not loaded" in fitted.stderr
     generated = rnnzoo(tmp_path, "generate", "--ckpt", url, check=False)
     assert generated.returncode == 2 and "remote .ckpt files are not loaded" in generated.stderr
@@ -115,7 +113,6 @@ def test_an_earlier_rnnzoo_folder_is_replaced_whole(tmp_path, classifier):
         tmp_path / "clf2",
         SequenceClassifier(**ARGUMENTS),
         arguments=ARGUMENTS,
-        task="Task",
         task_arguments={"labels": ["a", "b"]},
         tokenizers={"tokenizer": (classifier / "tokenizer.json").read_text()},
     )

@@ -1,33 +1,38 @@
-"""rnnzoo's model zoo: recurrent architectures in pure PyTorch and their registry."""
+"""rnnzoo's model zoo: recurrent architectures in pure PyTorch and their registry.
 
-from zoo.cells import GatedCell, JordanCell
-from zoo.classifier import SequenceClassifier
-from zoo.crf import CRF, bio_constraints
-from zoo.dropout import LockedDropout
-from zoo.hub import from_pretrained
-from zoo.language_model import RNNLanguageModel, generate, sample_next
-from zoo.recurrent import CELLS, RecurrentStack, detach_state
-from zoo.registry import create_model, list_models, model_config
-from zoo.seq2seq import Seq2Seq
-from zoo.tagger import SequenceTagger
+Names are imported on first use, so that the torch-free parts (``zoo.tasks``, ``zoo.text``,
+``zoo.decoding``) load without torch in the runtime's base install.
+"""
 
-__all__ = [
-    "CELLS",
-    "CRF",
-    "Seq2Seq",
-    "SequenceClassifier",
-    "SequenceTagger",
-    "bio_constraints",
-    "GatedCell",
-    "JordanCell",
-    "LockedDropout",
-    "RNNLanguageModel",
-    "RecurrentStack",
-    "create_model",
-    "detach_state",
-    "from_pretrained",
-    "generate",
-    "list_models",
-    "model_config",
-    "sample_next",
-]
+import importlib
+
+_MODULE_OF = {
+    "GatedCell": "zoo.cells",
+    "JordanCell": "zoo.cells",
+    "SequenceClassifier": "zoo.classifier",
+    "CRF": "zoo.crf",
+    "bio_constraints": "zoo.crf",
+    "LockedDropout": "zoo.dropout",
+    "from_pretrained": "zoo.hub",
+    "RNNLanguageModel": "zoo.language_model",
+    "generate": "zoo.language_model",
+    "CELLS": "zoo.recurrent",
+    "RecurrentStack": "zoo.recurrent",
+    "detach_state": "zoo.recurrent",
+    "create_model": "zoo.registry",
+    "list_models": "zoo.registry",
+    "model_config": "zoo.registry",
+    "Seq2Seq": "zoo.seq2seq",
+    "SequenceTagger": "zoo.tagger",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name]), name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

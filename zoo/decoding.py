@@ -1,115 +1,171 @@
-"""Greedy and batched beam-search decoding for ``zoo.Seq2Seq``, one ``decode_step`` at a time."""
+"""Decoding loops — greedy, beam search, sampling — in numpy, shared by PyTorch and onnxruntime.
 
-import torch
+A loop only sees a ``step`` function (token ids and a state -> numpy logits and the next state) and,
+for beam search, a ``select`` function (a state -> the state of some of its rows); the network
+behind them is a ``zoo`` module (``zoo.seq2seq.translate_ids``, ``zoo.language_model.generate``) or
+an ONNX graph (``deploy.runtime``). One loop means one set of defaults and one result for a model
+whichever way it runs.
+"""
 
-from zoo.seq2seq import Seq2Seq
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+BEAM_SIZE = 5
+LENGTH_PENALTY = 1.0  # hypotheses are ranked by log p / length ** LENGTH_PENALTY
+MAX_NEW_TOKENS = 50  # a language model's continuation
+TEMPERATURE = 1.0
+PROMPT_CHUNK = 256  # prompt tokens per language-model call: its logits are (tokens, vocabulary)
+
+State = Any  # whatever the step function carries: torch tensors, numpy arrays, a dict of them
+Step = Callable[[np.ndarray, State], tuple[np.ndarray, State]]
+Select = Callable[[State, np.ndarray], State]
 
 
-def default_max_length(lengths: torch.Tensor) -> int:
-    """Generous target budget: twice the longest source plus ten tokens."""
-    return 2 * int(lengths.max()) + 10
+def default_max_new_tokens(source_lengths) -> int:
+    """A translation's generous budget: twice the longest source plus ten tokens."""
+    return 2 * int(max(source_lengths)) + 10
 
 
-@torch.no_grad()
-def greedy_decode(
-    model: Seq2Seq,
-    source: torch.Tensor,
-    lengths: torch.Tensor,
-    bos: int,
-    eos: int,
-    max_length: int | None = None,
-    return_attention: bool = False,
-):
-    """Most likely token at every step. Returns token lists (without ``<bos>``/``<eos>``) and, with
-    ``return_attention``, each sentence's ``(target steps, S)`` attention weights (None without attention)."""
-    max_length = max_length or default_max_length(lengths)
-    memory, state = model.encode(source, lengths)
-    batch = source.size(0)
-    tokens = torch.full((batch,), bos, dtype=torch.long, device=source.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=source.device)
-    steps, attention = [], []
-    for _ in range(max_length):
-        logits, state, weights = model.decode_step(tokens, state, memory)
-        tokens = logits.argmax(-1).masked_fill(done, eos)
+def greedy(step: Step, state: State, batch: int, bos: int, eos: int, max_new_tokens: int) -> list[list[int]]:
+    """The most likely token at every step; token lists without ``<bos>``/``<eos>``."""
+    tokens = np.full(batch, bos, dtype=np.int64)
+    done = np.zeros(batch, dtype=bool)
+    steps = []
+    for _ in range(max_new_tokens):
+        logits, state = step(tokens, state)
+        tokens = np.where(done, eos, logits.argmax(-1))
         steps.append(tokens)
-        attention.append(weights)
         done |= tokens == eos
-        if bool(done.all()):
+        if done.all():
             break
-    hypotheses = []
-    for row in torch.stack(steps, dim=1).tolist():
-        hypotheses.append(row[: row.index(eos)] if eos in row else row)
-    if not return_attention:
-        return hypotheses
-    if attention[0] is None:
-        return hypotheses, [None] * batch
-    stacked = torch.stack(attention, dim=1)  # (B, steps, S)
-    maps = [stacked[b, : len(h) + 1, : int(lengths[b])].cpu() for b, h in enumerate(hypotheses)]
-    return hypotheses, maps
+    return [row[: row.index(eos)] if eos in row else row for row in np.stack(steps, 1).tolist()]
 
 
-@torch.no_grad()
 def beam_search(
-    model: Seq2Seq,
-    source: torch.Tensor,
-    lengths: torch.Tensor,
+    step: Step,
+    select: Select,
+    state: State,
+    batch: int,
+    beam_size: int,
     bos: int,
     eos: int,
-    beam_size: int = 5,
-    max_length: int | None = None,
-    length_penalty: float = 1.0,
+    max_new_tokens: int,
+    length_penalty: float = LENGTH_PENALTY,
 ) -> list[list[int]]:
-    """Batched beam search; hypotheses are ranked by ``log p / length ** length_penalty``.
+    """Batched beam search. ``state`` (and whatever ``step`` reads besides it, such as the encoder's
+    memory) already holds ``batch * beam_size`` rows, sentence ``b``'s beams at ``b * beam_size + j``.
 
     Each step keeps the ``2 * beam_size`` best continuations of every sentence: those ending in
     ``<eos>`` among the first ``beam_size`` are finished, the best ``beam_size`` others go on. A
-    sentence stops once it has ``beam_size`` finished hypotheses (or at ``max_length``).
-    ``beam_size=1`` is exactly greedy decoding.
+    sentence stops once it has ``beam_size`` finished hypotheses (or at ``max_new_tokens``); the best by
+    ``log p / length ** length_penalty`` wins. ``beam_size`` 1 is greedy decoding.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    max_length = max_length or default_max_length(lengths)
-    batch, k, device = source.size(0), beam_size, source.device
-    memory, state = model.encode(source, lengths)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)
-    memory, state = model.select_memory(memory, rows), model.select(state, rows)
-    tokens = torch.full((batch * k,), bos, dtype=torch.long, device=device)
-    scores = torch.full((batch, k), float("-inf"), device=device)
+    k = beam_size
+    tokens = np.full(batch * k, bos, dtype=np.int64)
+    scores = np.full((batch, k), -np.inf, dtype=np.float32)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    sequences = torch.empty(batch * k, 0, dtype=torch.long, device=device)
+    sequences = np.empty((batch * k, 0), dtype=np.int64)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    for step in range(1, max_length + 1):
-        logits, state, _ = model.decode_step(tokens, state, memory)
-        vocab = logits.size(-1)
-        candidates = (logits.log_softmax(-1).view(batch, k, vocab) + scores.unsqueeze(-1)).view(batch, -1)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)
+    done = np.zeros(batch, dtype=bool)
+    for length in range(1, max_new_tokens + 1):
+        logits, state = step(tokens, state)
+        vocab = logits.shape[-1]
+        candidates = (log_softmax(logits).reshape(batch, k, vocab) + scores[..., None]).reshape(batch, -1)
+        top_scores, top_index = top_k(candidates, min(2 * k, k * vocab))
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == eos
-        first_scores, first_eos, first_beams = (t[:, :k].tolist() for t in (top_scores, is_eos, top_beam))
-        for b in range(batch):
-            if done[b]:
-                continue
-            for score, ends, beam in zip(first_scores[b], first_eos[b], first_beams[b], strict=True):
-                if ends and score > float("-inf"):
-                    finished[b].append((score / step**length_penalty, sequences[b * k + beam].tolist()))
+        for b in np.flatnonzero(~done):
+            for score, ends, beam in zip(top_scores[b, :k], is_eos[b, :k], top_beam[b, :k], strict=True):
+                if ends and score > -np.inf:
+                    finished[b].append((score / length**length_penalty, sequences[b * k + beam].tolist()))
             done[b] = len(finished[b]) >= k
-        if all(done):
+        if done.all():
             break
-        # The best k non-<eos> continuations of each sentence survive.
-        alive_scores = top_scores.masked_fill(is_eos, float("-inf"))
-        alive_scores, order = alive_scores.topk(k, dim=-1)
-        beam = top_beam.gather(1, order)
-        token = top_token.gather(1, order)
-        origin = (torch.arange(batch, device=device).unsqueeze(1) * k + beam).view(-1)
-        scores = alive_scores.masked_fill(torch.tensor(done, device=device).unsqueeze(1), float("-inf"))
-        state = model.select(state, origin)
-        tokens = token.view(-1)
-        sequences = torch.cat([sequences.index_select(0, origin), tokens.unsqueeze(1)], dim=1)
-    for b in range(batch):
-        if not done[b]:  # out of steps: the live beams compete with what has finished
-            for j in range(k):
-                score = float(scores[b, j])
-                if score > float("-inf"):
-                    finished[b].append((score / sequences.size(1) ** length_penalty, sequences[b * k + j].tolist()))
+        # The best k continuations that do not end go on.
+        alive_scores, order = top_k(np.where(is_eos, -np.inf, top_scores).astype(np.float32), k)
+        beam = np.take_along_axis(top_beam, order, 1)
+        tokens = np.take_along_axis(top_token, order, 1).reshape(-1)
+        origin = (np.arange(batch)[:, None] * k + beam).reshape(-1)
+        scores = np.where(done[:, None], -np.inf, alive_scores).astype(np.float32)
+        state = select(state, origin)
+        sequences = np.concatenate([sequences[origin], tokens[:, None]], axis=1)
+    for b in np.flatnonzero(~done):  # out of steps: the live beams compete with what has finished
+        for j in range(k):
+            if scores[b, j] > -np.inf:
+                finished[b].append((scores[b, j] / sequences.shape[1] ** length_penalty, sequences[b * k + j].tolist()))
     return [max(hypotheses, key=lambda item: item[0])[1] for hypotheses in finished]
+
+
+def beam_rows(batch: int, beam_size: int) -> np.ndarray:
+    """The rows that give each sentence ``beam_size`` copies, for ``select`` before ``beam_search``."""
+    return np.repeat(np.arange(batch), beam_size)
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator) -> int:
+    """One token id from ``logits`` ``(V,)``: the argmax at temperature 0, else drawn from the softmax
+    of ``logits / temperature`` over the ``top_k`` best (all without ``top_k``)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    with np.errstate(over="ignore"):  # shifted first: a tiny temperature sends the others to -inf, not nan
+        logits = (logits.astype(np.float64) - logits.max()) / temperature
+    if top_k is not None and top_k < logits.size:
+        logits = np.where(logits < np.sort(logits)[-top_k], -np.inf, logits)
+    return int(rng.choice(logits.size, p=softmax(logits)))
+
+
+def continue_ids(
+    step: Step,
+    state: State,
+    prompt: list[int],
+    eos: int,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> list[int]:
+    """A language model's continuation of ``prompt`` (token ids, at least one): ``step`` takes ids
+    ``(1, T)``. Stops at ``eos`` (not included) or after ``max_new_tokens``; ``seed`` fixes the draws."""
+    check_sampling(temperature, top_k)
+    if not prompt:
+        raise ValueError("a continuation needs at least one prompt token (start from the end-of-sentence id)")
+    rng = np.random.default_rng(seed)
+    for start in range(0, len(prompt), PROMPT_CHUNK):  # the state carries over: same result, bounded logits
+        logits, state = step(np.array([prompt[start : start + PROMPT_CHUNK]], dtype=np.int64), state)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        token = sample(logits[0, -1], temperature, top_k, rng)
+        if token == eos:
+            break
+        new.append(token)
+        logits, state = step(np.array([[token]], dtype=np.int64), state)
+    return new
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest values of each row, best first, and their indices (like ``torch.topk``)."""
+    part = np.argpartition(-values, k - 1, axis=-1)[:, :k]
+    order = np.argsort(-np.take_along_axis(values, part, -1), axis=-1, kind="stable")
+    index = np.take_along_axis(part, order, -1)
+    return np.take_along_axis(values, index, -1), index

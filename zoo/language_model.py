@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from zoo import decoding
 from zoo.dropout import make_dropout
 from zoo.recurrent import CellType, RecurrentStack, State
 
@@ -73,47 +74,28 @@ class RNNLanguageModel(nn.Module):
         return self.decoder(out), state
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator=None) -> int:
-    """Draw one token id from ``logits`` (vocab,). ``temperature == 0`` means greedy (argmax)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if temperature == 0:
-        return int(logits.argmax())
-    logits = logits.detach().float().cpu() / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth_best = logits.topk(top_k).values[-1]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
-
-
 @torch.no_grad()
 def generate(
     model: RNNLanguageModel,
     prompt_ids: list[int],
-    max_new_tokens: int = 50,
-    temperature: float = 1.0,
+    max_new_tokens: int = decoding.MAX_NEW_TOKENS,
+    temperature: float = decoding.TEMPERATURE,
     top_k: int | None = None,
     eos_id: int | None = None,
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> list[int]:
-    """Continue ``prompt_ids`` one token at a time, carrying the recurrent state.
-
-    Stops after ``max_new_tokens`` or when ``eos_id`` is drawn (it is not included in the result).
-    """
-    if not prompt_ids:
-        raise ValueError("generate needs at least one prompt token (start from the end-of-sentence id)")
+    """Continue ``prompt_ids`` one token at a time, carrying the recurrent state (``zoo.decoding``:
+    ``temperature`` 0 is greedy; ``seed`` fixes the draws). Stops after ``max_new_tokens`` or when
+    ``eos_id`` is drawn (it is not included in the result)."""
     was_training = model.training
     model.eval()
     device = model.embedding.weight.device
-    logits, state = model(torch.tensor([prompt_ids], device=device))
-    new_ids: list[int] = []
-    for _ in range(max_new_tokens):
-        next_id = sample_next(logits[0, -1], temperature, top_k, generator)
-        if next_id == eos_id:
-            break
-        new_ids.append(next_id)
-        logits, state = model(torch.tensor([[next_id]], device=device), state)
-    model.train(was_training)
-    return new_ids
+
+    def step(tokens, state):
+        logits, state = model(torch.from_numpy(tokens).to(device), state)
+        return logits.float().cpu().numpy(), state
+
+    try:
+        return decoding.continue_ids(step, None, prompt_ids, eos_id, max_new_tokens, temperature, top_k, seed)
+    finally:
+        model.train(was_training)

@@ -22,18 +22,15 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from zoo.classifier import SequenceClassifier
-from zoo.language_model import RNNLanguageModel
-from zoo.seq2seq import Seq2Seq
-from zoo.tagger import SequenceTagger
+from zoo import tasks
 
-FORMAT_VERSION = 1
+# 2: ``task`` is a ``zoo.tasks`` name. Version 1 folders (``task`` the LightningModule's class name,
+# arguments under their old names) are read as version 2.
+FORMAT_VERSION = 2
+RENAMED_ARGUMENTS = {"max_decode_length": "max_new_tokens", "tie_embeddings": "tie_weights"}
 INT8_SCALE, INT8_MIN_ELEMENTS = ".int8_row_scale", 1 << 20
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
 ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha256 (``zoo.hub``)
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (RNNLanguageModel, SequenceClassifier, SequenceTagger, Seq2Seq)
-}
 
 
 @dataclass
@@ -51,7 +48,6 @@ def save_pretrained(
     network: nn.Module,
     *,
     arguments: dict,
-    task: str,
     task_arguments: dict,
     tokenizers: dict[str, str],
     metrics: dict | None = None,
@@ -59,22 +55,21 @@ def save_pretrained(
 ) -> Path:
     """Write ``network`` as a pretrained folder; returns its path.
 
-    ``arguments`` rebuild the network (``ARCHITECTURES[name](**arguments)``); ``tokenizers`` maps a
+    ``arguments`` rebuild the network (``architecture(**arguments)``); ``task_arguments`` rebuild the
+    LightningModule of its task (``zoo.tasks``, stored by name); ``tokenizers`` maps a
     name (``tokenizer``, ``source_tokenizer``...) to a ``tokenizers`` JSON string; ``dtype`` (e.g.
     ``torch.float16``) stores the floating-point weights in that type; ``torch.int8`` stores the
     large matrices (embeddings, vocabulary projections) as per-row int8 and the rest as float16.
     The folder appears whole or not at all: it is written next to its destination and renamed into place.
     """
-    architecture = type(network).__name__
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"{architecture} is not a zoo architecture ({', '.join(ARCHITECTURES)})")
+    task = tasks.of_class(type(network))
     weights, aliases = _unique_tensors(network, torch.float16 if dtype == torch.int8 else dtype)
     int8_rows = _quantize_large_matrices(weights) if dtype == torch.int8 else []
     config = {
         "format_version": FORMAT_VERSION,
-        "architecture": architecture,
+        "architecture": type(network).__name__,
         "arguments": arguments,
-        "task": task,
+        "task": task.name,
         "task_arguments": task_arguments,
         "tokenizers": {name: f"{name}.json" for name in sorted(tokenizers)},
         "weights_dtype": str(dtype or next(network.parameters()).dtype).removeprefix("torch."),
@@ -139,7 +134,7 @@ def check_replaceable(destination: Path) -> None:
         config = json.loads((destination / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         raise refusal from None
-    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+    if not isinstance(config, dict) or config.get("format_version") not in (1, FORMAT_VERSION):
         raise refusal
     written = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, ENTRY_FILE}
     written |= set(dict(config.get("tokenizers") or {}).values()) | set(dict(config.get("graphs") or {}))
@@ -191,9 +186,9 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     folder holds ``entry.json`` (every published or downloaded folder does), one that it lists."""
     folder = Path(directory)
     config = read_config(folder)
-    architecture = ARCHITECTURES.get(config.get("architecture"))
-    if architecture is None:
-        raise ValueError(f"{folder / CONFIG_FILE}: unknown architecture {config.get('architecture')!r}")
+    architecture = tasks.get(config["task"]).load("architecture")
+    if config.get("architecture") != architecture.__name__:
+        raise ValueError(f"{folder / CONFIG_FILE}: a {config['task']} network is a {architecture.__name__}")
     network = architecture(**config["arguments"])
     listed = listed_files(folder)
     weights_path = folder_file(folder, WEIGHTS_FILE, listed)
@@ -245,9 +240,17 @@ def read_config(folder: Path) -> dict:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-        version = config.get("format_version") if isinstance(config, dict) else None
-        raise ValueError(f"{path}: format_version {version!r}, this rnnzoo reads {FORMAT_VERSION}")
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"{path}: format_version {version!r}, this rnnzoo reads {FORMAT_VERSION} (and 1)")
+    if not isinstance(config.get("task"), str) or not isinstance(config.get("task_arguments"), dict):
+        raise ValueError(f"{path}: no task or task_arguments")
+    config["task"] = tasks.get(config["task"], str(path)).name
+    if version == 1:
+        for arguments in (config["task_arguments"], config.get("arguments", {})):
+            for old, new in RENAMED_ARGUMENTS.items():
+                if old in arguments:
+                    arguments[new] = arguments.pop(old)
     return config
 
 

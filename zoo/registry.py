@@ -11,20 +11,9 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from zoo.classifier import SequenceClassifier
-from zoo.language_model import RNNLanguageModel
-from zoo.seq2seq import Seq2Seq
-from zoo.tagger import SequenceTagger
+from zoo import tasks
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-# Which zoo network each task of ``lightning_modules`` wraps, by the task's class name.
-ARCHITECTURE_OF_TASK: dict[str, type[nn.Module]] = {
-    "LanguageModelTask": RNNLanguageModel,
-    "ClassificationTask": SequenceClassifier,
-    "TaggingTask": SequenceTagger,
-    "TranslationTask": Seq2Seq,
-}
 
 
 def list_models() -> list[str]:
@@ -42,8 +31,7 @@ def config_path(name: str) -> Path:
 def model_config(name: str) -> tuple[type[nn.Module], dict]:
     """The architecture class and its keyword arguments, as the entry's config trains it."""
     config = yaml.safe_load(config_path(name).read_text())
-    task = config["model"]["class_path"].rsplit(".", 1)[-1]
-    architecture = ARCHITECTURE_OF_TASK[task]
+    architecture = tasks.get(config["model"]["class_path"].rpartition(".")[2]).load("architecture")
     accepted = inspect.signature(architecture).parameters
     kwargs = {k: v for k, v in config["model"].get("init_args", {}).items() if k in accepted}
     return architecture, kwargs

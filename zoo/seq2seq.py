@@ -3,11 +3,14 @@
 step graph) all drive the same function.
 """
 
+import warnings
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from zoo import decoding
 from zoo.attention import Attention, AttentionType
 from zoo.pooling import last_layer_state, valid_mask
 from zoo.recurrent import CellType, RecurrentStack, State, map_state
@@ -46,7 +49,8 @@ class Seq2Seq(nn.Module):
             enters the recurrence) or Luong's ``dot`` / ``general`` (queried with the current state,
             combined into an attentional vector).
         input_feeding: Luong attention only: feed the previous attentional vector back as input.
-        tie_embeddings: share the target embedding with the output projection.
+        tie_weights: share the target embedding with the output projection (``tie_embeddings``: its
+            old name, still accepted).
     """
 
     def __init__(
@@ -62,9 +66,13 @@ class Seq2Seq(nn.Module):
         context: Context = "attention",
         attention: AttentionType = "bahdanau",
         input_feeding: bool = False,
-        tie_embeddings: bool = False,
+        tie_weights: bool = False,
+        tie_embeddings: bool | None = None,
     ):
         super().__init__()
+        if tie_embeddings is not None:
+            warnings.warn("tie_embeddings is deprecated: use tie_weights", DeprecationWarning, stacklevel=2)
+            tie_weights = tie_embeddings
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)}")
         uses_luong = context == "attention" and attention != "bahdanau"
@@ -93,7 +101,7 @@ class Seq2Seq(nn.Module):
         self.decoder = RecurrentStack(decoder_input, decoder_size, num_layers, cell, dropout=dropout)
         self.pre_output = nn.Linear(features, embedding_dim)
         self.output = nn.Linear(embedding_dim, target_vocab_size)
-        if tie_embeddings:
+        if tie_weights:
             self.output.weight = self.target_embedding.weight
 
     @property
@@ -178,3 +186,38 @@ class Seq2Seq(nn.Module):
     @staticmethod
     def select_memory(memory: Memory, index: torch.Tensor) -> Memory:
         return Memory(*(None if t is None else t.index_select(0, index) for t in memory))
+
+
+@torch.no_grad()
+def translate_ids(
+    model: Seq2Seq,
+    source: torch.Tensor,
+    lengths: torch.Tensor,
+    bos: int,
+    eos: int,
+    beam_size: int = decoding.BEAM_SIZE,
+    max_new_tokens: int | None = None,
+    length_penalty: float = decoding.LENGTH_PENALTY,
+    attention: list[np.ndarray] | None = None,
+) -> list[list[int]]:
+    """Target ids of padded sources ``(B, S)`` by ``zoo.decoding``'s greedy (``beam_size`` 1) or beam
+    search, without ``<bos>``/``<eos>``; ``max_new_tokens`` None: ``decoding.default_max_new_tokens``.
+    Greedy decoding appends each step's attention weights ``(B, S)`` to ``attention`` when given."""
+    max_new_tokens = max_new_tokens or decoding.default_max_new_tokens(lengths.tolist())
+    memory, state = model.encode(source, lengths)
+    batch = source.size(0)
+
+    def step(tokens: np.ndarray, state: DecoderState):
+        logits, state, weights = model.decode_step(torch.from_numpy(tokens).to(source.device), state, memory)
+        if attention is not None and weights is not None:
+            attention.append(weights.float().cpu().numpy())
+        return logits.float().cpu().numpy(), state
+
+    def select(state: DecoderState, rows: np.ndarray) -> DecoderState:
+        return model.select(state, torch.from_numpy(rows).to(source.device))
+
+    if beam_size == 1:
+        return decoding.greedy(step, state, batch, bos, eos, max_new_tokens)
+    rows = torch.from_numpy(decoding.beam_rows(batch, beam_size)).to(source.device)
+    memory, state = model.select_memory(memory, rows), model.select(state, rows)
+    return decoding.beam_search(step, select, state, batch, beam_size, bos, eos, max_new_tokens, length_penalty)

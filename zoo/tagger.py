@@ -10,8 +10,7 @@ from zoo.crf import CRF, bio_constraints
 from zoo.dropout import make_dropout
 from zoo.pooling import last_layer_state
 from zoo.recurrent import CellType, RecurrentStack
-
-IGNORE_INDEX = -100
+from zoo.text import IGNORE_INDEX
 
 
 class CharWordEncoder(nn.Module):

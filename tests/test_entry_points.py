@@ -1,0 +1,149 @@
+"""Every entry point treats the same input the same way: `rnnzoo predict`, the task API, `rnnzoo translate`/
+`generate`, the onnxruntime predictor and HTTP give the same ids and the same outputs for the shipped
+entries, over-long inputs included (they all go through ``zoo.text`` and ``zoo.decoding``)."""
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import deploy
+from deploy.export import export
+from deploy.service import create_app
+from lightning_modules.cli import main as rnnzoo
+from lightning_modules.pretrained import task_from_pretrained
+from tests.conftest import REPO, shared_dataset
+from zoo import text
+
+LONG_REVIEW = " ".join(["a fine film , but far too long ."] * 80)  # 720 tokens: over imdb-bilstm's 400
+LONG_SENTENCE = " ".join(["Peter", "lives", "in", "Berlin", "."] * 50)  # 250 words: over CoNLL's max_length 200
+LONG_GERMAN = " ".join(["Ein Mann geht mit seinem Hund durch den Park ."] * 12)  # 120 source tokens
+LONG_PROMPT = " ".join(["the company said it will sell its stake"] * 40)  # 320 tokens: over the prompt chunk
+
+INPUTS = {
+    "imdb-bilstm": ["A wonderful, moving film. I loved it.", "Dull and boring.", LONG_REVIEW],
+    "conll-bilstm-crf": ["EU rejects German call to boycott British lamb .", LONG_SENTENCE],
+    "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", LONG_GERMAN],
+    "ptb-lstm-small-tied": ["the company said", "", LONG_PROMPT],
+}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNZOO_OFFLINE", "1")
+    monkeypatch.delenv("RNNZOO_MANIFEST", raising=False)
+    monkeypatch.chdir(tmp_path)  # where `rnnzoo predict` writes its logs
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("exports")
+    for name in INPUTS:
+        export(name, root / name)
+    return {name: root / name for name in INPUTS}
+
+
+@pytest.fixture(scope="module")
+def http(exported):
+    with TestClient(create_app(list(exported.values()), threads=1)) as client:
+        yield client
+
+
+def cli_lines(capsys, *args: str) -> list[dict]:
+    capsys.readouterr()
+    try:
+        rnnzoo(list(args))
+    except SystemExit as err:  # argparse commands exit 0 when done
+        assert not err.code, capsys.readouterr().err
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def lightning_predict(capsys, config: str, data: str, entry: str, option: str, inputs: list[str], *more) -> list[dict]:
+    arguments = [
+        "--config",
+        str(REPO / "zoo" / "configs" / config),
+        "--data.data_dir",
+        str(shared_dataset(data)),
+        *more,
+    ]
+    arguments += ["--data.max_samples", "60", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    return cli_lines(capsys, "predict", *arguments, "--ckpt_path", entry, f"--data.{option}", json.dumps(inputs))
+
+
+def test_classification_is_the_same_everywhere(capsys, exported, http):
+    texts = INPUTS["imdb-bilstm"]
+    task, onnx = task_from_pretrained("imdb-bilstm"), deploy.load(exported["imdb-bilstm"], threads=1)
+    ids, lengths = onnx.encode(texts)
+    assert lengths[-1] == task.tokenizer.truncation["max_length"] == 400  # the long review is truncated alike
+    answers = {
+        "rnnzoo predict": lightning_predict(
+            capsys, "imdb_bilstm.yaml", "imdb", "imdb-bilstm", "predict_texts", texts, "--data.val_size", "10"
+        ),
+        "task": task.classify(texts),
+        "onnxruntime": onnx.classify(texts),
+        "http": http.post("/v1/models/imdb-bilstm/predict", json={"texts": texts}).json()["predictions"],
+    }
+    for where, rows in answers.items():
+        assert [row["text"] for row in rows] == texts, where
+        assert [row["label"] for row in rows] == [row["label"] for row in answers["task"]], where
+        np.testing.assert_allclose(
+            [row["probability"] for row in rows], [row["probability"] for row in answers["task"]], atol=2e-4
+        )
+
+
+def test_tagging_is_the_same_everywhere(capsys, exported, http):
+    sentences = INPUTS["conll-bilstm-crf"]
+    task, onnx = task_from_pretrained("conll-bilstm-crf"), deploy.load(exported["conll-bilstm-crf"], threads=1)
+    answers = {
+        "rnnzoo predict": lightning_predict(
+            capsys, "conll_bilstm_crf.yaml", "conll2003", "conll-bilstm-crf", "predict_sentences", sentences
+        ),
+        "task": task.tag(sentences),
+        "onnxruntime": onnx.tag(sentences),
+        "http": http.post("/v1/models/conll-bilstm-crf/predict", json={"sentences": sentences}).json()["predictions"],
+    }
+    assert [len(row["tags"]) for row in answers["task"]] == [9, 250]  # every word is tagged
+    for where, rows in answers.items():
+        assert rows == answers["task"], where
+
+
+def test_translation_is_the_same_everywhere(capsys, exported, http):
+    texts = INPUTS["multi30k-bahdanau"]
+    task, onnx = task_from_pretrained("multi30k-bahdanau"), deploy.load(exported["multi30k-bahdanau"], threads=1)
+    source, lengths = task.encode_sources(texts)
+    onnx_source, onnx_lengths = onnx.encode_sources(texts)
+    np.testing.assert_array_equal(source.numpy(), onnx_source)
+    assert lengths.tolist() == onnx_lengths.tolist() and lengths[-1] > 100
+    translate = ["translate", "--ckpt", "multi30k-bahdanau", *(f"--text={t}" for t in texts)]
+    answers = {
+        "rnnzoo predict": [
+            row["translation"]
+            for row in lightning_predict(
+                capsys, "multi30k_bahdanau.yaml", "multi30k", "multi30k-bahdanau", "predict_texts", texts
+            )
+        ],
+        "rnnzoo translate": [row["translation"] for row in cli_lines(capsys, *translate)],
+        "task": task.translate(texts),
+        "onnxruntime": onnx.translate(texts),
+        "http": http.post("/v1/models/multi30k-bahdanau/predict", json={"texts": texts}).json()["translations"],
+    }
+    for where, translations in answers.items():
+        assert translations == answers["task"], where
+
+
+def test_generation_is_the_same_everywhere(capsys, exported, http):
+    task, onnx = task_from_pretrained("ptb-lstm-small-tied"), deploy.load(exported["ptb-lstm-small-tied"], threads=1)
+    assert len(text.prompt_ids(task.tokenizer, LONG_PROMPT)) > 256
+    for temperature, seed in ((0.0, None), (1.0, 3)):
+        settings = {"max_new_tokens": 12, "temperature": temperature, "top_k": 50, "seed": seed}
+        for prompt in INPUTS["ptb-lstm-small-tied"]:
+            expected = task.generate_text(prompt, **settings)
+            command = ["generate", "--ckpt", "ptb-lstm-small-tied", f"--prompt={prompt}", "--max_new_tokens", "12"]
+            command += ["--temperature", str(temperature), "--top_k", "50"] + (["--seed", str(seed)] if seed else [])
+            capsys.readouterr()
+            rnnzoo(command)
+            assert capsys.readouterr().out.strip() == expected
+            assert onnx.generate(prompt, **settings) == expected
+            request = {"prompts": [prompt], **{k: v for k, v in settings.items() if v is not None}}
+            assert http.post("/v1/models/ptb-lstm-small-tied/predict", json=request).json()["generations"] == [expected]

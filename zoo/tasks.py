@@ -1,0 +1,106 @@
+"""Every task rnnzoo knows, described once.
+
+A task's record names each part that serves it, from the network to the HTTP schema, by import
+path, so that reading the record imports nothing: the torch-free runtime and service read the same
+records as training (Hugging Face ``transformers`` keeps its auto-class mappings as names for the
+same reason). The task's ``name`` is what every checkpoint, pretrained folder and export stores.
+
+Adding a task: write its parts (a zoo architecture, a LightningModule, a datamodule, the export
+graphs, a runtime predictor, the service API and a parity check) and add one ``Task`` to ``TASKS``.
+"""
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # stored in checkpoints (``"task"``), pretrained folders and exports (``config.json``)
+    architecture: str  # the zoo network (``torch.nn.Module``)
+    lightning_module: str  # trains, evaluates and predicts with the network
+    datamodule: str  # the default data
+    graphs: str  # ``deploy.graphs``: the network -> the ONNX graphs to write
+    predictor: str  # ``deploy.runtime``: runs an export with onnxruntime
+    api: str  # ``deploy.service``: the HTTP request schema and call
+    parity: str  # ``deploy.parity``: the export against the network on held-out rows
+    tokenizers: tuple[str, ...] = ("tokenizer",)  # names of the tokenizers it carries
+
+    def load(self, part: str):
+        """The object a part names, imported now (e.g. ``task.load("predictor")``)."""
+        module, _, attribute = getattr(self, part).rpartition(".")
+        return getattr(importlib.import_module(module), attribute)
+
+    @property
+    def lightning_module_name(self) -> str:
+        return self.lightning_module.rpartition(".")[2]
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task(
+            "language_model",
+            architecture="zoo.language_model.RNNLanguageModel",
+            lightning_module="lightning_modules.language_model.LanguageModelTask",
+            datamodule="datamodules.ptb.PTBDataModule",
+            graphs="deploy.graphs.language_model_graphs",
+            predictor="deploy.runtime.LanguageModelPredictor",
+            api="deploy.service.GENERATION_API",
+            parity="deploy.parity.language_model_parity",
+        ),
+        Task(
+            "classification",
+            architecture="zoo.classifier.SequenceClassifier",
+            lightning_module="lightning_modules.classification.ClassificationTask",
+            datamodule="datamodules.text_classification.IMDBDataModule",
+            graphs="deploy.graphs.classifier_graphs",
+            predictor="deploy.runtime.ClassifierPredictor",
+            api="deploy.service.CLASSIFICATION_API",
+            parity="deploy.parity.classification_parity",
+        ),
+        Task(
+            "tagging",
+            architecture="zoo.tagger.SequenceTagger",
+            lightning_module="lightning_modules.tagging.TaggingTask",
+            datamodule="datamodules.conll.CoNLLDataModule",
+            graphs="deploy.graphs.tagger_graphs",
+            predictor="deploy.runtime.TaggerPredictor",
+            api="deploy.service.TAGGING_API",
+            parity="deploy.parity.tagging_parity",
+            tokenizers=("tokenizer", "char_tokenizer"),
+        ),
+        Task(
+            "translation",
+            architecture="zoo.seq2seq.Seq2Seq",
+            lightning_module="lightning_modules.translation.TranslationTask",
+            datamodule="datamodules.translation.TranslationDataModule",
+            graphs="deploy.graphs.seq2seq_graphs",
+            predictor="deploy.runtime.TranslatorPredictor",
+            api="deploy.service.TRANSLATION_API",
+            parity="deploy.parity.translation_parity",
+            tokenizers=("source_tokenizer", "target_tokenizer"),
+        ),
+    )
+}
+
+
+def get(name: str, where: str = "") -> Task:
+    """The task called ``name``. Folders written before tasks had names stored the class name of the
+    task's LightningModule (``ClassificationTask``), which is accepted too."""
+    if name in TASKS:
+        return TASKS[name]
+    for task in TASKS.values():
+        if name == task.lightning_module_name:
+            return task
+    prefix = f"{where}: " if where else ""
+    raise ValueError(f"{prefix}unknown task {name!r} (known: {', '.join(TASKS)})")
+
+
+def of_class(cls: type) -> Task:
+    """The task whose LightningModule or architecture ``cls`` is (or derives from)."""
+    for base in cls.__mro__:
+        path = f"{base.__module__}.{base.__qualname__}"
+        for task in TASKS.values():
+            if path in (task.lightning_module, task.architecture):
+                return task
+    raise ValueError(f"{cls.__name__} is not a part of any rnnzoo task (known: {', '.join(TASKS)})")
