@@ -16,7 +16,7 @@ import torch
 from datamodules import TranslationDataModule
 from lightning_modules import TranslationTask
 from zoo import create_model
-from zoo.decoding import beam_search, greedy_decode
+from zoo.seq2seq import translate_ids
 
 
 def load(args) -> tuple[torch.nn.Module, list[str], tuple[int, int], TranslationTask | None]:
@@ -54,10 +54,7 @@ def main():
             start = time.perf_counter()
             for i in range(0, len(texts), batch_size):
                 source_ids, lengths = task.encode_sources(texts[i : i + batch_size])
-                if beam == 1:
-                    greedy_decode(net, source_ids, lengths, bos, eos)
-                else:
-                    beam_search(net, source_ids, lengths, bos, eos, beam)
+                translate_ids(net, source_ids, lengths, bos, eos, beam)
             rates[batch_size, beam] = len(texts) / (time.perf_counter() - start)
 
     print(f"\n{len(texts)} {args.split} sentences, {torch.get_num_threads()} threads")

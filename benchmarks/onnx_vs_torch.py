@@ -100,7 +100,7 @@ def cases(network, exported: dict):
             texts = [" ".join(rng.choice(words, 12)) for _ in range(batch)]
             calls = {}
             for variant, predictor in exported.items():
-                memory, state = predictor.encode(*predictor.encode_sources(texts))
+                memory, state = predictor.encode_graph(*predictor.encode_sources(texts))
                 tokens = np.full(batch, predictor.bos, dtype=np.int64)
                 calls[variant] = lambda p=predictor, t=tokens, s=state, m=memory: p.step(t, s, m)
             source, lengths = next(iter(exported.values())).encode_sources(texts)

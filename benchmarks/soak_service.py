@@ -89,7 +89,7 @@ def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
         if rng.random() < 0.1:  # 500 one-letter words and one of 500 letters
             sentences.append(" ".join(["a"] * 500 + ["b" * 500]))
         return "tag", "conll-bilstm-crf", {"sentences": sentences}
-    payload = {"prompts": pick(PROMPTS, rng.integers(1, 4)), "max_tokens": int(rng.integers(5, 30))}
+    payload = {"prompts": pick(PROMPTS, rng.integers(1, 4)), "max_new_tokens": int(rng.integers(5, 30))}
     payload |= {"temperature": float(rng.choice([0.0, 0.7, 1.0])), "top_k": int(rng.choice([5, 50])), "seed": 0}
     return "generate", "ptb-lstm-small-tied", payload
 

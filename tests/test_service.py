@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -400,3 +401,24 @@ def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
 def test_serve_refuses_limits_that_cannot_work(exported, option, message):
     result = rnnzoo_serve(str(exported["sentiment"]), "--port", str(free_port()), *option)
     assert result.returncode == 2 and result.stderr.strip().endswith(message)
+
+
+def test_an_export_of_another_format_or_shape_is_refused_with_what_to_do(exported, tmp_path):
+    def altered(change) -> str:
+        folder = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(exported["translator"], folder)
+        config = json.loads((folder / "config.json").read_text())
+        change(config)
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError) as refusal:
+            load(folder)
+        return str(refusal.value)
+
+    assert "export format 1, this rnnzoo reads format 2: export the model again" in altered(
+        lambda config: config.update(format_version=1)
+    )
+    assert "missing or malformed state" in altered(lambda config: config.pop("state"))
+    assert "unknown task 'parsing'" in altered(lambda config: config.update(task="parsing"))
+    renamed = altered(lambda config: config["graphs"]["decoder.onnx"]["inputs"][0].update(name="token_ids"))
+    assert "decoder.onnx: its inputs/outputs" in renamed and "token_ids" in renamed
+    assert "has the graphs ['model.onnx']" in altered(lambda config: config.update(task="classification"))
