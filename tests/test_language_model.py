@@ -22,7 +22,7 @@ def test_forward_shapes_and_state_carry():
 def test_tied_weights_share_one_matrix():
     tied = RNNLanguageModel(V, embedding_dim=16, hidden_size=16, tie_weights=True)
     untied = RNNLanguageModel(V, embedding_dim=16, hidden_size=16)
-    assert tied.decoder.weight is tied.embedding.weight
+    assert tied.output.weight is tied.embedding.weight
     assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters()) == V * 16
     tied(torch.randint(0, V, (2, 5)))[0].sum().backward()
     assert tied.embedding.weight.grad is not None
@@ -30,7 +30,7 @@ def test_tied_weights_share_one_matrix():
 
 def test_tying_with_different_sizes_adds_a_bottleneck():
     model = RNNLanguageModel(V, embedding_dim=8, hidden_size=16, tie_weights=True)
-    assert model.bottleneck is not None and model.decoder.weight is model.embedding.weight
+    assert model.bottleneck is not None and model.output.weight is model.embedding.weight
     assert model(torch.randint(0, V, (2, 5)))[0].shape == (2, 5, V)
 
 
@@ -42,8 +42,8 @@ def test_init_range_bounds_every_parameter():
 def eos_loving_model(eos_id=3):
     model = RNNLanguageModel(V, embedding_dim=8, hidden_size=8, num_layers=1)
     with torch.no_grad():
-        model.decoder.bias.zero_()
-        model.decoder.bias[eos_id] = 100.0
+        model.output.bias.zero_()
+        model.output.bias[eos_id] = 100.0
     return model
 
 

@@ -85,7 +85,7 @@ def test_int8_storage_quantizes_vocabulary_matrices_per_row_and_keeps_ties(tmp_p
             assert not torch.equal(restored, tensor.half().float())
         elif name not in json.loads((int8 / "config.json").read_text())["tied_weights"]:
             torch.testing.assert_close(restored, tensor.half().to(tensor.dtype), rtol=0, atol=0)
-    assert loaded.decoder.weight is loaded.embedding.weight
+    assert loaded.output.weight is loaded.embedding.weight
 
 
 def test_failed_save_leaves_the_previous_folder_untouched(tmp_path):

@@ -54,12 +54,20 @@ class RNNLanguageModel(nn.Module):
         self.dropout = make_dropout(dropout, locked_dropout)
         needs_bottleneck = tie_weights and embedding_dim != hidden_size
         self.bottleneck = nn.Linear(hidden_size, embedding_dim) if needs_bottleneck else None
-        self.decoder = nn.Linear(embedding_dim if tie_weights else hidden_size, vocab_size)
+        self.output = nn.Linear(embedding_dim if tie_weights else hidden_size, vocab_size)
         if init_range is not None:
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
         if tie_weights:
-            self.decoder.weight = self.embedding.weight
+            self.output.weight = self.embedding.weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints and pretrained folders written before the projection was named ``output`` (as in
+        # ``Seq2Seq``; a ``decoder`` there is the recurrent stack) call it ``decoder``.
+        for name in ("weight", "bias"):
+            if prefix + "decoder." + name in state_dict:
+                state_dict[prefix + "output." + name] = state_dict.pop(prefix + "decoder." + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_state(self, batch_size: int, device=None) -> State:
         return self.rnn.init_state(batch_size, device=device, dtype=self.embedding.weight.dtype)
@@ -71,7 +79,7 @@ class RNNLanguageModel(nn.Module):
         out = self.dropout(out)
         if self.bottleneck is not None:
             out = self.bottleneck(out)
-        return self.decoder(out), state
+        return self.output(out), state
 
 
 @torch.no_grad()
