@@ -1,6 +1,8 @@
 """Carry the datamodule's tokenizers inside every checkpoint, so a ``.ckpt`` alone can predict,
 and refuse a checkpoint whose vocabulary or labels differ from the data it is used with."""
 
+import math
+
 import lightning as L
 import torch
 from tokenizers import Tokenizer
@@ -43,10 +45,11 @@ class DataStateInCheckpoint(L.LightningModule):
     def on_before_backward(self, loss: torch.Tensor) -> None:
         """Stop before a NaN/inf loss reaches the weights: no backward, no optimizer step, and no
         checkpoint is written, so ``last.ckpt`` keeps the last finite weights."""
-        if not torch.isfinite(loss).all():
+        value = loss.item()  # one scalar read, as the plain loop's `loss.item()`: the step's only host sync
+        if not math.isfinite(value):
             step, epoch = self.trainer.global_step, self.trainer.current_epoch
             raise NonFiniteLoss(
-                f"training stopped at step {step} (epoch {epoch}): the loss is {loss.item()}; the checkpoints "
+                f"training stopped at step {step} (epoch {epoch}): the loss is {value}; the checkpoints "
                 "hold the last finite weights (try a lower learning rate or gradient clipping)"
             )
 

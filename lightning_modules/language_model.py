@@ -1,5 +1,7 @@
 """Language modelling task: truncated BPTT over a contiguous stream, token-weighted perplexity."""
 
+import ctypes
+import sys
 from typing import Literal
 
 import torch
@@ -11,6 +13,8 @@ from zoo import decoding, text
 from zoo.language_model import RNNLanguageModel, generate
 from zoo.recurrent import detach_state
 from zoo.text import IGNORE_INDEX
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 class LanguageModelTask(DataStateInCheckpoint):
@@ -73,6 +77,10 @@ class LanguageModelTask(DataStateInCheckpoint):
     def on_test_epoch_start(self) -> None:
         self._reset_state("test")
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            keep_freed_heap_memory()
+
     def on_train_start(self) -> None:
         """A resumed run: the carried state of a mid-epoch checkpoint (Lightning calls no
         ``on_train_epoch_start`` for the epoch it resumes) and the random state at the save."""
@@ -95,11 +103,24 @@ class LanguageModelTask(DataStateInCheckpoint):
     def training_step(self, batch, batch_idx):
         nll_sum, count = self._nll(batch, "train")
         token_mean = nll_sum / count.clamp(min=1)
-        self.log("train_loss", token_mean, prog_bar=True)
-        self.log("train_ppl", token_mean.exp(), prog_bar=True)
+        if self._loggers_write_this_step():
+            self.log("train_loss", token_mean, prog_bar=True)
+            self.log("train_ppl", token_mean.exp(), prog_bar=True)
         if self.hparams.loss_reduction == "sum_over_time":
             return nll_sum / batch[0].size(0)
         return token_mean
+
+    def _loggers_write_this_step(self) -> bool:
+        """Whether Lightning passes this step's values to the loggers (every ``log_every_n_steps``).
+
+        Only those steps log the training loss: ``self.log`` costs about 0.4 ms of Python per call
+        (the two calls took 2% of a PTB-small step on a 2-core CPU) and the progress bar reads each
+        value it shows back to the host, so the bar shows the loss of the last logged step."""
+        try:
+            every = self.trainer.log_every_n_steps
+        except RuntimeError:  # not attached to a Trainer, where self.log does nothing either
+            return False
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch, batch_idx):
         nll_sum, count = self._nll(batch, "val")
@@ -137,6 +158,27 @@ class LanguageModelTask(DataStateInCheckpoint):
         eos = text.special_id(tokenizer, text.EOS)
         new_ids = generate(self.net, prompt_ids, max_new_tokens, temperature, top_k, eos, seed)
         return text.continuation_text(tokenizer, prompt_ids, new_ids)
+
+
+def keep_freed_heap_memory() -> None:
+    """Have glibc keep the heap memory a CPU training step frees for the next step.
+
+    Each step allocates and frees a few (B*T x vocab) buffers: the logits, their log-probabilities
+    and both gradients, 16 MB each for PTB's 10,000 words at batch 20 x bptt 20. With glibc's
+    adaptive defaults the free top of the heap is handed back to the OS at the end of a step and
+    page-faulted back in the next: 7,000 to 11,000 faults per step for PTB-small, 15-25% of its
+    step on a 2-core CPU. Buffers of up to 32 MB (glibc's ceiling for the mmap threshold) now stay
+    on the heap, which keeps up to 1 GB of free memory; the peak memory is the same. This is
+    process-wide: the rest of the process keeps these settings.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def rng_states() -> list[torch.Tensor]:

@@ -79,7 +79,9 @@ class RNNLanguageModel(nn.Module):
         out = self.dropout(out)
         if self.bottleneck is not None:
             out = self.bottleneck(out)
-        return self.output(out), state
+        # A batch-first fused RNN returns a transposed view; nn.Linear on a contiguous input is one
+        # addmm, on the view a matmul plus a separate bias add over the whole (B, T, vocab) logits.
+        return self.output(out.contiguous()), state
 
 
 @torch.no_grad()
