@@ -103,7 +103,8 @@ class LanguageModelPredictor(Predictor):
     def step(self, tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits ``(B, T, V)`` for ``tokens`` ``(B, T)`` and the state after them."""
         names = self.config["state"]
-        outputs = self.sessions["model.onnx"].run(["logits", *names["outputs"]], {"tokens": tokens, **state})
+        feed = {"tokens": np.asarray(tokens, dtype=np.int64), **state}
+        outputs = self.sessions["model.onnx"].run(["logits", *names["outputs"]], feed)
         return outputs[0], dict(zip(names["inputs"], outputs[1:], strict=True))
 
     def generate(
