@@ -164,6 +164,10 @@ class TranslatorPredictor(Predictor):
         super().__init__(folder, config, threads)
         self.encoder, self.decoder = self.sessions["encoder.onnx"], self.sessions["decoder.onnx"]
         self.state, self.memory = config["state"], config["memory"]
+        # Where each decoder input's batch axis is, from the shapes in config.json (beam search reorders it).
+        self.batch_axis = {
+            value["name"]: value["shape"].index("batch") for value in config["graphs"]["decoder.onnx"]["inputs"]
+        }
         self.bos, self.eos = (self.special_tokens["target_tokenizer"][t] for t in (text.BOS, text.EOS))
 
     def encode_sources(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -226,11 +230,8 @@ class TranslatorPredictor(Predictor):
         )  # fmt: skip
 
     def _select(self, state: dict, rows: np.ndarray) -> dict:
-        """Rows of a decoder state: the batch axis of each tensor's shape in ``config.json``."""
-        axes = {
-            value["name"]: value["shape"].index("batch") for value in self.config["graphs"]["decoder.onnx"]["inputs"]
-        }
-        return {name: np.take(value, rows, axis=axes[name]) for name, value in state.items()}
+        """Rows ``rows`` of a decoder state, along each tensor's batch axis."""
+        return {name: np.take(value, rows, axis=self.batch_axis[name]) for name, value in state.items()}
 
 
 def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:
