@@ -90,7 +90,7 @@ class ClassifierPredictor(Predictor):
         return np.stack(logits)
 
     def classify(self, texts: list[str]) -> list[dict]:
-        """``[{"text", "label", "probability"}]`` per text, as ``rnnzoo predict`` prints them."""
+        """``[{"text", "label", "probability", "probabilities"}]`` per text, as ``rnnzoo predict`` prints them."""
         return text.labelled(texts, softmax(self.logits(texts)), self.config["labels"])
 
 
@@ -169,6 +169,7 @@ class TranslatorPredictor(Predictor):
             value["name"]: value["shape"].index("batch") for value in config["graphs"]["decoder.onnx"]["inputs"]
         }
         self.bos, self.eos = (self.special_tokens["target_tokenizer"][t] for t in (text.BOS, text.EOS))
+        self.has_attention = "attention" in [value["name"] for value in config["graphs"]["decoder.onnx"]["outputs"]]
 
     def encode_sources(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Padded source ids ending in ``<eos>`` and their lengths."""
@@ -190,14 +191,19 @@ class TranslatorPredictor(Predictor):
         beam_size: int | None = None,
         max_new_tokens: int | None = None,
         budget: int = TRANSLATOR_TOKEN_BEAMS,
-    ) -> list[str]:
+        attention: bool = False,
+    ) -> list[str] | list[dict]:
         """Translate raw sentences; ``beam_size`` 1 is greedy (default: the model's). Each call
         decodes at most ``budget`` source tokens x beams, since every beam reads its own copy of the
-        encoder's memory; a text that alone needs more raises ``TooLarge``."""
+        encoder's memory; a text that alone needs more raises ``TooLarge``. With ``attention`` each
+        result is ``{"translation", "source_tokens", "target_tokens", "attention"}``, the attention
+        weights being a list of rows (target token x source token)."""
         settings = self.config["decoding"]
         beam_size = settings.get("beam_size", decoding.BEAM_SIZE) if beam_size is None else beam_size
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if attention and not self.has_attention:
+            raise ValueError(f"{self.folder.name} has no attention weights to return: its decoder reads no attention")
         source, lengths = self.encode_sources(texts)
         too_long = [i for i, n in enumerate(lengths) if n * beam_size > budget]
         if too_long:
@@ -211,7 +217,49 @@ class TranslatorPredictor(Predictor):
             decoded = self.decode(source[rows, : lengths[rows].max()], lengths[rows], beam_size, max_new_tokens)
             for row, sequence in zip(rows, decoded, strict=True):
                 ids[row] = sequence
-        return self.tokenizers["target_tokenizer"].decode_batch(ids)
+        translations = self.tokenizers["target_tokenizer"].decode_batch(ids)
+        if not attention:
+            return translations
+        weights = self.attention_weights(source, lengths, ids, budget)
+        source_tokenizer, target_tokenizer = self.tokenizers["source_tokenizer"], self.tokenizers["target_tokenizer"]
+        results = []
+        for row, translation in enumerate(translations):
+            target_tokens = [target_tokenizer.id_to_token(i) for i in ids[row]]
+            target_tokens += [text.EOS] if len(ids[row]) < max_new_tokens else []  # else it ran out of tokens
+            results.append({
+                "translation": translation,
+                "source_tokens": [source_tokenizer.id_to_token(int(i)) for i in source[row, : lengths[row]]],
+                "target_tokens": target_tokens,
+                "attention": np.round(weights[row][: len(target_tokens)], 4).tolist(),
+            })  # fmt: skip
+        return results
+
+    def attention_weights(
+        self, source: np.ndarray, lengths: np.ndarray, targets: list[list[int]], budget: int = TRANSLATOR_TOKEN_BEAMS
+    ) -> list[np.ndarray]:
+        """Per text, the attention ``(target tokens + 1, source tokens)`` of the decoder reading its
+        target back (teacher forcing), the last row being the step after it (that predicted ``<eos>``):
+        a step depends only on the tokens before it, so these are the weights the search saw along the
+        translation it chose."""
+        weights = [None] * len(targets)
+        for rows in sub_batches([(int(n),) for n in lengths], budget):
+            memory, state = self.encode_graph(source[rows, : lengths[rows].max()], lengths[rows])
+            steps = 1 + max(len(targets[row]) for row in rows)
+            previous = np.full((len(rows), steps), self.eos, dtype=np.int64)
+            previous[:, 0] = self.bos
+            for j, row in enumerate(rows):
+                previous[j, 1 : 1 + len(targets[row])] = targets[row]
+            seen = []
+            for t in range(steps):
+                outputs = self.decoder.run(
+                    ["attention", *self.state["outputs"]], {"tokens": previous[:, t], **state, **memory}
+                )
+                seen.append(outputs[0])
+                state = dict(zip(self.state["inputs"], outputs[1:], strict=True))
+            seen = np.stack(seen, 1)
+            for j, row in enumerate(rows):
+                weights[row] = seen[j, : 1 + len(targets[row]), : lengths[row]]
+        return weights
 
     def decode(self, source: np.ndarray, lengths: np.ndarray, beam_size: int, max_new_tokens: int) -> list[list[int]]:
         """Target ids of padded sources, as ``zoo.seq2seq.translate_ids`` decodes them in PyTorch."""

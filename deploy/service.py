@@ -1,7 +1,8 @@
 """``rnnzoo serve``: exported models over HTTP with FastAPI and uvicorn, without torch.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/models/{name}/predict`` (the request schema depends on
-the model's task; see ``/docs``), ``GET /healthz``, ``GET /readyz`` and Prometheus ``GET /metrics``.
+the model's task; see ``/docs``), ``GET /healthz``, ``GET /readyz``, Prometheus ``GET /metrics`` and
+a demo page to try the models in a browser, ``GET /``.
 Bad input is a 4xx with a message: 422 for a wrong type, an empty text or a lone surrogate, 413 for
 too many texts, a text over the size limit, a body over ``max_body_bytes`` (refused before it is
 parsed) or a text too long to translate at the beam asked for, 408 for a body slower than
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import AliasChoices, BaseModel, Field
 
@@ -37,6 +39,13 @@ from zoo import decoding, tasks
 from zoo.text import check_texts
 
 log = logging.getLogger(__name__)
+
+DEMO = Path(__file__).with_name("demo")  # the demo page at GET /: static files, no build step
+# The page loads nothing but its own files, so a text that slipped into the markup could run no script.
+DEMO_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 @dataclass
@@ -82,6 +91,9 @@ class TranslateRequest(TextsRequest):
         None, ge=1, le=512, description="target token budget (``max_length``: its old name, still accepted)",
         validation_alias=AliasChoices("max_new_tokens", "max_length"),
     )  # fmt: skip
+    attention: bool = Field(
+        False, description="return each translation as {translation, source_tokens, target_tokens, attention}"
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -258,6 +270,12 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.get("/", include_in_schema=False)
+    def demo_page() -> FileResponse:
+        return FileResponse(DEMO / "index.html", headers=DEMO_HEADERS)
+
+    app.mount("/demo", StaticFiles(directory=DEMO), name="demo")
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
@@ -275,12 +293,15 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
 
     @app.get("/v1/models")
     def list_models() -> dict:
-        return {
-            "models": [
-                {"name": name, "task": p.task, "labels": p.config.get("labels"), "request": apis[name].request.__name__}
-                for name, p in predictors.items()
-            ]
-        }
+        return {"models": [describe(name, p) for name, p in predictors.items()]}
+
+    def describe(name: str, predictor: Predictor) -> dict:
+        model = {"name": name, "task": predictor.task, "labels": predictor.config.get("labels")}
+        model["request"] = apis[name].request.__name__
+        if predictor.task == "translation":
+            model["beam_size"] = predictor.config["decoding"].get("beam_size", decoding.BEAM_SIZE)
+            model["attention"] = predictor.has_attention
+        return model
 
     for name in predictors:
         _add_predict_route(app, name, apis[name], batchers[name], limits, requests_total, latency)

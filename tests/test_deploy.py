@@ -203,6 +203,28 @@ def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path
     for beam in (1, 3):
         expected = translate_ids(network, torch.from_numpy(source), torch.from_numpy(lengths), 2, 3, beam, 12)
         assert predictor.translate(texts, beam_size=beam) == tokenizer.decode_batch(expected)
+    if network.attention is None:
+        with pytest.raises(ValueError, match="no attention weights"):
+            predictor.translate(texts, attention=True)
+        return
+    # Greedy: the weights the runtime returns are those the network computed while decoding.
+    steps = []
+    (expected,) = translate_ids(
+        network, torch.from_numpy(source[:1]), torch.from_numpy(lengths[:1]), 2, 3, 1, 12, 1.0, steps
+    )
+    (result,) = predictor.translate(texts[:1], beam_size=1, attention=True)
+    assert result["translation"] == tokenizer.decode(expected)
+    assert result["target_tokens"][: len(expected)] == [tokenizer.id_to_token(i) for i in expected]
+    assert result["source_tokens"] == ["w1", "w2", "w3", "w4", "w5", "<eos>"]
+    weights = np.array(result["attention"])
+    assert weights.shape == (len(result["target_tokens"]), len(result["source_tokens"]))
+    np.testing.assert_allclose(weights, np.stack([step[0] for step in steps])[: len(weights), : lengths[0]], atol=1e-4)
+    # Beam search: one row per target token (+ <eos>), each a distribution over the source.
+    for result, translation in zip(predictor.translate(texts, attention=True), predictor.translate(texts), strict=True):
+        weights = np.array(result["attention"])
+        assert result["translation"] == translation
+        assert weights.shape == (len(result["target_tokens"]), len(result["source_tokens"]))
+        np.testing.assert_allclose(weights.sum(1), 1, atol=1e-3)
     with pytest.raises(ValueError, match="empty"):
         predictor.translate(["w1", "  "])
     with pytest.raises(ValueError, match="beam_size must be >= 1"):

@@ -144,9 +144,15 @@ def pad_words(sentences: list[list[list[int]]], time: int) -> tuple[np.ndarray, 
 
 
 def labelled(texts: list[str], probabilities: np.ndarray, labels: list[str]) -> list[dict]:
-    """What a classifier answers for each text, ``{"text", "label", "probability"}``, at every entry point."""
+    """What a classifier answers for each text at every entry point: ``{"text", "label", "probability",
+    "probabilities"}``, the last giving every label's probability."""
     best = probabilities.argmax(-1)
     return [
-        {"text": t, "label": labels[i], "probability": round(float(p[i]), 4)}
+        {
+            "text": t,
+            "label": labels[i],
+            "probability": round(float(p[i]), 4),
+            "probabilities": {label: round(float(value), 4) for label, value in zip(labels, p, strict=True)},
+        }
         for t, i, p in zip(texts, best, probabilities, strict=True)
     ]
