@@ -12,6 +12,7 @@ import argparse
 import time
 
 import torch
+from tqdm import tqdm
 
 from datamodules import TranslationDataModule
 from lightning_modules import TranslationTask
@@ -49,13 +50,13 @@ def main():
 
     net, texts, (bos, eos), task = load(args)
     rates = {}
-    for batch_size in (1, 64):
-        for beam in (1, args.beam_size):
-            start = time.perf_counter()
-            for i in range(0, len(texts), batch_size):
-                source_ids, lengths = task.encode_sources(texts[i : i + batch_size])
-                translate_ids(net, source_ids, lengths, bos, eos, beam)
-            rates[batch_size, beam] = len(texts) / (time.perf_counter() - start)
+    settings = [(batch_size, beam) for batch_size in (1, 64) for beam in (1, args.beam_size)]
+    for batch_size, beam in tqdm(settings, desc="settings", disable=None):  # stderr, TTY only: stdout stays the table
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch_size):
+            source_ids, lengths = task.encode_sources(texts[i : i + batch_size])
+            translate_ids(net, source_ids, lengths, bos, eos, beam)
+        rates[batch_size, beam] = len(texts) / (time.perf_counter() - start)
 
     print(f"\n{len(texts)} {args.split} sentences, {torch.get_num_threads()} threads")
     print(f"| batch | {'greedy sent/s':>13} | {f'beam {args.beam_size} sent/s':>13} | greedy / beam |")

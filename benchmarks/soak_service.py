@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRIES = ("imdb-bilstm", "multi30k-bahdanau", "conll-bilstm-crf", "ptb-lstm-small-tied")
@@ -161,7 +162,8 @@ class Client:
         deadline = time.monotonic() + max_seconds
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda request: self.send(request, deadline), requests))
+            sent = pool.map(lambda request: self.send(request, deadline), requests)
+            list(tqdm(sent, total=len(requests), desc="requests", disable=None))  # stderr, TTY only
         return time.perf_counter() - start
 
 

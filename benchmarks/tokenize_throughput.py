@@ -10,6 +10,8 @@ import argparse
 import re
 import time
 
+from tqdm import tqdm
+
 from datamodules import IMDBDataModule
 
 
@@ -37,7 +39,7 @@ def main():
         "plain Python (re + dict)": lambda: python_baseline(texts, vocab, unk_id),
     }
     timings, outputs = {name: [] for name in paths}, {}
-    for _ in range(args.repeats):
+    for _ in tqdm(range(args.repeats), desc="repeats", disable=None):  # stderr, TTY only: stdout stays the table
         for name, run in paths.items():
             start = time.perf_counter()
             outputs[name] = run()

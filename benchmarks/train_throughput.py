@@ -187,8 +187,10 @@ def main():
         print(json.dumps({**result, "peak_rss_mib": peak}))
         return
 
+    from tqdm import tqdm  # here, not at the top: the children's memory is measured
+
     runs = {PLAIN: [], RNNZOO: []}
-    for _ in range(args.rounds):
+    for _ in tqdm(range(args.rounds), desc="rounds", disable=None):  # stderr, TTY only: stdout stays the table
         runs[PLAIN].append(run_child("plain", args))
         runs[RNNZOO].append(run_child("rnnzoo", args))
     vocab = runs[RNNZOO][0]["vocab"]

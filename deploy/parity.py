@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
 import deploy
 from zoo import decoding, tasks
@@ -18,7 +19,7 @@ from zoo.seq2seq import translate_ids
 
 
 def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
+    for start in tqdm(range(0, len(items), size), desc="parity", unit="batch", disable=None):  # stderr, TTY only
         yield items[start : start + size]
 
 
@@ -93,7 +94,7 @@ def language_model_parity(predictor, network, rows, batch_size) -> dict:
     tokenizer = predictor.tokenizers["tokenizer"]
     nll = {"onnx": 0.0, "torch": 0.0}
     count = 0
-    for sentence in rows["sentence"]:
+    for sentence in tqdm(rows["sentence"], desc="parity", unit="sentence", disable=None):
         ids = np.array([[eos, *tokenizer.encode(sentence).ids, eos]])
         inputs, targets = ids[:, :-1], torch.from_numpy(ids[:, 1:]).flatten()
         logits = {

@@ -119,16 +119,61 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("folders", nargs="+", help="folders written by `rnnzoo export` (model name = folder name)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime intra-op threads per model (with --ray: 1 per replica)"
+    )
     for field, value in vars(Limits()).items():
         parser.add_argument(f"--{field}", type=type(value), default=value)
+    ray = parser.add_argument_group("Ray Serve (pip install 'rnnzoo[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run the service as a Ray Serve deployment")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas of the service, each with its own sessions")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="scale between MIN and MAX replicas")
+    ray.add_argument(
+        "--ray_address", default=None, help="a Ray cluster to join (auto: this machine's); default: a new one"
+    )
     args = parser.parse_args(argv)
     missing = [folder for folder in args.folders if not (Path(folder) / "config.json").is_file()]
     if missing:
         parser.error(f"not exported model folders (no config.json): {', '.join(missing)}")
+    ray_options = {name: vars(args).pop(name) for name in ("ray", "replicas", "autoscale", "ray_address")}
+    if not ray_options["ray"] and (
+        ray_options["replicas"] != 1 or ray_options["autoscale"] or ray_options["ray_address"]
+    ):
+        parser.error("--replicas, --autoscale and --ray_address need --ray")
     try:
-        serve(**vars(args))
+        if ray_options["ray"]:
+            serve_on_ray(args, ray_options)
+        else:
+            serve(**vars(args))
     except ValueError as err:
+        parser.error(str(err))
+
+
+def serve_on_ray(args: argparse.Namespace, options: dict) -> None:
+    from deploy import ray_serve
+    from deploy.service import Limits
+
+    autoscale = ray_serve.parse_autoscale(options["autoscale"]) if options["autoscale"] else None
+    scaling = ray_serve.Scaling(options["replicas"], autoscale, args.threads or 1)
+    limits = Limits(**{k: v for k, v in vars(args).items() if k in Limits.__dataclass_fields__})
+    print(f"serving {len(args.folders)} model(s) on Ray at http://{args.host}:{args.port}", file=sys.stderr)
+    ray_serve.serve_forever(args.folders, args.host, args.port, limits, scaling, options["ray_address"])
+
+
+def plot_main(argv: list[str]) -> None:
+    from lightning_modules.plot import plot_curves
+
+    parser = argparse.ArgumentParser(
+        prog="rnnzoo plot", description="Draw a run's loss, metric and learning-rate curves from its CSV log."
+    )
+    parser.add_argument(
+        "run_dir", help="a run folder holding metrics.csv (runs/<name>/version_N), or a folder holding exactly one"
+    )
+    parser.add_argument("--out", default=None, help="the PNG to write (default: curves.png in the run folder)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {plot_curves(args.run_dir, args.out)}")
+    except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 
 
@@ -138,6 +183,7 @@ SUBCOMMANDS = {
     "zoo": zoo_main,
     "export": export_main,
     "serve": serve_main,
+    "plot": plot_main,
 }
 
 
@@ -167,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
             "rnnzoo zoo --help: pretrained zoo entries (list, info, download, predict, publish)\n"
             "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"
+            "rnnzoo plot --help: draw a run's training curves (loss, metrics, learning rate) into a PNG\n"
         )
         if importlib.util.find_spec("lightning") is None:
             return

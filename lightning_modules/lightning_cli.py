@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.loading import DataError
@@ -21,6 +21,13 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.source_vocab_size", "model.init_args.source_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Resolve every logger's version before any makes its folder: CSV and TensorBoard then pick one version_N.
+        for logger in trainer.loggers:
+            _ = logger.version
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         """A ``--ckpt_path`` naming a pretrained folder, zoo entry or URL (not a ``.ckpt``): the data uses
