@@ -8,7 +8,12 @@ requests, client-side connection errors and the server's resident memory (VmRSS)
 and at the end. Targets: every valid request 200, every invalid one a 4xx, no connection error,
 at most 50 MB of memory growth; the exit status is 1 when one is missed.
 
+With ``--ray`` it soaks, one after the other, ``rnnzoo serve`` and ``rnnzoo serve --ray --replicas N``
+for each N of ``--replicas`` (default 1 and 2), the same requests each time, and prints them side by
+side with the throughput ratio to ``rnnzoo serve`` (memory: the replicas' processes together).
+
     python benchmarks/soak_service.py [--requests 10000] [--concurrency 16] [--max_seconds 1800]
+    python benchmarks/soak_service.py --ray --replicas 1 2 --requests 2000
 """
 
 import argparse
@@ -167,9 +172,24 @@ class Client:
         return time.perf_counter() - start
 
 
-def memory_mb(pid: int, field: str = "VmRSS") -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+def memory_mb(pids: list[int], field: str = "VmRSS") -> float:
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            total += next(int(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+    return total
+
+
+def ray_replicas() -> list[int]:
+    """The processes of the rnnzoo service's Ray Serve replicas (Ray names them ``ServeReplica:rnnzoo:…``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"ServeReplica:rnnzoo" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended
+            continue
+    return pids
 
 
 def free_port() -> int:
@@ -178,10 +198,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folders: list[Path], threads: int) -> tuple[subprocess.Popen, int]:
+def start_server(folders: list[Path], threads: int, options: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [sys.executable, "-m", "lightning_modules.cli", "serve", *map(str, folders), "--port", str(port)]
-    server = subprocess.Popen([*command, "--threads", str(threads)], cwd=REPO)
+    server = subprocess.Popen([*command, "--threads", str(threads), *options], cwd=REPO)
     for _ in range(600):
         if server.poll() is not None:
             sys.exit(f"the server exited with status {server.returncode}")
@@ -196,6 +216,22 @@ def start_server(folders: list[Path], threads: int) -> tuple[subprocess.Popen, i
     sys.exit("the server did not become ready in 120 s")
 
 
+def soak(folders: list[Path], args, options: list[str]) -> dict:
+    """Start ``rnnzoo serve`` with ``options``, warm it up, send the requests and stop it."""
+    server, port = start_server(folders, args.threads, options)
+    try:
+        Client(port).run(make_requests(max(50, args.requests // 20), args.seed + 1), args.concurrency, args.max_seconds)
+        pids = ray_replicas() if "--ray" in options else [server.pid]
+        before = memory_mb(pids)
+        client = Client(port)
+        seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)
+        after, peak = memory_mb(pids), memory_mb(pids, "VmHWM")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {"outcomes": client.outcomes, "seconds": seconds, "before": before, "after": after, "peak": peak}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=10_000)
@@ -204,20 +240,39 @@ def main():
     parser.add_argument("--exports", type=Path, default=REPO / "exported" / "soak", help="exported models (cache)")
     parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime threads per model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray", action="store_true", help="compare rnnzoo serve with Ray Serve deployments")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="with --ray: the replica counts")
     args = parser.parse_args()
 
-    folders = export_entries(args.exports)
-    server, port = start_server(list(folders.values()), args.threads)
-    try:
-        Client(port).run(make_requests(max(50, args.requests // 20), args.seed + 1), args.concurrency, args.max_seconds)
-        before = memory_mb(server.pid)
-        client = Client(port)
-        seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)
-        after, peak = memory_mb(server.pid), memory_mb(server.pid, "VmHWM")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    report(client.outcomes, seconds, before, after, peak, args)
+    folders = list(export_entries(args.exports).values())
+    if not args.ray:
+        run = soak(folders, args, [])
+        report(run["outcomes"], run["seconds"], run["before"], run["after"], run["peak"], args)
+        return
+    runs = {"rnnzoo serve": soak(folders, args, [])}
+    for replicas in args.replicas:
+        runs[f"--ray --replicas {replicas}"] = soak(folders, args, ["--ray", "--replicas", str(replicas)])
+    compare(runs, args)
+
+
+def compare(runs: dict[str, dict], args) -> None:
+    """The runs side by side; exit status 1 if any valid request failed or an invalid one was not a 4xx."""
+    print(f"\n{args.requests} requests per run, concurrency {args.concurrency}, {args.threads} onnxruntime thread(s)")
+    print("| service | requests | seconds | requests/s | vs rnnzoo serve | valid p50 / p99 | wrong answers | memory |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    baseline = len(runs["rnnzoo serve"]["outcomes"]) / runs["rnnzoo serve"]["seconds"]
+    wrong_total = 0
+    for name, run in runs.items():
+        outcomes, rate = run["outcomes"], len(run["outcomes"]) / run["seconds"]
+        wrong = sum(not expected(valid, outcome) for valid, _, outcome, _ in outcomes)
+        wrong_total += wrong + (args.requests - len(outcomes))
+        valid = [seconds for is_valid, _, _, seconds in outcomes if is_valid]
+        print(
+            f"| {name} | {len(outcomes)} | {run['seconds']:.1f} | {rate:.1f} | {rate / baseline:.2f}x "
+            f"| {percentiles(valid)} | {wrong} | {run['after']:.0f} MB (peak {run['peak']:.0f} MB) |"
+        )
+    if wrong_total:
+        sys.exit(1)
 
 
 def report(outcomes: list, seconds: float, before: float, after: float, peak: float, args) -> None:

@@ -133,6 +133,25 @@ def test_models_predictions_and_openapi(server):
     assert {"/v1/models/sentiment/predict", "/v1/models/translator/predict", "/metrics"} <= set(paths)
 
 
+def test_the_demo_page_and_what_it_asks_for(server):
+    status, page = server.get("/")
+    assert status == 200 and '<script src="/demo/demo.js"' in page
+    assert server.get("/demo/demo.js")[0] == 200 and server.get("/demo/nothing.js")[0] == 404
+    translator = next(m for m in json.loads(server.get("/v1/models")[1])["models"] if m["name"] == "translator")
+    assert translator["attention"] is True and translator["beam_size"] == 2
+    status, body = server.post("/v1/models/sentiment/predict", {"texts": ["w1 w2"]})
+    probabilities = body["predictions"][0]["probabilities"]
+    assert list(probabilities) == ["neg", "pos"] and sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+    request = {"texts": ["w1 w2 w3", "w4"], "beam_size": 2}
+    plain = server.post("/v1/models/translator/predict", request)[1]["translations"]
+    status, body = server.post("/v1/models/translator/predict", {**request, "attention": True})
+    assert status == 200 and [t["translation"] for t in body["translations"]] == plain
+    for result, sources in zip(body["translations"], (["w1", "w2", "w3", "<eos>"], ["w4", "<eos>"]), strict=True):
+        weights = np.array(result["attention"])
+        assert result["source_tokens"] == sources and weights.shape == (len(result["target_tokens"]), len(sources))
+        np.testing.assert_allclose(weights.sum(1), 1, atol=1e-3)
+
+
 BAD_REQUESTS = [
     ("/v1/models/sentiment/predict", {"texts": "w1 w2"}, 422),  # a string, not a list
     ("/v1/models/sentiment/predict", {"texts": []}, 422),
