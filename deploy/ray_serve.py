@@ -85,9 +85,10 @@ def start(folders: list[str], host: str, port: int, limits: Limits, scaling: Sca
 
 def serve_forever(folders, host, port, limits, scaling, address: str | None = None) -> None:
     """``start`` and serve until Ctrl-C or SIGTERM, then shut down what was started."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the cleanup below runs on a plain `kill` too
     try:
         start(folders, host, port, limits, scaling, address)
+        # Set after ray.init, which installs a SIGTERM handler of its own: the cleanup below runs on `kill` too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
