@@ -78,7 +78,11 @@ def start(folders: list[str], host: str, port: int, limits: Limits, scaling: Sca
     except ImportError:
         raise ValueError("--ray needs Ray Serve: pip install 'rnnzoo[ray]'") from None
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, TimeoutError) as err:
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+            raise ValueError(f"could not {where}: {err}") from None
     serve.start(http_options={"host": host, "port": port})
     serve.run(application(folders, limits, scaling), name=APP_NAME, route_prefix="/")
 

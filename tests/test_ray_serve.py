@@ -70,3 +70,11 @@ def test_bad_ray_options_are_refused_before_ray_starts(tmp_path_factory, capsys,
     with pytest.raises(SystemExit):
         main(["serve", str(folder), *arguments])
     assert message in capsys.readouterr().err
+
+
+def test_a_cluster_that_is_not_there_is_one_line(tmp_path_factory, capsys):
+    pytest.importorskip("ray.serve", reason="Ray Serve is the `ray` extra: pip install 'rnnzoo[ray]'")
+    folder = exported_models(tmp_path_factory)["sentiment"]
+    with pytest.raises(SystemExit):
+        main(["serve", str(folder), "--ray", "--ray_address", "auto"])
+    assert "could not join the Ray cluster at auto" in capsys.readouterr().err
