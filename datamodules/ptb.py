@@ -78,6 +78,11 @@ class PTBDataModule(TextDataModule):
         return fit(self.splits["train"][self.hparams.text_column], special_tokens=[UNK, EOS])
 
     @property
+    def level(self) -> str:
+        """``word`` or ``char``: linked into the language model, which logs bits per character for ``char``."""
+        return self.hparams.level
+
+    @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 

@@ -1,6 +1,7 @@
 """Language modelling task: truncated BPTT over a contiguous stream, token-weighted perplexity."""
 
 import ctypes
+import math
 import sys
 from typing import Literal
 
@@ -22,6 +23,8 @@ class LanguageModelTask(DataStateInCheckpoint):
 
     Args:
         vocab_size: linked from the datamodule by the CLI.
+        level: ``word`` or ``char``, linked from the datamodule; character-level models also log
+            bits per character, ``{val,test}_bpc`` = log2(e) x the mean negative log-likelihood.
         loss_reduction: ``token_mean`` averages the loss over tokens (pytorch/examples: lr 20,
             clip 0.25); ``sum_over_time`` sums over time steps and averages over the batch as
             Zaremba et al. (2014) did, so their lr 1 / clip 5 carry over unchanged.
@@ -36,6 +39,7 @@ class LanguageModelTask(DataStateInCheckpoint):
     def __init__(
         self,
         vocab_size: int,
+        level: Literal["word", "char"] = "word",
         loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
         **architecture,
     ):
@@ -43,6 +47,8 @@ class LanguageModelTask(DataStateInCheckpoint):
         super().__init__()
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ValueError(f"loss_reduction must be 'token_mean' or 'sum_over_time', got {loss_reduction!r}")
+        if level not in ("word", "char"):
+            raise ValueError(f"level must be 'word' or 'char', got {level!r}")
         self.save_hyperparameters()
         self.network_arguments = {"vocab_size": vocab_size, **architecture}
         self.net = RNNLanguageModel(vocab_size, **architecture)
@@ -134,6 +140,8 @@ class LanguageModelTask(DataStateInCheckpoint):
         nll = metric.compute()
         self.log(f"{prefix}_loss", nll)
         self.log(f"{prefix}_ppl", nll.exp(), prog_bar=True)
+        if self.hparams.level == "char":
+            self.log(f"{prefix}_bpc", nll / math.log(2))
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -21,6 +21,7 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.source_vocab_size", "model.init_args.source_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
+        parser.link_arguments("data.level", "model.init_args.level", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

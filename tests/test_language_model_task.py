@@ -1,4 +1,5 @@
 import math
+import re
 
 import lightning as L
 import pytest
@@ -118,3 +119,21 @@ def test_checkpoint_carries_the_tokenizer_and_refuses_another_vocabulary(tmp_pat
         trainer(tmp_path).validate(
             Task(dm.vocab_size, embedding_dim=8, hidden_size=16, num_layers=1), other, ckpt_path=ckpt
         )
+
+
+def test_character_models_report_bits_per_character(tmp_path, synthetic_corpus):
+    from tests.conftest import REPO, rnnzoo
+
+    config = REPO / "zoo" / "configs" / "ptb_char_lstm.yaml"
+    small = "--model.init_args.hidden_size 16 --model.init_args.embedding_dim 8 --model.init_args.num_layers 1"
+    result = rnnzoo(
+        tmp_path, "validate", "--config", str(config), "--data.data_dir", str(synthetic_corpus),
+        *small.split(), "--data.bptt", "20", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    metrics = {name: float(value) for name, value in re.findall(r"(val_\w+)\s+([\d.]+)", result.stdout)}
+    assert metrics["val_bpc"] == pytest.approx(metrics["val_loss"] / math.log(2), rel=1e-4)
+    word_level = rnnzoo(
+        tmp_path, "validate", "--config", str(REPO / "zoo" / "configs" / "ptb_lstm_small.yaml"),
+        "--data.data_dir", str(synthetic_corpus), *small.split(), "--trainer.logger", "false",
+    )  # fmt: skip
+    assert "val_ppl" in word_level.stdout and "val_bpc" not in word_level.stdout
