@@ -8,7 +8,8 @@ differ by more than the tolerance.
 
 We use the TorchScript-based exporter (``dynamo=False``) on purpose: it maps ``nn.LSTM``/``GRU``/
 ``RNN`` (packed sequences included) to ONNX's fused LSTM/GRU/RNN ops with ``sequence_lens``, while
-the dynamo exporter in this torch decomposes recurrences and needs extra packages.
+the dynamo exporter in this torch decomposes recurrences and needs extra packages. ``mingru`` and
+``minlstm`` export their recurrence as an ONNX Loop over time (see ``zoo.minimal``).
 """
 
 import os
@@ -28,6 +29,7 @@ from deploy.parity import task_parity
 from zoo import tasks
 from zoo.fused import prepare_for_onnx_export
 from zoo.hub import resolve, sha256_of
+from zoo.minimal import MINIMAL_CELLS
 from zoo.pretrained import Pretrained, load_pretrained, staged_folder, write_json
 from zoo.recurrent import FUSED_CELLS, RecurrentStack
 
@@ -78,8 +80,11 @@ def export(
     network = pretrained.network.eval().float()
     task = tasks.get(pretrained.config["task"])
     stacks = [m for m in network.modules() if isinstance(m, RecurrentStack)]
-    if any(stack.cell not in FUSED_CELLS for stack in stacks):
-        raise ExportError(f"only the fused cells ({', '.join(FUSED_CELLS)}) export to ONNX RNN ops")
+    if any(stack.cell not in FUSED_CELLS and stack.cell not in MINIMAL_CELLS for stack in stacks):
+        raise ExportError(
+            f"only the fused cells ({', '.join(FUSED_CELLS)}) and the minimal cells ({', '.join(MINIMAL_CELLS)}) "
+            "export to ONNX (RNN ops and a Loop)"
+        )
     interface = task.load("graphs")(prepare_for_onnx_export(network))
     graphs = interface.graphs
     with staged_folder(out_dir) as staging:

@@ -16,6 +16,8 @@ _MODULE_OF = {
     "from_pretrained": "zoo.hub",
     "RNNLanguageModel": "zoo.language_model",
     "generate": "zoo.language_model",
+    "MinGRUCell": "zoo.minimal",
+    "MinLSTMCell": "zoo.minimal",
     "CELLS": "zoo.recurrent",
     "RecurrentStack": "zoo.recurrent",
     "detach_state": "zoo.recurrent",

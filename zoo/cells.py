@@ -26,6 +26,10 @@ class GatedCell(nn.Module):
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_proj(x)
 
+    def recurrence(self) -> tuple[nn.Parameter, list[nn.Parameter]]:
+        """``[U_c; U_z]`` ``(2H, H)`` and the bias added to its product."""
+        return self.hidden_proj.weight, [self.input_proj.bias]
+
     def step(self, projected_x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         candidate, gate = (projected_x + self.hidden_proj(h)).chunk(2, dim=-1)
         z = torch.sigmoid(gate)
@@ -50,6 +54,10 @@ class JordanCell(nn.Module):
 
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_proj(x)
+
+    def recurrence(self) -> tuple[nn.Parameter, list[nn.Parameter]]:
+        """``U_h`` ``(H, H)`` and the bias added to its product."""
+        return self.output_to_hidden.weight, [self.input_proj.bias]
 
     def step(self, projected_x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.tanh(projected_x + self.output_to_hidden(y))

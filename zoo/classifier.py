@@ -5,7 +5,7 @@ from torch import nn
 
 from zoo.dropout import make_dropout
 from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool
-from zoo.recurrent import CellType, RecurrentStack
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack
 
 
 class SequenceClassifier(nn.Module):
@@ -13,7 +13,8 @@ class SequenceClassifier(nn.Module):
 
     Args:
         vocab_size, num_classes: sizes set by the data.
-        embedding_dim, hidden_size, num_layers, cell, bidirectional, residual: the stack.
+        embedding_dim, hidden_size, num_layers, cell, bidirectional, residual, recurrent_init, nonlinearity:
+            the stack (see ``RecurrentStack``).
         dropout: on the embeddings, between layers and on the pooled vector.
         locked_dropout: one dropout mask per sequence instead of one per step.
         pooling: ``last`` (final state; both directions of a BiRNN), ``mean``, ``max`` or
@@ -33,6 +34,8 @@ class SequenceClassifier(nn.Module):
         locked_dropout: bool = False,
         residual: bool = False,
         pooling: Pooling = "last",
+        recurrent_init: RecurrentInit = "default",
+        nonlinearity: Nonlinearity = "tanh",
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -43,7 +46,16 @@ class SequenceClassifier(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.embedding_dropout = make_dropout(dropout, locked_dropout)
         self.rnn = RecurrentStack(
-            embedding_dim, hidden_size, num_layers, cell, bidirectional, dropout, locked_dropout, residual
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            cell,
+            bidirectional,
+            dropout,
+            locked_dropout,
+            residual,
+            recurrent_init,
+            nonlinearity,
         )
         self.attention = AttentionPooling(self.rnn.output_size) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)

@@ -96,9 +96,12 @@ class FusedBidirectional(nn.Module):
     Same calling convention and state layout as a bidirectional single-layer ``nn.LSTM``.
     """
 
-    def __init__(self, rnn_class: type[nn.RNNBase], input_size: int, hidden_size: int):
+    def __init__(self, rnn_class: type[nn.RNNBase], input_size: int, hidden_size: int, **options):
+        """``options``: more keyword arguments of ``rnn_class`` (``nonlinearity`` of an ``nn.RNN``)."""
         super().__init__()
-        self.directions = nn.ModuleList(rnn_class(input_size, hidden_size, batch_first=True) for _ in range(2))
+        self.directions = nn.ModuleList(
+            rnn_class(input_size, hidden_size, batch_first=True, **options) for _ in range(2)
+        )
         self.merged: nn.RNNBase | None = None  # the export form, set by prepare_for_onnx_export
 
     def forward(self, x, state=None, lengths=None):
@@ -118,7 +121,8 @@ class FusedBidirectional(nn.Module):
     def as_one_module(self) -> nn.RNNBase:
         """The equivalent bidirectional ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (one fused ONNX op when exported)."""
         forward, backward = self.directions
-        merged = type(forward)(forward.input_size, forward.hidden_size, batch_first=True, bidirectional=True)
+        options = {"nonlinearity": forward.nonlinearity} if isinstance(forward, nn.RNN) else {}
+        merged = type(forward)(forward.input_size, forward.hidden_size, batch_first=True, bidirectional=True, **options)
         with torch.no_grad():
             for name, weight in forward.named_parameters():
                 getattr(merged, name).copy_(weight)

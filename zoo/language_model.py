@@ -5,7 +5,7 @@ from torch import nn
 
 from zoo import decoding
 from zoo.dropout import make_dropout
-from zoo.recurrent import CellType, RecurrentStack, State
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, State
 
 
 class RNNLanguageModel(nn.Module):
@@ -14,14 +14,16 @@ class RNNLanguageModel(nn.Module):
     Args:
         vocab_size: number of tokens.
         embedding_dim: size of the input embedding.
-        hidden_size, num_layers, cell, residual: the recurrent stack (see ``RecurrentStack``).
+        hidden_size, num_layers, cell, residual, recurrent_init, nonlinearity: the recurrent stack (see
+            ``RecurrentStack``).
         dropout: dropout on the embedding output, between layers and before the projection
             (the non-recurrent connections, as in Zaremba et al.).
         locked_dropout: one dropout mask per sequence (variational dropout) instead of per step.
         tie_weights: share the embedding matrix with the output projection (Press & Wolf 2017).
             When ``embedding_dim != hidden_size`` a linear bottleneck maps the stack's output down.
         init_range: initialise every parameter uniformly in ``[-init_range, init_range]``
-            (Zaremba: 0.1 small, 0.05 medium, 0.04 large); ``None`` keeps PyTorch's defaults.
+            (Zaremba: 0.1 small, 0.05 medium, 0.04 large); ``None`` keeps PyTorch's defaults. A
+            ``recurrent_init`` other than ``default`` still sets the recurrent matrices.
     """
 
     def __init__(
@@ -36,6 +38,8 @@ class RNNLanguageModel(nn.Module):
         tie_weights: bool = False,
         residual: bool = False,
         init_range: float | None = 0.1,
+        recurrent_init: RecurrentInit = "default",
+        nonlinearity: Nonlinearity = "tanh",
     ):
         super().__init__()
         if vocab_size < 1:
@@ -50,6 +54,8 @@ class RNNLanguageModel(nn.Module):
             dropout=dropout,
             locked_dropout=locked_dropout,
             residual=residual,
+            recurrent_init=recurrent_init,
+            nonlinearity=nonlinearity,
         )
         self.dropout = make_dropout(dropout, locked_dropout)
         needs_bottleneck = tie_weights and embedding_dim != hidden_size
@@ -58,6 +64,7 @@ class RNNLanguageModel(nn.Module):
         if init_range is not None:
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
+            self.rnn.init_recurrent_weights()
         if tie_weights:
             self.output.weight = self.embedding.weight
 

@@ -1,7 +1,8 @@
 """The configurable recurrent stack every zoo model is built on.
 
-Cells ``rnn`` (Elman, tanh), ``lstm`` and ``gru`` run on the fused ``nn.RNN``/``nn.LSTM``/``nn.GRU``
-kernels (cuDNN on GPU, oneDNN on CPU); ``gated`` and ``jordan`` are explicit loops (see ``zoo.cells``).
+Cells ``rnn`` (Elman, tanh or ReLU), ``lstm`` and ``gru`` run on the fused ``nn.RNN``/``nn.LSTM``/``nn.GRU``
+kernels (cuDNN on GPU, oneDNN on CPU); ``gated`` and ``jordan`` are explicit loops (see ``zoo.cells``);
+``mingru`` and ``minlstm`` (Feng et al. 2024) train with a log-space parallel scan (see ``zoo.minimal``).
 Layers are kept as separate modules so that dropout (standard or locked) and residual connections
 can sit between them.
 """
@@ -15,10 +16,14 @@ from torch import nn
 from zoo.cells import LOOP_CELLS, LoopRecurrence
 from zoo.dropout import make_dropout
 from zoo.fused import FusedBidirectional, run_to_lengths
+from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence
 
-CellType = Literal["rnn", "lstm", "gru", "gated", "jordan"]
+CellType = Literal["rnn", "lstm", "gru", "gated", "jordan", "mingru", "minlstm"]
 FUSED_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS)
+CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS) + tuple(MINIMAL_CELLS)
+RecurrentInit = Literal["default", "orthogonal", "identity"]
+RECURRENT_INITS = ("default", "orthogonal", "identity")
+Nonlinearity = Literal["tanh", "relu"]
 
 # An LSTM state is (h, c); every other cell carries one tensor. Shapes follow torch:
 # (num_layers * num_directions, batch, hidden_size).
@@ -39,6 +44,21 @@ def detach_state(state: State | None) -> State | None:
     return map_state(state, torch.Tensor.detach)
 
 
+def recurrences(module: nn.Module) -> list[tuple[nn.Parameter, list[nn.Parameter]]]:
+    """Every hidden-to-hidden matrix in ``module`` (gate blocks stacked, ``(gates * H, H)``), each
+    with the biases added to its product: one per layer and direction."""
+    found = []
+    for m in module.modules():
+        if isinstance(m, nn.RNNBase):
+            for name, weight in m.named_parameters():
+                if name.startswith("weight_hh"):
+                    suffix = name.removeprefix("weight_hh")
+                    found.append((weight, [getattr(m, "bias_ih" + suffix), getattr(m, "bias_hh" + suffix)]))
+        elif hasattr(m, "recurrence"):
+            found.append(m.recurrence())
+    return found
+
+
 class RecurrentStack(nn.Module):
     """``num_layers`` recurrent layers of one cell type, batch-first.
 
@@ -46,11 +66,16 @@ class RecurrentStack(nn.Module):
         input_size: features per input step.
         hidden_size: units per direction in each layer.
         num_layers: depth of the stack.
-        cell: one of ``rnn``, ``lstm``, ``gru``, ``gated``, ``jordan``.
+        cell: one of ``rnn``, ``lstm``, ``gru``, ``gated``, ``jordan``, ``mingru``, ``minlstm``.
         bidirectional: run each layer in both directions and concatenate.
         dropout: dropout on the input of every layer after the first.
         locked_dropout: use one dropout mask per sequence instead of one per step.
         residual: add each layer's input to its output (layers after the first), as in GNMT.
+        recurrent_init: ``default`` keeps torch's initialisation; ``orthogonal`` makes each
+            hidden-to-hidden ``(H, H)`` gate block orthogonal (Saxe et al. 2014); ``identity`` makes
+            each block the identity and zeroes the biases of the recurrence (the IRNN of Le et al.
+            2015, with ``cell="rnn", nonlinearity="relu"``).
+        nonlinearity: ``tanh`` or ``relu``, of the ``rnn`` cell only.
     """
 
     def __init__(
@@ -63,13 +88,23 @@ class RecurrentStack(nn.Module):
         dropout: float = 0.0,
         locked_dropout: bool = False,
         residual: bool = False,
+        recurrent_init: RecurrentInit = "default",
+        nonlinearity: Nonlinearity = "tanh",
     ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if recurrent_init not in RECURRENT_INITS:
+            raise ValueError(f"unknown recurrent_init {recurrent_init!r}; choose one of {', '.join(RECURRENT_INITS)}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}; choose tanh or relu")
+        if nonlinearity != "tanh" and cell != "rnn":
+            raise ValueError(f"nonlinearity={nonlinearity!r} applies to the 'rnn' cell only, not {cell!r}")
         self.cell = cell
+        self.nonlinearity = nonlinearity
+        self.recurrent_init = recurrent_init
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.num_directions = 2 if bidirectional else 1
@@ -78,13 +113,36 @@ class RecurrentStack(nn.Module):
             self._make_layer(input_size if i == 0 else self.output_size, bidirectional) for i in range(num_layers)
         )
         self.inter_layer_dropout = make_dropout(dropout, locked_dropout)
+        self.init_recurrent_weights()
 
     def _make_layer(self, input_size: int, bidirectional: bool) -> nn.Module:
+        options = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
         if self.cell in FUSED_CELLS and bidirectional:
-            return FusedBidirectional(FUSED_CELLS[self.cell], input_size, self.hidden_size)
+            return FusedBidirectional(FUSED_CELLS[self.cell], input_size, self.hidden_size, **options)
         if self.cell in FUSED_CELLS:
-            return FUSED_CELLS[self.cell](input_size, self.hidden_size, batch_first=True)
+            return FUSED_CELLS[self.cell](input_size, self.hidden_size, batch_first=True, **options)
+        if self.cell in MINIMAL_CELLS:
+            return MinimalRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
         return LoopRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
+
+    def init_recurrent_weights(self) -> None:
+        """Apply ``recurrent_init``; a model that re-initialises all its parameters calls this after."""
+        if self.recurrent_init == "default":
+            return
+        found = recurrences(self)
+        if not found:
+            raise ValueError(
+                f"the {self.cell!r} cell has no recurrent matrix (its gates read only the input), so "
+                f"recurrent_init={self.recurrent_init!r} has nothing to set: use recurrent_init='default'"
+            )
+        init_block = nn.init.orthogonal_ if self.recurrent_init == "orthogonal" else nn.init.eye_
+        with torch.no_grad():
+            for weight, biases in found:
+                for block in weight.split(self.hidden_size):  # one (H, H) block per gate
+                    init_block(block)
+                if self.recurrent_init == "identity":
+                    for bias in biases:
+                        bias.zero_()
 
     @property
     def output_size(self) -> int:
@@ -101,7 +159,7 @@ class RecurrentStack(nn.Module):
         return map_state(state, lambda s: s[rows].contiguous())
 
     def _run_layer(self, layer: nn.Module, x, state, lengths):
-        if isinstance(layer, LoopRecurrence):
+        if isinstance(layer, LoopRecurrence | MinimalRecurrence):
             return layer(x, state, lengths)
         run = layer if isinstance(layer, FusedBidirectional) else partial(run_to_lengths, layer)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):

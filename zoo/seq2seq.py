@@ -13,7 +13,7 @@ from torch import nn
 from zoo import decoding
 from zoo.attention import Attention, AttentionType
 from zoo.pooling import last_layer_state, valid_mask
-from zoo.recurrent import CellType, RecurrentStack, State, map_state
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, State, map_state
 
 Context = Literal["initial", "every_step", "attention"]
 CONTEXTS = ("initial", "every_step", "attention")
@@ -40,7 +40,7 @@ class Seq2Seq(nn.Module):
         source_vocab_size, target_vocab_size: set by the data.
         embedding_dim: source and target embeddings (and the output layer's input size).
         hidden_size: encoder units per direction; the decoder has ``hidden_size * directions``.
-        num_layers, cell, dropout: both recurrent stacks.
+        num_layers, cell, dropout, recurrent_init, nonlinearity: both recurrent stacks (see ``RecurrentStack``).
         bidirectional_encoder: a BiRNN encoder; its final states seed the decoder through a
             ``tanh`` bridge.
         context: how the decoder sees the source: ``initial`` (only as its initial state, Sutskever),
@@ -68,6 +68,8 @@ class Seq2Seq(nn.Module):
         input_feeding: bool = False,
         tie_weights: bool = False,
         tie_embeddings: bool | None = None,
+        recurrent_init: RecurrentInit = "default",
+        nonlinearity: Nonlinearity = "tanh",
     ):
         super().__init__()
         if tie_embeddings is not None:
@@ -83,7 +85,10 @@ class Seq2Seq(nn.Module):
         self.source_embedding = nn.Embedding(source_vocab_size, embedding_dim)
         self.target_embedding = nn.Embedding(target_vocab_size, embedding_dim)
         self.dropout = nn.Dropout(dropout)
-        self.encoder = RecurrentStack(embedding_dim, hidden_size, num_layers, cell, bidirectional_encoder, dropout)
+        stack_options = {"recurrent_init": recurrent_init, "nonlinearity": nonlinearity}
+        self.encoder = RecurrentStack(
+            embedding_dim, hidden_size, num_layers, cell, bidirectional_encoder, dropout, **stack_options
+        )
         memory_size = self.encoder.output_size
         decoder_size = memory_size
         self.num_layers, self.decoder_size = num_layers, decoder_size
@@ -98,7 +103,7 @@ class Seq2Seq(nn.Module):
         if uses_luong:
             self.combine = nn.Linear(memory_size + decoder_size, decoder_size)
             decoder_input += decoder_size if input_feeding else 0
-        self.decoder = RecurrentStack(decoder_input, decoder_size, num_layers, cell, dropout=dropout)
+        self.decoder = RecurrentStack(decoder_input, decoder_size, num_layers, cell, dropout=dropout, **stack_options)
         self.pre_output = nn.Linear(features, embedding_dim)
         self.output = nn.Linear(embedding_dim, target_vocab_size)
         if tie_weights:

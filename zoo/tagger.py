@@ -9,7 +9,7 @@ from torch import nn
 from zoo.crf import CRF, bio_constraints
 from zoo.dropout import make_dropout
 from zoo.pooling import last_layer_state
-from zoo.recurrent import CellType, RecurrentStack
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack
 from zoo.text import IGNORE_INDEX
 
 
@@ -39,6 +39,8 @@ class SequenceTagger(nn.Module):
             are forbidden in training and decoding.
         char_vocab_size: > 0 adds character-level BiLSTM word features.
         output: ``softmax`` (independent per-token decisions) or ``crf`` (Viterbi over the sentence).
+        recurrent_init, nonlinearity: of the word-level stack (see ``RecurrentStack``); the character
+            encoder keeps torch's initialisation.
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class SequenceTagger(nn.Module):
         char_embedding_dim: int = 30,
         char_hidden_size: int = 25,
         output: Literal["softmax", "crf"] = "crf",
+        recurrent_init: RecurrentInit = "default",
+        nonlinearity: Nonlinearity = "tanh",
     ):
         super().__init__()
         if output not in ("softmax", "crf"):
@@ -65,7 +69,18 @@ class SequenceTagger(nn.Module):
         self.chars = CharWordEncoder(char_vocab_size, char_embedding_dim, char_hidden_size) if char_vocab_size else None
         input_size = embedding_dim + (self.chars.output_size if self.chars else 0)
         self.dropout = make_dropout(dropout, locked_dropout)
-        self.rnn = RecurrentStack(input_size, hidden_size, num_layers, cell, True, dropout, locked_dropout, residual)
+        self.rnn = RecurrentStack(
+            input_size,
+            hidden_size,
+            num_layers,
+            cell,
+            True,
+            dropout,
+            locked_dropout,
+            residual,
+            recurrent_init,
+            nonlinearity,
+        )
         self.emissions = nn.Linear(self.rnn.output_size, len(labels))
         self.crf = CRF(len(labels), *bio_constraints(self.labels)) if output == "crf" else None
 
