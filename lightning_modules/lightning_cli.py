@@ -23,6 +23,17 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
         parser.link_arguments("data.level", "model.init_args.level", apply_on="instantiate")
 
+    def instantiate_classes(self) -> None:
+        """A value the model's or data's constructor refuses is one line, not jsonargparse's traceback
+        that wraps it ("Does not validate against any of the Union subtypes ...")."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise SystemExit(f"rnnzoo {self.subcommand}: invalid configuration: {cause}") from None
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Resolve every logger's version before any makes its folder: CSV and TensorBoard then pick one version_N.

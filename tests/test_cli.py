@@ -86,12 +86,18 @@ def test_generate_needs_an_existing_checkpoint(tmp_path):
     assert result.returncode == 2 and "no checkpoint" in result.stderr
 
 
-@pytest.mark.parametrize("argument", ["--data.init_args.bptt"])
-def test_bad_config_value_is_reported(tmp_path, argument):
-    result = rnnzoo(
-        tmp_path, "fit", "--config", str(PTB_CONFIG), "--data.data_dir", "unused", argument, "0", check=False
-    )
-    assert result.returncode != 0 and "bptt must be >= 1" in result.stderr
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--data.init_args.bptt", "0"], "bptt must be >= 1"),
+        (["--model.init_args.cell", "mingru", "--model.init_args.recurrent_init", "orthogonal"], "no recurrent matrix"),
+    ],
+)
+def test_bad_config_value_is_one_line(tmp_path, synthetic_corpus, arguments, message):
+    data = ["--data.data_dir", str(synthetic_corpus)]
+    result = rnnzoo(tmp_path, "fit", "--config", str(PTB_CONFIG), *data, *arguments, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr and "invalid configuration" in result.stderr.strip().splitlines()[-1]
 
 
 def test_imdb_fit_test_and_predict_raw_text(tmp_path):
