@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torchmetrics import MeanMetric
 
 from lightning_modules.data_state import DataStateInCheckpoint
@@ -82,6 +83,13 @@ class LanguageModelTask(DataStateInCheckpoint):
 
     def on_test_epoch_start(self) -> None:
         self._reset_state("test")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # A character-aware model reads its vocabulary's words; a checkpoint or folder brings them along.
+        if self.net.char_cnn is not None and not self.net.word_chars.any() and "tokenizer" in self.tokenizer_jsons:
+            tokenizer = Tokenizer.from_str(self.tokenizer_jsons["tokenizer"])
+            self.net.set_words([tokenizer.id_to_token(i) for i in range(self.net.vocab_size)])
 
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":

@@ -1,11 +1,16 @@
-"""Recurrent language model: embedding -> recurrent stack -> projection to the vocabulary."""
+"""Recurrent language model: embedding (or character-aware word vectors) -> recurrent stack ->
+projection to the vocabulary."""
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 from zoo import decoding
+from zoo.char_cnn import CharCNN
 from zoo.dropout import make_dropout
 from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, State
+from zoo.text import word_bytes
 
 
 class RNNLanguageModel(nn.Module):
@@ -24,6 +29,13 @@ class RNNLanguageModel(nn.Module):
         init_range: initialise every parameter uniformly in ``[-init_range, init_range]``
             (Zaremba: 0.1 small, 0.05 medium, 0.04 large); ``None`` keeps PyTorch's defaults. A
             ``recurrent_init`` other than ``default`` still sets the recurrent matrices.
+        word_encoder: ``embedding`` (a word embedding of ``embedding_dim``) or ``char_cnn`` (Kim et
+            al. 2016: each word read as its bytes by ``zoo.CharCNN``, whose output size,
+            ``sum(char_filters)``, replaces ``embedding_dim``). The words' bytes are a buffer,
+            ``word_chars``, set from the vocabulary with ``set_words``.
+        char_embedding_dim, char_filters, highway_layers: the ``CharCNN`` (Kim's small model: 15,
+            25 x width for widths 1-6, one highway layer).
+        max_word_length: bytes of a word the ``CharCNN`` reads (PTB's longest word has 19).
     """
 
     def __init__(
@@ -40,12 +52,29 @@ class RNNLanguageModel(nn.Module):
         init_range: float | None = 0.1,
         recurrent_init: RecurrentInit = "default",
         nonlinearity: Nonlinearity = "tanh",
+        word_encoder: Literal["embedding", "char_cnn"] = "embedding",
+        char_embedding_dim: int = 15,
+        char_filters: list[int] | None = None,
+        highway_layers: int = 1,
+        max_word_length: int = 21,
     ):
         super().__init__()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if word_encoder not in ("embedding", "char_cnn"):
+            raise ValueError(f"word_encoder must be 'embedding' or 'char_cnn', got {word_encoder!r}")
+        if word_encoder == "char_cnn" and tie_weights:
+            raise ValueError("tie_weights shares the word embedding, which the char_cnn word encoder does not have")
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.embedding, self.char_cnn = None, None
+        if word_encoder == "char_cnn":
+            self.char_cnn = CharCNN(char_embedding_dim, char_filters, highway_layers)
+            width = max(max_word_length + 2, self.char_cnn.max_width)  # + the begin and end markers
+            # Every word's bytes, looked up by id: a buffer, so it is saved and exported with the weights.
+            self.register_buffer("word_chars", torch.zeros(vocab_size, width, dtype=torch.long))
+            embedding_dim = self.char_cnn.output_size
+        else:
+            self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = RecurrentStack(
             embedding_dim,
             hidden_size,
@@ -65,6 +94,8 @@ class RNNLanguageModel(nn.Module):
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
             self.rnn.init_recurrent_weights()
+            if self.char_cnn is not None:
+                self.char_cnn.reset_special_parameters()
         if tie_weights:
             self.output.weight = self.embedding.weight
 
@@ -77,11 +108,24 @@ class RNNLanguageModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_state(self, batch_size: int, device=None) -> State:
-        return self.rnn.init_state(batch_size, device=device, dtype=self.embedding.weight.dtype)
+        return self.rnn.init_state(batch_size, device=device, dtype=self.output.weight.dtype)
+
+    def set_words(self, words: list[str]) -> None:
+        """The vocabulary's words by id, read by the ``char_cnn`` word encoder."""
+        if len(words) != self.vocab_size:
+            raise ValueError(f"{len(words)} words for a vocabulary of {self.vocab_size}")
+        self.word_chars.copy_(torch.from_numpy(word_bytes(words, self.word_chars.size(1))))
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Word vectors ``(B, T, embedding size)`` of ``tokens`` ``(B, T)``."""
+        if self.char_cnn is None:
+            return self.embedding(tokens)
+        words = self.char_cnn(self.word_chars[tokens.flatten()])  # (B * T, sum(char_filters))
+        return words.view(*tokens.shape, -1)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens``: ``(B, T)`` ids. Returns logits ``(B, T, vocab_size)`` and the final state."""
-        x = self.dropout(self.embedding(tokens))
+        x = self.dropout(self.embed(tokens))
         out, state = self.rnn(x, state)
         out = self.dropout(out)
         if self.bottleneck is not None:
@@ -106,7 +150,7 @@ def generate(
     ``eos_id`` is drawn (it is not included in the result)."""
     was_training = model.training
     model.eval()
-    device = model.embedding.weight.device
+    device = model.output.weight.device
 
     def step(tokens, state):
         logits, state = model(torch.from_numpy(tokens).to(device), state)

@@ -84,6 +84,21 @@ def split_words(sentences: list[str] | list[list[str]]) -> list[list[str]]:
     return sentences
 
 
+# A character-aware language model reads a word as its UTF-8 bytes between two markers (zoo.char_cnn).
+WORD_PAD, WORD_BEGIN, WORD_END = 0, 1, 2
+BYTE_VOCAB_SIZE = 256 + 3  # the bytes, shifted past the three markers
+
+
+def word_bytes(words: list[str], width: int) -> np.ndarray:
+    """``(len(words), width)`` ids: each word's bytes between the begin and end markers, right-padded;
+    a longer word keeps its first ``width - 2`` bytes."""
+    table = np.full((len(words), width), WORD_PAD, dtype=np.int64)
+    for row, word in enumerate(words):
+        ids = [WORD_BEGIN, *(byte + 3 for byte in word.encode()[: width - 2]), WORD_END]
+        table[row, : len(ids)] = ids
+    return table
+
+
 def encode_words(
     tokenizer: Tokenizer, char_tokenizer: Tokenizer | None, sentences: list[list[str]]
 ) -> list[tuple[list[int], list[list[int]]]]:
