@@ -30,8 +30,10 @@ class RnnzooCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:
             cause = err
-            while cause.__cause__ is not None:
+            while cause.__cause__ is not None and not isinstance(cause, DataError):
                 cause = cause.__cause__
+            if isinstance(cause, DataError):  # its own message says what to do (run_lightning_cli prints it)
+                raise cause from None
             raise SystemExit(f"rnnzoo {self.subcommand}: invalid configuration: {cause}") from None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
