@@ -75,16 +75,22 @@ def test_bidirectional_classifier_matches_torch_on_variable_lengths(tmp_path, ce
 
     texts = ["w1 w2 w3 w4 w5 w6 w7", "w3", "w9 w9 w0 nonsense"]  # unknown words become <unk>
     predictor = deploy.load(tmp_path / "onnx", threads=1)
+    expected = check_classifier_parity(predictor, network, texts)
+    rows = predictor.classify(texts)
+    assert [row["label"] for row in rows] == [labels[i] for i in expected.argmax(-1)]
+    with pytest.raises(ValueError, match="empty"):
+        predictor.classify(["w1", ""])
+
+
+def check_classifier_parity(predictor, network, texts: list[str]) -> np.ndarray:
+    """The exported classifier's logits equal the network's on a padded batch and on each text alone."""
     ids, lengths = predictor.encode(texts)
     with torch.no_grad():
         expected = network(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
     np.testing.assert_allclose(predictor.logits(texts), expected, atol=1e-5)
     alone = np.concatenate([predictor.logits([text]) for text in texts])  # padding never changes a result
     np.testing.assert_allclose(alone, expected, atol=1e-5)
-    rows = predictor.classify(texts)
-    assert [row["label"] for row in rows] == [labels[i] for i in expected.argmax(-1)]
-    with pytest.raises(ValueError, match="empty"):
-        predictor.classify(["w1", ""])
+    return expected
 
 
 def test_runtime_never_imports_torch(tmp_path):

@@ -9,6 +9,7 @@ import torch
 import deploy
 from deploy.export import export
 from tests.conftest import pretrained_folder
+from tests.test_deploy import check_classifier_parity
 from zoo import RecurrentStack, RNNLanguageModel, SequenceClassifier, SequenceTagger
 from zoo.cells import reverse_padded
 from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence, g, log_g
@@ -177,13 +178,7 @@ def test_bidirectional_classifier_exports_and_matches_torch_on_variable_lengths(
     assert recurrent_ops(tmp_path / "onnx" / "model.onnx") == {"Loop"}
 
     texts = ["w1 w2 w3 w4 w5 w6 w7", "w3", "w9 w9 w0 nonsense"]
-    predictor = deploy.load(tmp_path / "onnx", threads=1)
-    ids, lengths = predictor.encode(texts)
-    with torch.no_grad():
-        expected = network(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
-    np.testing.assert_allclose(predictor.logits(texts), expected, atol=1e-5)
-    alone = np.concatenate([predictor.logits([text]) for text in texts])  # padding never changes a result
-    np.testing.assert_allclose(alone, expected, atol=1e-5)
+    check_classifier_parity(deploy.load(tmp_path / "onnx", threads=1), network, texts)
 
 
 @pytest.mark.parametrize("cell", CELLS)
