@@ -1,59 +1,57 @@
 """``rnnzoo serve --ray``: the service as a Ray Serve deployment on a local Ray instance (127.0.0.1)."""
 
-import json
-import urllib.error
-import urllib.request
+import time
+from pathlib import Path
 
 import pytest
 
 from deploy.runtime import load
-from deploy.service import Limits
 from lightning_modules.cli import main
 from tests.exports import exported_models
-from tests.test_service import free_port
+from tests.test_service import Server
 
 
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+def replica_processes() -> list[int]:
+    """The running processes of rnnzoo's Ray Serve replicas (Ray names them ``ServeReplica:rnnzoo:…``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"ServeReplica:rnnzoo" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended
+            continue
+    return pids
 
 
-def test_two_replicas_answer_as_the_models_do(tmp_path_factory):
+def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_path_factory):
     pytest.importorskip("ray.serve", reason="Ray Serve is the `ray` extra: pip install 'rnnzoo[ray]'")
-    from ray import serve
-
-    from deploy import ray_serve
-
     folders = exported_models(tmp_path_factory)
-    port = free_port()
-    limits = Limits(max_items=4, max_queue=64)
+    # `rnnzoo serve --ray` in a process that cannot import torch, as in a production image.
+    server = Server([folders["sentiment"], folders["translator"]], "--ray", "--replicas", "2", "--max_items", "4")
     try:
-        ray_serve.start([folders["sentiment"], folders["translator"]], "127.0.0.1", port, limits, ray_serve.Scaling(2))
-        replicas = serve.status().applications[ray_serve.APP_NAME].deployments[ray_serve.APP_NAME].replica_states
-        assert replicas == {"RUNNING": 2}
-        url = f"http://127.0.0.1:{port}/v1/models"
-
+        assert len(replica_processes()) == 2
         texts = ["w1 w2 w3", "w4", "w5 w6"]
         expected = load(folders["sentiment"], threads=1).classify(texts)
         for _ in range(4):  # requests go to either replica: every answer is the model's
-            assert post(f"{url}/sentiment/predict", {"texts": texts}) == (
+            assert server.post("/v1/models/sentiment/predict", {"texts": texts}) == (
                 200,
                 {"model": "sentiment", "predictions": expected},
             )
         translations = load(folders["translator"], threads=1).translate(texts, beam_size=2)
-        assert post(f"{url}/translator/predict", {"texts": texts, "beam_size": 2})[1]["translations"] == translations
+        request = {"texts": texts, "beam_size": 2}
+        assert server.post("/v1/models/translator/predict", request)[1]["translations"] == translations
 
         # The service's limits and messages are the same as without Ray.
-        status, body = post(f"{url}/sentiment/predict", {"texts": ["w1"] * 5})
+        status, body = server.post("/v1/models/sentiment/predict", {"texts": ["w1"] * 5})
         assert status == 413 and "at most 4" in body["detail"]
-        assert post(f"{url}/sentiment/predict", {"texts": [" "]})[0] == 422
-        assert post(f"{url}/nothing/predict", {"texts": ["w1"]})[0] == 404
+        assert server.post("/v1/models/sentiment/predict", {"texts": [" "]})[0] == 422
+        assert server.post("/v1/models/nothing/predict", {"texts": ["w1"]})[0] == 404
     finally:
-        ray_serve.stop()
+        server.close()  # SIGTERM: the command shuts Serve and its local Ray down
+    deadline = time.monotonic() + 30
+    while replica_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not replica_processes()
 
 
 @pytest.mark.parametrize(
