@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deploy.ray_serve import replica_processes
+
 REPO = Path(__file__).resolve().parents[1]
 ENTRIES = ("imdb-bilstm", "multi30k-bahdanau", "conll-bilstm-crf", "ptb-lstm-small-tied")
 MAX_ITEMS, MAX_TEXT_CHARS, MAX_BODY_BYTES = 64, 10_000, 8 * 2**20  # the service's default limits
@@ -180,18 +182,6 @@ def memory_mb(pids: list[int], field: str = "VmRSS") -> float:
     return total
 
 
-def ray_replicas() -> list[int]:
-    """The processes of the rnnzoo service's Ray Serve replicas (Ray names them ``ServeReplica:rnnzoo:…``)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"ServeReplica:rnnzoo" in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:  # the process ended
-            continue
-    return pids
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,7 +211,7 @@ def soak(folders: list[Path], args, options: list[str]) -> dict:
     server, port = start_server(folders, args.threads, options)
     try:
         Client(port).run(make_requests(max(50, args.requests // 20), args.seed + 1), args.concurrency, args.max_seconds)
-        pids = ray_replicas() if "--ray" in options else [server.pid]
+        pids = replica_processes() if "--ray" in options else [server.pid]
         before = memory_mb(pids)
         client = Client(port)
         seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)

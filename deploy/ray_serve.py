@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from deploy.service import Limits, create_app
 
@@ -99,6 +100,18 @@ def serve_forever(folders, host, port, limits, scaling, address: str | None = No
         pass
     finally:
         stop(joined=address is not None)
+
+
+def replica_processes() -> list[int]:
+    """The process ids of this machine's rnnzoo replicas (Ray names their processes ``ServeReplica:rnnzoo:…``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"ServeReplica:{APP_NAME}".encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended
+            continue
+    return pids
 
 
 def stop(joined: bool = False) -> None:

@@ -1,26 +1,14 @@
 """``rnnzoo serve --ray``: the service as a Ray Serve deployment on a local Ray instance (127.0.0.1)."""
 
 import time
-from pathlib import Path
 
 import pytest
 
+from deploy.ray_serve import replica_processes
 from deploy.runtime import load
 from lightning_modules.cli import main
 from tests.exports import exported_models
 from tests.test_service import Server
-
-
-def replica_processes() -> list[int]:
-    """The running processes of rnnzoo's Ray Serve replicas (Ray names them ``ServeReplica:rnnzoo:…``)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"ServeReplica:rnnzoo" in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:  # the process ended
-            continue
-    return pids
 
 
 def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_path_factory):
