@@ -8,6 +8,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from lightning_modules.data_state import DataStateInCheckpoint
+from lightning_modules.distillation import distillation_from
 from zoo import text
 from zoo.classifier import SequenceClassifier
 
@@ -16,12 +17,26 @@ class ClassificationTask(DataStateInCheckpoint):
     """Trains a ``zoo.SequenceClassifier``; ``vocab_size`` and ``labels`` are linked from the datamodule.
 
     At test time the confusion matrix is written as ``confusion_matrix.png`` in the logger's folder.
+
+    With a ``teacher`` the student also learns its temperature-softened class probabilities
+    (``lightning_modules.distillation``). The teacher's logits are cached per text: two numbers a
+    review cost nothing to keep, and the teacher then runs once per training text, not once per epoch.
     """
 
-    def __init__(self, vocab_size: int, labels: list[str], **architecture):
-        """``architecture``: the keyword arguments of ``zoo.SequenceClassifier`` (cell, sizes, pooling...)."""
+    def __init__(
+        self,
+        vocab_size: int,
+        labels: list[str],
+        teacher: str | None = None,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
+        **architecture,
+    ):
+        """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
+        ``architecture``: the keyword arguments of ``zoo.SequenceClassifier`` (cell, sizes, pooling...)."""
         super().__init__()
         self.save_hyperparameters()
+        self.distillation = distillation_from(teacher, temperature, alpha)
         self.network_arguments = {"vocab_size": vocab_size, "num_classes": len(labels), **architecture}
         self.net = SequenceClassifier(vocab_size, len(labels), **architecture)
         n = len(labels)
@@ -36,8 +51,15 @@ class ClassificationTask(DataStateInCheckpoint):
     def training_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["lengths"])
         loss = F.cross_entropy(logits, batch["labels"])
+        if self.distillation is not None:
+            loss = self.distillation.loss(loss, logits, self._teacher_logits(batch))
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
+
+    def _teacher_logits(self, batch) -> torch.Tensor:
+        input_ids, lengths = batch["input_ids"], batch["lengths"]
+        keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(input_ids, lengths.tolist(), strict=True)]
+        return self.distillation.cached(keys, lambda: self.distillation.outputs(self.device, input_ids, lengths))
 
     def _evaluate(self, batch, metrics: MetricCollection) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["lengths"])

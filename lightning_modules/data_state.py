@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from tokenizers import Tokenizer
 
+from lightning_modules.distillation import Distillation
 from zoo import tasks
 
 
@@ -26,6 +27,7 @@ class DataStateInCheckpoint(L.LightningModule):
     # The arguments of the zoo architecture in ``self.net``. Each task still calls the architecture
     # with ``**architecture`` spelled out: LightningCLI reads that call to learn the accepted options.
     network_arguments: dict
+    distillation: Distillation | None = None  # soft targets from a ``teacher`` (lightning_modules.distillation)
 
     def __init__(self):
         super().__init__()
@@ -41,6 +43,8 @@ class DataStateInCheckpoint(L.LightningModule):
             tokenizer = getattr(datamodule, name, None)
             if tokenizer is not None and name not in self.tokenizer_jsons:
                 self.tokenizer_jsons[name] = tokenizer.to_str()
+        if stage == "fit" and self.distillation is not None:
+            self.distillation.attach(self)
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         """Stop before a NaN/inf loss reaches the weights: no backward, no optimizer step, and no

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 from torchmetrics import MeanMetric
 
 from lightning_modules.data_state import DataStateInCheckpoint
+from lightning_modules.distillation import distillation_from
 from zoo import decoding, text
 from zoo.language_model import RNNLanguageModel, generate
 from zoo.recurrent import detach_state
@@ -35,6 +36,9 @@ class LanguageModelTask(DataStateInCheckpoint):
     in the middle of an epoch continues exactly where it stopped. Validation/test perplexity is exp
     of the token-weighted mean negative log-likelihood over the whole split (synchronised across DDP
     ranks).
+
+    With a ``teacher`` (``lightning_modules.distillation``) the student also learns the teacher's
+    next-token distribution at every position; the teacher carries its own state across windows.
     """
 
     def __init__(
@@ -42,15 +46,20 @@ class LanguageModelTask(DataStateInCheckpoint):
         vocab_size: int,
         level: Literal["word", "char"] = "word",
         loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
+        teacher: str | None = None,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
         **architecture,
     ):
-        """``architecture``: the keyword arguments of ``zoo.RNNLanguageModel`` (cell, sizes, dropout...)."""
+        """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
+        ``architecture``: the keyword arguments of ``zoo.RNNLanguageModel`` (cell, sizes, dropout...)."""
         super().__init__()
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ValueError(f"loss_reduction must be 'token_mean' or 'sum_over_time', got {loss_reduction!r}")
         if level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', got {level!r}")
         self.save_hyperparameters()
+        self.distillation = distillation_from(teacher, temperature, alpha)
         self.network_arguments = {"vocab_size": vocab_size, **architecture}
         self.net = RNNLanguageModel(vocab_size, **architecture)
         self.val_nll = MeanMetric()
@@ -62,21 +71,22 @@ class LanguageModelTask(DataStateInCheckpoint):
     def forward(self, tokens: torch.Tensor, state=None):
         return self.net(tokens, state)
 
-    def _nll(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed negative log-likelihood and token count of one window, carrying the state."""
+    def _nll(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood and token count of one window, carrying the state; its logits."""
         inputs, targets = batch
         logits, state = self.net(inputs, self._states.get(stage))
         self._states[stage] = detach_state(state)
         nll_sum = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
-        return nll_sum, (targets != IGNORE_INDEX).sum()
+        return nll_sum, (targets != IGNORE_INDEX).sum(), logits
 
     def _reset_state(self, stage: str) -> None:
         self._states.pop(stage, None)
 
     def on_train_epoch_start(self) -> None:
         self._reset_state("train")
+        self._reset_state("teacher")
 
     def on_validation_epoch_start(self) -> None:
         self._reset_state("val")
@@ -115,14 +125,21 @@ class LanguageModelTask(DataStateInCheckpoint):
         self._resumed = checkpoint.get("train_carry")
 
     def training_step(self, batch, batch_idx):
-        nll_sum, count = self._nll(batch, "train")
+        nll_sum, count, logits = self._nll(batch, "train")
         token_mean = nll_sum / count.clamp(min=1)
         if self._loggers_write_this_step():
             self.log("train_loss", token_mean, prog_bar=True)
             self.log("train_ppl", token_mean.exp(), prog_bar=True)
+        loss = token_mean if self.distillation is None else self._distill(token_mean, batch, logits)
         if self.hparams.loss_reduction == "sum_over_time":
-            return nll_sum / batch[0].size(0)
-        return token_mean
+            return loss * count / batch[0].size(0)  # the sum over time steps, averaged over the batch
+        return loss
+
+    def _distill(self, token_mean: torch.Tensor, batch, logits: torch.Tensor) -> torch.Tensor:
+        inputs, targets = batch
+        teacher_logits, state = self.distillation.outputs(self.device, inputs, self._states.get("teacher"))
+        self._states["teacher"] = state
+        return self.distillation.loss(token_mean, logits, teacher_logits, targets != IGNORE_INDEX)
 
     def _loggers_write_this_step(self) -> bool:
         """Whether Lightning passes this step's values to the loggers (every ``log_every_n_steps``).
@@ -137,11 +154,11 @@ class LanguageModelTask(DataStateInCheckpoint):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch, batch_idx):
-        nll_sum, count = self._nll(batch, "val")
+        nll_sum, count, _ = self._nll(batch, "val")
         self.val_nll.update(nll_sum / count.clamp(min=1), weight=count)
 
     def test_step(self, batch, batch_idx):
-        nll_sum, count = self._nll(batch, "test")
+        nll_sum, count, _ = self._nll(batch, "test")
         self.test_nll.update(nll_sum / count.clamp(min=1), weight=count)
 
     def _log_split(self, metric: MeanMetric, prefix: str) -> None:

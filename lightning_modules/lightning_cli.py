@@ -8,6 +8,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from datamodules.loading import DataError
 from lightning_modules.data_state import NonFiniteLoss
+from lightning_modules.distillation import TeacherError
 from zoo import tasks
 
 
@@ -182,5 +183,5 @@ def run_lightning_cli(argv: list[str] | None = None) -> None:
         )
     except DataError as err:
         raise SystemExit(f"rnnzoo: data error: {err}") from None
-    except NonFiniteLoss as err:
+    except (NonFiniteLoss, TeacherError) as err:
         raise SystemExit(f"rnnzoo: {err}") from None

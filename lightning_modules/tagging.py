@@ -1,5 +1,7 @@
 """Token tagging task: CRF or softmax loss; entity-level F1 with seqeval, token accuracy."""
 
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
@@ -7,6 +9,7 @@ from seqeval.scheme import IOB2
 
 from datamodules.conll import CoNLLDataModule
 from lightning_modules.data_state import DataStateInCheckpoint
+from lightning_modules.distillation import distillation_from, kl_per_position
 from zoo import text
 from zoo.tagger import SequenceTagger
 
@@ -20,12 +23,32 @@ class TaggingTask(DataStateInCheckpoint):
 
     Validation/test report token accuracy and, for IOB2 tag sets (NER, chunking), the CoNLL
     entity-level precision/recall/F1 computed by seqeval in strict IOB2 mode (per type at test).
+
+    With a ``teacher`` (``lightning_modules.distillation``) the student learns, per token, the
+    teacher's ``distill_on``: ``emissions`` (softmax of the tag scores) or ``marginals`` (each
+    token's tag distribution under the whole CRF, transitions included; both models need a CRF).
     """
 
-    def __init__(self, vocab_size: int, labels: list[str], char_vocab_size: int = 0, **architecture):
-        """``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
+    def __init__(
+        self,
+        vocab_size: int,
+        labels: list[str],
+        char_vocab_size: int = 0,
+        teacher: str | None = None,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
+        distill_on: Literal["emissions", "marginals"] = "emissions",
+        **architecture,
+    ):
+        """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
+        ``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
         super().__init__()
+        if distill_on not in ("emissions", "marginals"):
+            raise ValueError(f"distill_on must be 'emissions' or 'marginals', got {distill_on!r}")
+        if distill_on == "marginals" and architecture.get("output", "crf") != "crf":
+            raise ValueError("distill_on='marginals' needs a CRF student (output: crf)")
         self.save_hyperparameters()
+        self.distillation = distillation_from(teacher, temperature, alpha)
         self.network_arguments = {
             "vocab_size": vocab_size,
             "labels": list(labels),
@@ -44,10 +67,30 @@ class TaggingTask(DataStateInCheckpoint):
         steps = torch.arange(batch["input_ids"].size(1), device=batch["lengths"].device)
         return steps.unsqueeze(0) < batch["lengths"].unsqueeze(1)
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        teacher = self.distillation and self.distillation.teacher
+        if teacher is not None and self.hparams.distill_on == "marginals" and teacher.net.crf is None:
+            raise ValueError(f"distill_on='marginals' needs a CRF teacher; {self.distillation.source} has none")
+
     def training_step(self, batch, batch_idx):
-        loss = self.net.loss(self(batch), batch["tags"], self._mask(batch))
+        emissions, mask = self(batch), self._mask(batch)
+        loss = self.net.loss(emissions, batch["tags"], mask)
+        if self.distillation is not None:
+            loss = self._distill(loss, batch, emissions, mask)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
         return loss
+
+    def _distill(self, loss: torch.Tensor, batch, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        distillation = self.distillation
+        inputs = (batch["input_ids"], batch["lengths"], batch.get("chars"), batch.get("char_lengths"))
+        teacher = distillation.outputs(self.device, *inputs)
+        if self.hparams.distill_on == "emissions":
+            return distillation.loss(loss, emissions, teacher, mask)
+        t = distillation.temperature
+        log_teacher = distillation.teacher.net.crf.marginals(teacher, mask, t).clamp_min(1e-12).log()
+        log_student = self.net.crf.marginals(emissions, mask, t).clamp_min(1e-12).log()
+        return distillation.mix(loss, t**2 * kl_per_position(log_student, log_teacher, mask))
 
     def _collect(self, batch, prefix: str) -> None:
         mask = self._mask(batch)

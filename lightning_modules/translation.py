@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lightning_modules.data_state import DataStateInCheckpoint
+from lightning_modules.distillation import distillation_from
 from zoo import decoding, text
 from zoo.seq2seq import Seq2Seq, translate_ids
 
@@ -30,6 +31,10 @@ class TranslationTask(DataStateInCheckpoint):
         beam_size, length_penalty, max_new_tokens: test-time and ``translate`` decoding
             (``max_new_tokens`` None: twice the source length plus 10; ``max_decode_length`` is its
             old name, still accepted).
+        teacher, temperature, alpha: word-level knowledge distillation (Kim & Rush 2016): the
+            student also learns the teacher's next-word distribution at each reference step (see
+            ``lightning_modules.distillation``). Sequence-level distillation trains on the teacher's
+            beam translations instead: ``rnnzoo distill-data``.
     """
 
     checked_hparams = ("language_pair",)
@@ -45,6 +50,9 @@ class TranslationTask(DataStateInCheckpoint):
         length_penalty: float = decoding.LENGTH_PENALTY,
         max_new_tokens: int | None = None,
         max_decode_length: int | None = None,
+        teacher: str | None = None,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
         **architecture,
     ):
         """``architecture``: the keyword arguments of ``zoo.Seq2Seq`` (sizes, cell, context, attention...)."""
@@ -58,6 +66,7 @@ class TranslationTask(DataStateInCheckpoint):
             raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing}")
         self.save_hyperparameters(ignore="max_decode_length")
         self.hparams.max_new_tokens = max_new_tokens
+        self.distillation = distillation_from(teacher, temperature, alpha)
         self.network_arguments = {
             "source_vocab_size": source_vocab_size,
             "target_vocab_size": target_vocab_size,
@@ -81,6 +90,10 @@ class TranslationTask(DataStateInCheckpoint):
         loss = F.cross_entropy(
             logits.flatten(0, 1), batch["target_out"].flatten(), label_smoothing=self.hparams.label_smoothing
         )
+        if self.distillation is not None:  # word-level: the teacher's next word at each reference step
+            inputs = (batch["source"], batch["lengths"], batch["target_in"])
+            teacher_logits = self.distillation.outputs(self.device, *inputs)
+            loss = self.distillation.loss(loss, logits, teacher_logits, batch["target_out"] != text.IGNORE_INDEX)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
         return loss
 

@@ -73,8 +73,8 @@ def test_state_is_carried_across_windows_and_reset_each_epoch(synthetic_corpus):
     first, second = list(dm.train_dataloader())[:2]
     with torch.no_grad():
         task.on_train_epoch_start()
-        nll_first, n_first = task._nll(first, "train")
-        nll_second, n_second = task._nll(second, "train")
+        nll_first, n_first, _ = task._nll(first, "train")
+        nll_second, n_second, _ = task._nll(second, "train")
         logits, _ = task.net(torch.cat([first[0], second[0]], 1))
         joint = F.cross_entropy(logits.flatten(0, 1), torch.cat([first[1], second[1]], 1).flatten(), reduction="sum")
         torch.testing.assert_close(nll_first + nll_second, joint)

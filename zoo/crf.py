@@ -81,6 +81,19 @@ class CRF(nn.Module):
         mask = self._check(emissions, mask)
         return viterbi(emissions, mask, *self.scores())
 
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor | None = None, temperature: float = 1.0):
+        """p(tag of token t = j | sentence) ``(B, T, num_tags)`` under this CRF with every score divided
+        by ``temperature``; 0 at padding. It is the gradient of log Z with respect to the emissions
+        (forward-backward as backpropagation, Eisner 2016), differentiable when ``emissions`` are."""
+        mask = self._check(emissions, mask)
+        with torch.enable_grad():
+            scaled = emissions / temperature
+            if not scaled.requires_grad:  # emissions computed without gradients (a teacher's)
+                scaled.requires_grad_()
+            log_z = self._log_partition(scaled, mask, temperature).sum()
+            (marginals,) = torch.autograd.grad(log_z, scaled, create_graph=emissions.requires_grad)
+        return marginals
+
     def _check(self, emissions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if emissions.dim() != 3 or emissions.shape[2] != self.num_tags:
             raise ValueError(f"emissions must be (batch, time, {self.num_tags}), got {tuple(emissions.shape)}")
@@ -99,8 +112,8 @@ class CRF(nn.Module):
         last_tag = tags.gather(1, (mask.long().sum(1) - 1).unsqueeze(1)).squeeze(1)
         return score + end[last_tag]
 
-    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        transitions, start, end = self.scores()
+    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        transitions, start, end = (scores / temperature for scores in self.scores())
         alpha = start + emissions[:, 0]  # (B, num_tags): log-sum of all paths ending in each tag
         for t in range(1, emissions.shape[1]):
             candidates = alpha.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)
