@@ -64,18 +64,14 @@ class DataStateInCheckpoint(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_trained_on_same_data(checkpoint.get("hyper_parameters", {}), "the checkpoint")
-        for name in self.tokenizer_names:
-            saved, ours = checkpoint.get(name), self.tokenizer_jsons.get(name)
-            if saved is None:
-                continue
-            if ours is not None:
-                theirs, mine = Tokenizer.from_str(saved).get_vocab(), Tokenizer.from_str(ours).get_vocab()
-                if theirs != mine:
-                    raise ValueError(
-                        f"the checkpoint's vocabulary ({name}: {len(theirs)} tokens) differs from the datamodule's "
-                        f"({len(mine)} tokens): use the data (and tokenizer settings) it was trained on"
-                    )
-            self.tokenizer_jsons[name] = saved
+        saved = {name: checkpoint[name] for name in self.tokenizer_names if checkpoint.get(name) is not None}
+        difference = vocabulary_difference(saved, self.tokenizer_jsons)
+        if difference:
+            raise ValueError(
+                f"the checkpoint has {difference} than the datamodule: use the data (and tokenizer settings) "
+                "it was trained on"
+            )
+        self.tokenizer_jsons |= saved
 
     def check_trained_on_same_data(self, trained_hparams: dict, source: str) -> None:
         """Raise if ``trained_hparams`` (a checkpoint's or pretrained folder's) name other labels
@@ -95,3 +91,13 @@ class DataStateInCheckpoint(L.LightningModule):
     @property
     def tokenizer(self) -> Tokenizer:
         return self.get_tokenizer("tokenizer")
+
+
+def vocabulary_difference(theirs: dict[str, str], ours: dict[str, str]) -> str | None:
+    """Which tokenizer two sets of tokenizer JSONs (by name) share with different vocabularies
+    (token -> id), with both sizes; None when all they share are the same."""
+    for name in sorted(theirs.keys() & ours.keys()):
+        a, b = Tokenizer.from_str(theirs[name]).get_vocab(), Tokenizer.from_str(ours[name]).get_vocab()
+        if a != b:
+            return f"another {name} vocabulary ({len(a)} tokens, not {len(b)})"
+    return None

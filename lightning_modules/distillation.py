@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
 from zoo import tasks
 
@@ -70,6 +69,7 @@ class Distillation:
     def attach(self, student) -> None:
         """Load the teacher for ``student`` (a task whose tokenizers are set), refusing a teacher of
         another task, vocabulary or label set (``TeacherError``)."""
+        from lightning_modules.data_state import vocabulary_difference
         from lightning_modules.pretrained import load_task
         from zoo.hub import ZooError
 
@@ -77,7 +77,12 @@ class Distillation:
             return
         try:
             teacher = load_task(self.source, expected=tasks.of_class(type(student)).load("lightning_module"))
-            check_same_vocabularies(teacher.tokenizer_jsons, student.tokenizer_jsons, self.source)
+            difference = vocabulary_difference(teacher.tokenizer_jsons, student.tokenizer_jsons)
+            if difference:
+                raise ValueError(
+                    f"it has {difference} than the student's data: train the student on the teacher's "
+                    f"vocabulary (--data.init_args.tokenizer_from {self.source})"
+                )
             student.check_trained_on_same_data(dict(teacher.hparams), "it")
         except (ZooError, OSError, ValueError) as err:
             raise TeacherError(f"teacher {self.source}: {err}") from None
@@ -121,15 +126,3 @@ class Distillation:
 def distillation_from(teacher: str | None, temperature: float, alpha: float) -> Distillation | None:
     """The tasks' ``teacher``/``temperature``/``alpha`` arguments as a ``Distillation`` (None: no teacher)."""
     return Distillation(teacher, temperature, alpha) if teacher else None
-
-
-def check_same_vocabularies(teacher: dict[str, str], student: dict[str, str], source: str) -> None:
-    """Raise unless every tokenizer the two tasks share has the same vocabulary (token -> id)."""
-    for name in sorted(teacher.keys() & student.keys()):
-        theirs, ours = Tokenizer.from_str(teacher[name]).get_vocab(), Tokenizer.from_str(student[name]).get_vocab()
-        if theirs != ours:
-            raise ValueError(
-                f"it has another {name} ({len(theirs)} tokens) than the student's data "
-                f"({len(ours)} tokens): train the student on the teacher's vocabulary "
-                f"(--data.init_args.tokenizer_from {source})"
-            )

@@ -84,11 +84,17 @@ class RnnzooCLI(LightningCLI):
         if self._pretrained_folder is None:
             return False
         from lightning_modules.pretrained import load_pretrained_weights
+        from zoo.ensemble import Ensemble
 
         try:
             load_pretrained_weights(self.model, self._pretrained_folder)
         except ValueError as err:
             raise SystemExit(f"rnnzoo {self.subcommand}: {err}") from None
+        if self.subcommand == "fit" and isinstance(self.model.net, Ensemble):
+            raise SystemExit(
+                f"rnnzoo fit: {self._pretrained_folder} is an ensemble, which is evaluated, not trained: "
+                "fine-tune its members"
+            )
         self.config_init[self.subcommand]["ckpt_path"] = None
         return True
 

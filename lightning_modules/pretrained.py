@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.data_state import DataStateInCheckpoint
+from lightning_modules.data_state import DataStateInCheckpoint, vocabulary_difference
 from zoo import tasks
+from zoo.ensemble import Ensemble
 from zoo.hub import resolve
 from zoo.pretrained import load_pretrained, save_pretrained
 
@@ -100,19 +101,26 @@ def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     pretrained = load_pretrained(directory)
     config = pretrained.config
     task = tasks.get(config["task"]).load("lightning_module")(**config["task_arguments"])
-    task.net.load_state_dict(pretrained.network.state_dict())
+    if isinstance(pretrained.network, Ensemble):
+        task.net = pretrained.network
+    else:
+        task.net.load_state_dict(pretrained.network.state_dict())
     task.tokenizer_jsons = {name: tokenizer.to_str() for name, tokenizer in pretrained.tokenizers.items()}
     return task.eval()
 
 
 def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.PathLike) -> None:
-    """Copy a pretrained folder's weights into ``task`` (built from a config) to fine-tune it."""
+    """Copy a pretrained folder's weights into ``task`` (built from a config) to fine-tune or
+    evaluate it; an ensemble folder's network replaces the task's."""
     pretrained = load_pretrained(directory)
     config = pretrained.config
     ours = tasks.of_class(type(task)).name
     if config["task"] != ours:
         raise ValueError(f"{directory} holds a {config['task']} model, the config builds a {ours} one")
     task.check_trained_on_same_data(config["task_arguments"], str(directory))
+    if isinstance(pretrained.network, Ensemble):  # its members replace the config's network
+        task.net = pretrained.network
+        return
     try:
         task.net.load_state_dict(pretrained.network.state_dict())
     except RuntimeError as err:
@@ -120,3 +128,64 @@ def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.Pat
             f"the weights of {directory} do not fit the model of the config (use the config it was trained "
             f"with, see its metrics.json): {err}"
         ) from err
+
+
+def write_ensemble(sources: list[str], out_dir: str | os.PathLike) -> Path:
+    """A pretrained folder that predicts with the average of ``sources`` (``.ckpt`` files, folders,
+    zoo entries; see ``zoo.ensemble``), which must be models of one task, vocabulary and label set."""
+    members = _same_task_and_data([load_task(source) for source in sources], sources)
+    nested = [source for source, task in zip(sources, members, strict=True) if isinstance(task.net, Ensemble)]
+    if nested:
+        raise ValueError(f"{', '.join(nested)}: already an ensemble; list its members instead")
+    first = members[0]
+    arguments = [task.network_arguments for task in members]
+    ensemble = tasks.of_class(type(first)).load("ensemble").from_networks([task.net for task in members], arguments)
+    return save_pretrained(
+        out_dir,
+        ensemble,
+        arguments={"members": arguments},
+        task_arguments=dict(first.hparams),
+        tokenizers=dict(first.tokenizer_jsons),
+    )
+
+
+def average_checkpoints(sources: list[str], out_dir: str | os.PathLike) -> Path:
+    """A pretrained folder whose weights are the mean of ``sources``' (checkpoints of one run, or
+    of one architecture and data): integer buffers are taken from the last."""
+    members = _same_task_and_data([load_task(source) for source in sources], sources)
+    last = members[-1]
+    for source, task in zip(sources, members, strict=True):
+        if task.network_arguments != last.network_arguments:
+            raise ValueError(f"{source} has another architecture than {sources[-1]}: only like weights can be averaged")
+    states = [task.net.state_dict() for task in members]
+    averaged = {
+        name: torch.stack([state[name].float() for state in states]).mean(0).to(value.dtype)
+        if value.is_floating_point()
+        else value
+        for name, value in states[-1].items()
+    }
+    last.net.load_state_dict(averaged)
+    return save_pretrained(
+        out_dir,
+        last.net,
+        arguments=last.network_arguments,
+        task_arguments=dict(last.hparams),
+        tokenizers=dict(last.tokenizer_jsons),
+    )
+
+
+def _same_task_and_data(members: list[DataStateInCheckpoint], sources: list[str]) -> list[DataStateInCheckpoint]:
+    """``members``, refused unless they are models of one task with the same vocabularies and labels."""
+    if not members:
+        raise ValueError("name at least one model")
+    first = members[0]
+    task = tasks.of_class(type(first)).name
+    for source, member in zip(sources[1:], members[1:], strict=True):
+        other = tasks.of_class(type(member)).name
+        if other != task:
+            raise ValueError(f"{source} holds a {other} model and {sources[0]} a {task} one")
+        difference = vocabulary_difference(member.tokenizer_jsons, first.tokenizer_jsons)
+        if difference:
+            raise ValueError(f"{source} has {difference} than {sources[0]}")
+        first.check_trained_on_same_data(dict(member.hparams), source)
+    return members

@@ -1,4 +1,5 @@
-"""``rnnzoo zoo list | info NAME | download NAME | predict NAME --text T | publish X.ckpt``."""
+"""``rnnzoo zoo list | info NAME | download NAME | predict NAME --text T | publish X.ckpt | ensemble A B... |
+average X.ckpt Y.ckpt...``."""
 
 import argparse
 import json
@@ -38,6 +39,16 @@ def zoo_main(argv: list[str]) -> None:
     publish.add_argument("--anchor", default="", help="the published figure it is compared with")
     publish.add_argument("--url", action="append", default=[], help="where the folder is mirrored (repeatable)")
     publish.add_argument("--manifest", default=None, help="add (or replace) the entry in this manifest.json")
+    ensemble = commands.add_parser(
+        "ensemble", help="a pretrained folder that averages the predictions of models of one task and vocabulary"
+    )
+    ensemble.add_argument("members", nargs="+", help=".ckpt files, pretrained folders or zoo entries")
+    ensemble.add_argument("--out", required=True, help="a new or empty folder, or an earlier one to replace")
+    average = commands.add_parser(
+        "average", help="a pretrained folder whose weights average checkpoints of one run (e.g. its last epochs)"
+    )
+    average.add_argument("checkpoints", nargs="+", help=".ckpt files (or pretrained folders) of one architecture")
+    average.add_argument("--out", required=True, help="a new or empty folder, or an earlier one to replace")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
@@ -49,6 +60,14 @@ def zoo_main(argv: list[str]) -> None:
         elif args.command == "predict":
             for row in predict_texts(args.name, args.text):
                 print(json.dumps(row, ensure_ascii=False))
+        elif args.command == "ensemble":
+            from lightning_modules.pretrained import write_ensemble
+
+            print(f"wrote {write_ensemble(args.members, args.out)} ({len(args.members)} members)")
+        elif args.command == "average":
+            from lightning_modules.pretrained import average_checkpoints
+
+            print(f"wrote {average_checkpoints(args.checkpoints, args.out)} (the mean of {len(args.checkpoints)})")
         else:
             publish_checkpoint(args, parser)
     except (ZooError, FileNotFoundError, FileExistsError, ValueError) as err:

@@ -106,7 +106,7 @@ def classification_case(tmp_path):
     dm.setup("fit")
 
     def build(**kwargs):
-        return ClassificationTask(dm.vocab_size, dm.labels, embedding_dim=8, hidden_size=8, **kwargs)
+        return ClassificationTask(dm.vocab_size, dm.labels, **({"embedding_dim": 8, "hidden_size": 8} | kwargs))
 
     def logits(net, batch):
         return net(batch["input_ids"], batch["lengths"]), None
@@ -290,7 +290,8 @@ def test_a_teacher_of_other_labels_vocabulary_or_task_is_refused(tmp_path):
 
     other_dm = IMDBDataModule(data_dir=str(synthetic_reviews(tmp_path / "more", n=60)), val_size=20, lowercase=False)
     other_vocabulary = ClassificationTask(other_dm.vocab_size, dm.labels, embedding_dim=8, hidden_size=8)
-    refused(other_vocabulary, tokenizers_of(other_dm, ClassificationTask), r"another tokenizer \(\d+ tokens\)")
+    other_tokenizer = tokenizers_of(other_dm, ClassificationTask)
+    refused(other_vocabulary, other_tokenizer, r"another tokenizer vocabulary \(\d+ tokens, not \d+\) than the student")
 
     language_model = LanguageModelTask(dm.vocab_size, embedding_dim=8, hidden_size=8, num_layers=1)
     refused(language_model, student.tokenizer_jsons, "holds a language_model model, not a classification one")

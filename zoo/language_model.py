@@ -150,7 +150,7 @@ def generate(
     ``eos_id`` is drawn (it is not included in the result)."""
     was_training = model.training
     model.eval()
-    device = model.output.weight.device
+    device = next(model.parameters()).device
 
     def step(tokens, state):
         logits, state = model(torch.from_numpy(tokens).to(device), state)

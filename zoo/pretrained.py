@@ -186,8 +186,11 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     folder holds ``entry.json`` (every published or downloaded folder does), one that it lists."""
     folder = Path(directory)
     config = read_config(folder)
-    architecture = tasks.get(config["task"]).load("architecture")
-    if config.get("architecture") != architecture.__name__:
+    task = tasks.get(config["task"])
+    architecture = task.load("architecture")
+    if config.get("architecture") == task.load("ensemble").__name__:
+        architecture = task.load("ensemble")
+    elif config.get("architecture") != architecture.__name__:
         raise ValueError(f"{folder / CONFIG_FILE}: a {config['task']} network is a {architecture.__name__}")
     network = architecture(**config["arguments"])
     listed = listed_files(folder)

@@ -31,11 +31,11 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def map_state(state: State | None, fn) -> State | None:
-    """Apply ``fn`` to every tensor of a state (``None`` stays ``None``)."""
+    """Apply ``fn`` to every tensor of a state, tuples nested or not (``None`` stays ``None``)."""
     if state is None:
         return None
     if isinstance(state, tuple):
-        return tuple(fn(s) for s in state)
+        return tuple(map_state(s, fn) for s in state)
     return fn(state)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 class Task:
     name: str  # stored in checkpoints (``"task"``), pretrained folders and exports (``config.json``)
     architecture: str  # the zoo network (``torch.nn.Module``)
+    ensemble: str  # ``zoo.ensemble``: several trained networks that predict as one
     lightning_module: str  # trains, evaluates and predicts with the network
     datamodule: str  # the default data
     graphs: str  # ``deploy.graphs``: the network -> the ONNX graphs to write
@@ -41,6 +42,7 @@ TASKS: dict[str, Task] = {
         Task(
             "language_model",
             architecture="zoo.language_model.RNNLanguageModel",
+            ensemble="zoo.ensemble.LanguageModelEnsemble",
             lightning_module="lightning_modules.language_model.LanguageModelTask",
             datamodule="datamodules.ptb.PTBDataModule",
             graphs="deploy.graphs.language_model_graphs",
@@ -51,6 +53,7 @@ TASKS: dict[str, Task] = {
         Task(
             "classification",
             architecture="zoo.classifier.SequenceClassifier",
+            ensemble="zoo.ensemble.ClassifierEnsemble",
             lightning_module="lightning_modules.classification.ClassificationTask",
             datamodule="datamodules.text_classification.IMDBDataModule",
             graphs="deploy.graphs.classifier_graphs",
@@ -61,6 +64,7 @@ TASKS: dict[str, Task] = {
         Task(
             "tagging",
             architecture="zoo.tagger.SequenceTagger",
+            ensemble="zoo.ensemble.TaggerEnsemble",
             lightning_module="lightning_modules.tagging.TaggingTask",
             datamodule="datamodules.conll.CoNLLDataModule",
             graphs="deploy.graphs.tagger_graphs",
@@ -72,6 +76,7 @@ TASKS: dict[str, Task] = {
         Task(
             "translation",
             architecture="zoo.seq2seq.Seq2Seq",
+            ensemble="zoo.ensemble.Seq2SeqEnsemble",
             lightning_module="lightning_modules.translation.TranslationTask",
             datamodule="datamodules.translation.TranslationDataModule",
             graphs="deploy.graphs.seq2seq_graphs",
@@ -97,10 +102,10 @@ def get(name: str, where: str = "") -> Task:
 
 
 def of_class(cls: type) -> Task:
-    """The task whose LightningModule or architecture ``cls`` is (or derives from)."""
+    """The task whose LightningModule, architecture or ensemble ``cls`` is (or derives from)."""
     for base in cls.__mro__:
         path = f"{base.__module__}.{base.__qualname__}"
         for task in TASKS.values():
-            if path in (task.lightning_module, task.architecture):
+            if path in (task.lightning_module, task.architecture, task.ensemble):
                 return task
     raise ValueError(f"{cls.__name__} is not a part of any rnnzoo task (known: {', '.join(TASKS)})")
