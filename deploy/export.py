@@ -2,9 +2,10 @@
 
 The folder holds the ONNX graph(s), the tokenizer JSON file(s) and ``config.json`` (task, labels,
 special token ids, graph inputs/outputs, state sizes, rnnzoo version, the source's sha256 and the
-verification result). Every graph is checked with ``onnx.checker`` and run by onnxruntime against
-PyTorch on several batch sizes and lengths; the export fails, writing nothing, when the outputs
-differ by more than the tolerance.
+verification result); a translator ensemble has each member's encoder and decoder-step graphs
+(``member0.encoder.onnx``, ...), listed under ``members``. Every graph is checked with
+``onnx.checker`` and run by onnxruntime against PyTorch on several batch sizes and lengths; the
+export fails, writing nothing, when the outputs differ by more than the tolerance.
 
 We use the TorchScript-based exporter (``dynamo=False``) on purpose: it maps ``nn.LSTM``/``GRU``/
 ``RNN`` (packed sequences included) to ONNX's fused LSTM/GRU/RNN ops with ``sequence_lens``, while
@@ -27,6 +28,7 @@ from deploy.export_format import FORMAT_VERSION
 from deploy.graphs import Graph
 from deploy.parity import task_parity
 from zoo import tasks
+from zoo.ensemble import LanguageModelEnsemble
 from zoo.fused import prepare_for_onnx_export
 from zoo.hub import resolve, sha256_of
 from zoo.minimal import MINIMAL_CELLS
@@ -79,6 +81,11 @@ def export(
     pretrained, source_sha256 = load_source(source)
     network = pretrained.network.eval().float()
     task = tasks.get(pretrained.config["task"])
+    if isinstance(network, LanguageModelEnsemble):
+        raise ExportError(
+            "a language-model ensemble is not exported (an export carries one recurrent state shape): "
+            "export its members one by one"
+        )
     stacks = [m for m in network.modules() if isinstance(m, RecurrentStack)]
     if any(stack.cell not in FUSED_CELLS and stack.cell not in MINIMAL_CELLS for stack in stacks):
         raise ExportError(
@@ -111,6 +118,7 @@ def export(
             "graphs": {graph.file: _describe(staging / graph.file) for graph in graphs},
             "state": interface.state,
             "memory": interface.memory,
+            **({"members": interface.members} if interface.members else {}),  # a translator ensemble's
             "decoding": {k: v for k, v in pretrained.config["task_arguments"].items() if k in DECODING_SETTINGS},
             "opset": opset,
             "quantization": quantize,

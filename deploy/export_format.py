@@ -11,6 +11,9 @@ and both take the version and the checks from here. The fields:
   input names), ``outputs`` (the graph outputs that give the next value of each, same order) and
   ``shape`` (``[layers, "batch", size]``, zeros at the start); ``{}`` for stateless graphs.
 - ``memory``: the encoder outputs the translator's decoder step reads (graph names, both sides).
+- ``members`` (translator ensembles only): one ``{"encoder", "decoder", "state", "memory"}`` per member,
+  its graph files and the names above for them; the top-level ``state`` and ``memory`` are then empty
+  and the runtime averages the members' next-word probabilities.
 - ``labels``, ``language_pair``, ``decoding`` (``beam_size``, ``length_penalty``, ``max_new_tokens``),
   and what export measured: ``verification``, ``parity``, ``quantization``, ``source_sha256``.
 """

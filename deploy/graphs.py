@@ -2,7 +2,10 @@
 
 Language model: one graph (tokens + state -> logits + state). Classifier: one graph (tokens,
 lengths -> logits). Tagger: one graph (-> emissions and Viterbi tag ids). Translator: an encoder
-graph and an incremental decoder-step graph.
+graph and an incremental decoder-step graph; for an ensemble, a pair per member (``member0.encoder.onnx``...).
+
+A classifier or tagger ensemble (``zoo.ensemble``) is one graph with a single network's inputs and
+outputs, so its export runs where a single network's does.
 """
 
 from collections.abc import Callable
@@ -12,6 +15,7 @@ import torch
 from torch import nn
 
 from zoo.classifier import SequenceClassifier
+from zoo.ensemble import Ensemble, Seq2SeqEnsemble
 from zoo.language_model import RNNLanguageModel
 from zoo.pooling import valid_mask
 from zoo.recurrent import RecurrentStack
@@ -42,6 +46,7 @@ class Interface:
     graphs: list[Graph]
     state: dict = field(default_factory=dict)  # {"inputs": [...], "outputs": [...], "shape": [...]}
     memory: list[str] = field(default_factory=list)
+    members: list[dict] = field(default_factory=list)  # a translator ensemble's: each its graphs, state, memory
 
 
 class LanguageModelGraph(nn.Module):
@@ -78,6 +83,12 @@ def _state_names(stack: RecurrentStack, suffix: str = "") -> list[str]:
     return [f"h{suffix}", f"c{suffix}"] if stack.cell == "lstm" else [f"h{suffix}"]
 
 
+def _sized(network: nn.Module) -> nn.Module:
+    """The network whose embeddings give the graph's vocabulary sizes: an ensemble's first member
+    (its members share the vocabularies)."""
+    return network.members[0] if isinstance(network, Ensemble) else network
+
+
 def language_model_graphs(network: RNNLanguageModel) -> Interface:
     stack = network.rnn
     vocab_size = network.vocab_size
@@ -96,7 +107,7 @@ def language_model_graphs(network: RNNLanguageModel) -> Interface:
 
 
 def classifier_graphs(network: SequenceClassifier) -> Interface:
-    vocab_size = network.embedding.num_embeddings
+    vocab_size = _sized(network).embedding.num_embeddings
 
     def make_inputs(batch, time, generator):
         tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
@@ -122,8 +133,9 @@ class TaggerGraph(nn.Module):
 
 
 def tagger_graphs(network: SequenceTagger) -> Interface:
-    vocab_size = network.embedding.num_embeddings
-    char_vocab_size = network.chars.embedding.num_embeddings if network.chars is not None else 0
+    sized = _sized(network)
+    vocab_size = sized.embedding.num_embeddings
+    char_vocab_size = sized.chars.embedding.num_embeddings if sized.chars is not None else 0
 
     def make_inputs(batch, time, generator):
         tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
@@ -185,7 +197,10 @@ def _tensors(state) -> tuple[torch.Tensor, ...]:
     return state if isinstance(state, tuple) else (state,)
 
 
-def seq2seq_graphs(network: Seq2Seq) -> Interface:
+def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Interface:
+    """The encoder and decoder-step graphs (their files named with ``prefix``); an ensemble's members' each."""
+    if isinstance(network, Seq2SeqEnsemble):
+        return _seq2seq_ensemble_graphs(network)
     vocab, target_vocab = network.source_embedding.num_embeddings, network.target_embedding.num_embeddings
     memory_names = [MEMORY_NAMES[field] for field in MEMORY_FIELDS[network.context]]
     state_names = ["h", "c"] if network.cell == "lstm" else ["h"]
@@ -211,7 +226,7 @@ def seq2seq_graphs(network: Seq2Seq) -> Interface:
 
     graphs = [
         Graph(
-            "encoder.onnx",
+            f"{prefix}encoder.onnx",
             encoder,
             encoder_inputs,
             ["source", "lengths"],
@@ -219,7 +234,7 @@ def seq2seq_graphs(network: Seq2Seq) -> Interface:
             axes(["source", "lengths", *encoder_outputs]),
         ),
         Graph(
-            "decoder.onnx",
+            f"{prefix}decoder.onnx",
             DecoderStepGraph(network),
             decoder_inputs,
             decoder_inputs_names,
@@ -229,6 +244,20 @@ def seq2seq_graphs(network: Seq2Seq) -> Interface:
     ]
     state = {"inputs": state_names, "outputs": [f"{name}_out" for name in state_names]}
     return Interface(graphs, state, memory_names)
+
+
+def _seq2seq_ensemble_graphs(ensemble: Seq2SeqEnsemble) -> Interface:
+    """Every member's own graphs: members may differ in cell, attention and state, and the runtime
+    averages their next-word probabilities at each step (``zoo.decoding.log_mean_probabilities``)."""
+    graphs, members = [], []
+    for i, member in enumerate(ensemble.members):
+        interface = seq2seq_graphs(member, prefix=f"member{i}.")
+        encoder, decoder = interface.graphs
+        graphs += interface.graphs
+        members.append(
+            {"encoder": encoder.file, "decoder": decoder.file, "state": interface.state, "memory": interface.memory}
+        )
+    return Interface(graphs, members=members)
 
 
 _SOURCE = {0: "batch", 1: "source_time"}

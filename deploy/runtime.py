@@ -156,34 +156,52 @@ class TaggerPredictor(Predictor):
 
 
 class TranslatorPredictor(Predictor):
-    """Greedy and beam search (``zoo.decoding``) over the encoder graph and the decoder-step graph."""
-
-    graph_files = ("encoder.onnx", "decoder.onnx")
+    """Greedy and beam search (``zoo.decoding``) over the encoder graph and the decoder-step graph,
+    or over every member's pair for an ensemble, whose next-word probabilities each step averages."""
 
     def __init__(self, folder: Path, config: dict, threads: int | None = None):
+        self.members = translator_members(folder, config)
+        self.graph_files = tuple(member[graph] for member in self.members for graph in ("encoder", "decoder"))
         super().__init__(folder, config, threads)
-        self.encoder, self.decoder = self.sessions["encoder.onnx"], self.sessions["decoder.onnx"]
-        self.state, self.memory = config["state"], config["memory"]
         # Where each decoder input's batch axis is, from the shapes in config.json (beam search reorders it).
-        self.batch_axis = {
-            value["name"]: value["shape"].index("batch") for value in config["graphs"]["decoder.onnx"]["inputs"]
-        }
+        self.batch_axis = [
+            {value["name"]: value["shape"].index("batch") for value in config["graphs"][member["decoder"]]["inputs"]}
+            for member in self.members
+        ]
         self.bos, self.eos = (self.special_tokens["target_tokenizer"][t] for t in (text.BOS, text.EOS))
-        self.has_attention = "attention" in [value["name"] for value in config["graphs"]["decoder.onnx"]["outputs"]]
+        self.has_attention = all(
+            "attention" in [value["name"] for value in config["graphs"][member["decoder"]]["outputs"]]
+            for member in self.members
+        )
 
     def encode_sources(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Padded source ids ending in ``<eos>`` and their lengths."""
         return self.encode(texts, "source_tokenizer", end=text.EOS)
 
-    def encode_graph(self, source: np.ndarray, lengths: np.ndarray) -> tuple[dict, dict]:
-        """The memory the decoder reads and its initial state, by graph input name."""
-        names = [*self.memory, *self.state["inputs"]]
-        values = dict(zip(names, self.encoder.run(names, {"source": source, "lengths": lengths}), strict=True))
-        return {name: values[name] for name in self.memory}, {name: values[name] for name in self.state["inputs"]}
+    def encode_graph(self, source: np.ndarray, lengths: np.ndarray) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+        """Each member's memory its decoder reads and its initial state, by graph input name."""
+        memory, state = [], []
+        for member in self.members:
+            names = [*member["memory"], *member["state"]["inputs"]]
+            values = self.sessions[member["encoder"]].run(names, {"source": source, "lengths": lengths})
+            memory.append(dict(zip(member["memory"], values[: len(member["memory"])], strict=True)))
+            state.append(dict(zip(member["state"]["inputs"], values[len(member["memory"]) :], strict=True)))
+        return tuple(memory), tuple(state)
 
-    def step(self, tokens: np.ndarray, state: dict, memory: dict) -> tuple[np.ndarray, dict]:
-        outputs = self.decoder.run(["logits", *self.state["outputs"]], {"tokens": tokens, **state, **memory})
-        return outputs[0], dict(zip(self.state["inputs"], outputs[1:], strict=True))
+    def run_decoders(self, output: str, tokens: np.ndarray, state: tuple, memory: tuple) -> tuple[list, tuple]:
+        """Every member's decoder step: its ``output`` (``logits`` or ``attention``) and its next state."""
+        outputs, next_state = [], []
+        for member, member_state, member_memory in zip(self.members, state, memory, strict=True):
+            feed = {"tokens": tokens, **member_state, **member_memory}
+            first, *new = self.sessions[member["decoder"]].run([output, *member["state"]["outputs"]], feed)
+            outputs.append(first)
+            next_state.append(dict(zip(member["state"]["inputs"], new, strict=True)))
+        return outputs, tuple(next_state)
+
+    def step(self, tokens: np.ndarray, state: tuple, memory: tuple) -> tuple[np.ndarray, tuple]:
+        """Next-word logits: one network's own, an ensemble's log mean probabilities (as ``zoo.ensemble``)."""
+        logits, state = self.run_decoders("logits", tokens, state, memory)
+        return (logits[0] if len(logits) == 1 else decoding.log_mean_probabilities(logits)), state
 
     def translate(
         self,
@@ -203,7 +221,8 @@ class TranslatorPredictor(Predictor):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if attention and not self.has_attention:
-            raise ValueError(f"{self.folder.name} has no attention weights to return: its decoder reads no attention")
+            reads = "its decoder reads" if len(self.members) == 1 else "not every member's decoder reads"
+            raise ValueError(f"{self.folder.name} has no attention weights to return: {reads} attention")
         source, lengths = self.encode_sources(texts)
         too_long = [i for i, n in enumerate(lengths) if n * beam_size > budget]
         if too_long:
@@ -240,7 +259,7 @@ class TranslatorPredictor(Predictor):
         """Per text, the attention ``(target tokens + 1, source tokens)`` of the decoder reading its
         target back (teacher forcing), the last row being the step after it (that predicted ``<eos>``):
         a step depends only on the tokens before it, so these are the weights the search saw along the
-        translation it chose."""
+        translation it chose. An ensemble's are the mean of its members'."""
         weights = [None] * len(targets)
         for rows in sub_batches([(int(n),) for n in lengths], budget):
             memory, state = self.encode_graph(source[rows, : lengths[rows].max()], lengths[rows])
@@ -251,11 +270,8 @@ class TranslatorPredictor(Predictor):
                 previous[j, 1 : 1 + len(targets[row])] = targets[row]
             seen = []
             for t in range(steps):
-                outputs = self.decoder.run(
-                    ["attention", *self.state["outputs"]], {"tokens": previous[:, t], **state, **memory}
-                )
-                seen.append(outputs[0])
-                state = dict(zip(self.state["inputs"], outputs[1:], strict=True))
+                per_member, state = self.run_decoders("attention", previous[:, t], state, memory)
+                seen.append(np.mean(per_member, 0))
             seen = np.stack(seen, 1)
             for j, row in enumerate(rows):
                 weights[row] = seen[j, : 1 + len(targets[row]), : lengths[row]]
@@ -270,16 +286,42 @@ class TranslatorPredictor(Predictor):
                 lambda t, s: self.step(t, s, memory), state, batch, self.bos, self.eos, max_new_tokens
             )
         rows = decoding.beam_rows(batch, beam_size)
-        memory, state = {name: value[rows] for name, value in memory.items()}, self._select(state, rows)
+        memory = tuple({name: value[rows] for name, value in member.items()} for member in memory)
+        state = self._select(state, rows)
         length_penalty = self.config["decoding"].get("length_penalty", decoding.LENGTH_PENALTY)
         return decoding.beam_search(
             lambda t, s: self.step(t, s, memory), self._select, state, batch, beam_size,
             self.bos, self.eos, max_new_tokens, length_penalty,
         )  # fmt: skip
 
-    def _select(self, state: dict, rows: np.ndarray) -> dict:
-        """Rows ``rows`` of a decoder state, along each tensor's batch axis."""
-        return {name: np.take(value, rows, axis=self.batch_axis[name]) for name, value in state.items()}
+    def _select(self, state: tuple[dict, ...], rows: np.ndarray) -> tuple[dict, ...]:
+        """Rows ``rows`` of every member's decoder state, along each tensor's batch axis."""
+        return tuple(
+            {name: np.take(value, rows, axis=axes[name]) for name, value in member_state.items()}
+            for member_state, axes in zip(state, self.batch_axis, strict=True)
+        )
+
+
+MEMBER_FIELDS = {"encoder": str, "decoder": str, "state": dict, "memory": list}
+
+
+def translator_members(folder: Path, config: dict) -> list[dict]:
+    """Each network's graph files, state and memory names (``MEMBER_FIELDS``): an ensemble's
+    ``members``, or the one network's ``encoder.onnx`` and ``decoder.onnx``."""
+    single = {
+        "encoder": "encoder.onnx",
+        "decoder": "decoder.onnx",
+        "state": config["state"],
+        "memory": config["memory"],
+    }
+    members = config.get("members", [single])
+    if not isinstance(members, list) or not members or not all(map(_well_formed_member, members)):
+        raise ValueError(f"{folder / 'config.json'}: malformed members; export the model again")
+    return members
+
+
+def _well_formed_member(member) -> bool:
+    return isinstance(member, dict) and all(isinstance(member.get(k), kind) for k, kind in MEMBER_FIELDS.items())
 
 
 def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:

@@ -60,6 +60,33 @@ def translate_main(argv: list[str]) -> None:
         parser.error(str(err))
 
 
+def distill_data_main(argv: list[str]) -> None:
+    from lightning_modules.distillation import sequence_level_data
+    from zoo.hub import ZooError
+
+    parser = argparse.ArgumentParser(
+        prog="rnnzoo distill-data",
+        description="Sequence-level distillation: a copy of a translation data folder whose training targets "
+        "are a teacher's beam translations (validation and test unchanged).",
+    )
+    parser.add_argument("--teacher", required=True, help="a translation .ckpt, zoo entry or pretrained folder")
+    parser.add_argument("--data_dir", required=True, help="a folder of train/validation/test.parquet")
+    parser.add_argument("--out", required=True, help="a new or empty folder for the distilled data")
+    parser.add_argument("--source_lang", default="de")
+    parser.add_argument("--target_lang", default="en")
+    parser.add_argument("--translation_column", default=None, help="a dict column {lang: text} (WMT/IWSLT)")
+    parser.add_argument("--beam_size", type=int, default=5)
+    parser.add_argument("--batch_size", type=int, default=64, help="sentences translated together")
+    args = parser.parse_args(argv)
+    if args.beam_size < 1 or args.batch_size < 1:
+        parser.error("--beam_size and --batch_size must be >= 1")
+    options = {k: v for k, v in vars(args).items() if k not in ("teacher", "data_dir", "out")}
+    try:
+        print(f"wrote {sequence_level_data(args.teacher, args.data_dir, args.out, **options)}")
+    except (FileNotFoundError, FileExistsError, ValueError, ZooError) as err:
+        parser.error(str(err))
+
+
 def load_task_or_exit(parser: argparse.ArgumentParser, source: str, expected):
     """The task in ``source`` (.ckpt, zoo entry, pretrained folder or URL), or a usage error."""
     from lightning_modules.pretrained import load_task
@@ -180,6 +207,7 @@ def plot_main(argv: list[str]) -> None:
 SUBCOMMANDS = {
     "generate": generate_main,
     "translate": translate_main,
+    "distill-data": distill_data_main,
     "zoo": zoo_main,
     "export": export_main,
     "serve": serve_main,
@@ -211,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             "rnnzoo fit|validate|test|predict --help: LightningCLI training and evaluation\n"
             "rnnzoo generate --help: sample text from a language-model checkpoint\n"
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
+            "rnnzoo distill-data --help: a teacher's translations as training data (sequence-level distillation)\n"
             "rnnzoo zoo --help: pretrained zoo entries (list, info, download, predict, publish)\n"
             "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"
             "rnnzoo plot --help: draw a run's training curves (loss, metrics, learning rate) into a PNG\n"

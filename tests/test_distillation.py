@@ -1,5 +1,6 @@
 import itertools
 
+import datasets
 import lightning as L
 import pytest
 import torch
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 
 from datamodules import CoNLLDataModule, IMDBDataModule, PTBDataModule, TranslationDataModule
 from lightning_modules import ClassificationTask, LanguageModelTask, TaggingTask, TranslationTask
-from lightning_modules.distillation import Distillation, soft_target_loss
+from lightning_modules.distillation import Distillation, sequence_level_data, soft_target_loss
+from lightning_modules.pretrained import task_from_pretrained
 from tests.test_classification import synthetic_reviews
 from tests.test_tagging import synthetic_ner
 from tests.test_translation import synthetic_pairs
@@ -295,3 +297,35 @@ def test_a_teacher_of_other_labels_vocabulary_or_task_is_refused(tmp_path):
 
     language_model = LanguageModelTask(dm.vocab_size, embedding_dim=8, hidden_size=8, num_layers=1)
     refused(language_model, student.tokenizer_jsons, "holds a language_model model, not a classification one")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_sequence_level_data_replaces_training_targets_with_the_teachers_translations(tmp_path, nested):
+    folder = synthetic_pairs(tmp_path / "pairs", rows=(("train", 30), ("validation", 8), ("test", 8)), nested=nested)
+    column = {"translation_column": "translation"} if nested else {}
+    dm = TranslationDataModule(data_dir=str(folder), tokenizer="word", min_frequency=1, **column)
+    torch.manual_seed(0)
+    teacher = TranslationTask(dm.source_vocab_size, dm.target_vocab_size, dm.language_pair, embedding_dim=8)
+    source = teacher_folder(teacher, dm, tmp_path / "teacher")
+    out = sequence_level_data(source, folder, tmp_path / "distilled", beam_size=3, batch_size=7, **column)
+
+    def rows(folder):
+        train = datasets.Dataset.from_parquet(str(folder / "train.parquet"))
+        return (
+            train["translation"]
+            if nested
+            else [{"de": d, "en": e} for d, e in zip(train["de"], train["en"], strict=True)]
+        )
+
+    pairs, got = rows(folder), rows(out)
+    sources = [pair["de"] for pair in pairs]
+    model = task_from_pretrained(source)  # batches of 7 as above: an untrained model uses its whole length budget
+    expected = [t for i in range(0, len(sources), 7) for t in model.translate(sources[i : i + 7], beam_size=3)]
+    assert [pair["de"] for pair in got] == sources
+    assert [pair["en"] for pair in got] == expected
+    for split in ("validation", "test"):  # the student is still scored against the references
+        assert (out / f"{split}.parquet").read_bytes() == (folder / f"{split}.parquet").read_bytes()
+    with pytest.raises(FileNotFoundError, match="has no train.parquet"):
+        sequence_level_data(source, tmp_path, tmp_path / "other")
+    with pytest.raises(FileExistsError, match="not empty"):
+        sequence_level_data(source, folder, folder, **column)

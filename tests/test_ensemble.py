@@ -19,8 +19,8 @@ PREDICT = {
 }
 
 
-def evaluate(task, datamodule) -> dict:
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+def evaluate(task, datamodule, folder) -> dict:
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder)
     return trainer.test(task, datamodule, verbose=False)[0]
 
 
@@ -40,7 +40,7 @@ def test_an_ensemble_of_one_model_repeated_predicts_and_scores_like_the_model(ca
                 assert row["probabilities"] == pytest.approx(reference["probabilities"], abs=1e-6)
         else:  # tags, greedy/sampled continuations, greedy and beam-5 translations
             assert predicted == expected
-        metrics, reference = evaluate(ensemble, dm), evaluate(model, dm)
+        metrics, reference = evaluate(ensemble, dm, tmp_path), evaluate(model, dm, tmp_path)
         assert metrics.keys() == reference.keys()
         for name, value in reference.items():  # test BLEU at the task's beam 5 included
             assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name

@@ -158,6 +158,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
+def log_mean_probabilities(logits: list[np.ndarray]) -> np.ndarray:
+    """log of the mean over members of softmax(logits), along the last axis: an ensemble's next-token
+    scores (``zoo.ensemble.log_mean_probabilities`` in numpy)."""
+    log_probabilities = np.stack([log_softmax(member.astype(np.float32)) for member in logits])
+    peak = log_probabilities.max(0)  # a log-sum-exp over the members, shifted so that exp cannot overflow
+    return peak + np.log(np.exp(log_probabilities - peak).sum(0)) - np.float32(math.log(len(logits)))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
