@@ -1,0 +1,76 @@
+"""A distilled student against its teacher in onnxruntime: parameters and latency at batch 1 and 32.
+
+Both are exported (float32, verified against PyTorch) and run by ``deploy.load`` with the same
+number of threads on the same real test texts (IMDB reviews or CoNLL-2003 sentences); each figure is
+the median of ``--repeats`` calls after warm-up, the two models alternating call by call.
+
+    python benchmarks/student_vs_teacher.py --teacher imdb-bilstm \\
+        --student zoo/pretrained_models/imdb-bigru-distilled --data_dir ../shared/data/imdb
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+
+import deploy
+from deploy.export import export
+from zoo.hub import resolve
+from zoo.pretrained import load_pretrained
+
+
+def inputs(predictor, data_dir: str, count: int) -> list:
+    test = datasets.Dataset.from_parquet(str(Path(data_dir) / "test.parquet")).shuffle(seed=0).select(range(count))
+    if predictor.task == "classification":
+        return test["text"]
+    return [" ".join(tokens) for tokens in test["tokens"]]
+
+
+def call(predictor):
+    return predictor.classify if predictor.task == "classification" else predictor.tag
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True, help="a zoo entry, pretrained folder or .ckpt")
+    parser.add_argument("--student", required=True, help="a zoo entry, pretrained folder or .ckpt")
+    parser.add_argument("--data_dir", required=True, help="a folder with test.parquet (IMDB or CoNLL-2003)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    models = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for role in ("teacher", "student"):
+            source = getattr(args, role)
+            export(source, Path(tmp) / role)
+            network = load_pretrained(resolve(source)).network
+            parameters = sum(p.numel() for p in network.parameters())
+            models[role] = (deploy.load(Path(tmp) / role, threads=args.threads), parameters)
+        texts = inputs(models["teacher"][0], args.data_dir, 32)
+        print(f"{args.threads} onnxruntime thread(s), median of {args.repeats} calls, real test texts")
+        print(f"{'batch':>5} {'teacher ms':>11} {'student ms':>11} {'speed-up':>9}")
+        for batch in (1, 32):
+            times = {role: [] for role in models}
+            for predictor, _ in models.values():  # warm-up
+                for _ in range(3):
+                    call(predictor)(texts[:batch])
+            for i in range(args.repeats):
+                for role, (predictor, _) in models.items():
+                    start = time.perf_counter()
+                    call(predictor)(texts[(i * batch) % 32 :][:batch] or texts[:batch])
+                    times[role].append(time.perf_counter() - start)
+            teacher, student = (statistics.median(times[role]) * 1e3 for role in ("teacher", "student"))
+            print(f"{batch:>5} {teacher:>11.2f} {student:>11.2f} {teacher / student:>8.2f}x")
+    teacher_parameters, student_parameters = models["teacher"][1], models["student"][1]
+    print(
+        f"parameters: teacher {teacher_parameters:,}, student {student_parameters:,} "
+        f"({student_parameters / teacher_parameters:.3f} of the teacher)"
+    )
+
+
+if __name__ == "__main__":
+    main()
