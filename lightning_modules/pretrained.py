@@ -130,9 +130,10 @@ def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.Pat
         ) from err
 
 
-def write_ensemble(sources: list[str], out_dir: str | os.PathLike) -> Path:
+def write_ensemble(sources: list[str], out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """A pretrained folder that predicts with the average of ``sources`` (``.ckpt`` files, folders,
-    zoo entries; see ``zoo.ensemble``), which must be models of one task, vocabulary and label set."""
+    zoo entries; see ``zoo.ensemble``), which must be models of one task, vocabulary and label set;
+    weights stored in ``dtype`` as ``publish`` does."""
     members = _same_task_and_data([load_task(source) for source in sources], sources)
     nested = [source for source, task in zip(sources, members, strict=True) if isinstance(task.net, Ensemble)]
     if nested:
@@ -146,12 +147,13 @@ def write_ensemble(sources: list[str], out_dir: str | os.PathLike) -> Path:
         arguments={"members": arguments},
         task_arguments=dict(first.hparams),
         tokenizers=dict(first.tokenizer_jsons),
+        dtype=dtype,
     )
 
 
-def average_checkpoints(sources: list[str], out_dir: str | os.PathLike) -> Path:
+def average_checkpoints(sources: list[str], out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """A pretrained folder whose weights are the mean of ``sources``' (checkpoints of one run, or
-    of one architecture and data): integer buffers are taken from the last."""
+    of one architecture and data): integer buffers are taken from the last; stored in ``dtype``."""
     members = _same_task_and_data([load_task(source) for source in sources], sources)
     last = members[-1]
     for source, task in zip(sources, members, strict=True):
@@ -171,6 +173,7 @@ def average_checkpoints(sources: list[str], out_dir: str | os.PathLike) -> Path:
         arguments=last.network_arguments,
         task_arguments=dict(last.hparams),
         tokenizers=dict(last.tokenizer_jsons),
+        dtype=dtype,
     )
 
 

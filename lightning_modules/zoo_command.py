@@ -8,6 +8,12 @@ from pathlib import Path
 
 from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
+DTYPE = {
+    "choices": ["float32", "float16", "int8"],
+    "default": "float32",
+    "help": "weight storage (int8: per-row int8 vocabulary-sized matrices, float16 elsewhere)",
+}
+
 
 def zoo_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="rnnzoo zoo", description="Pretrained zoo entries.")
@@ -27,12 +33,7 @@ def zoo_main(argv: list[str]) -> None:
     )
     publish.add_argument("--name", default=None, help="the entry's name (default: the folder's name)")
     publish.add_argument("--description", default="")
-    publish.add_argument(
-        "--dtype",
-        choices=["float32", "float16", "int8"],
-        default="float32",
-        help="weight storage (int8: per-row int8 vocabulary-sized matrices, float16 elsewhere)",
-    )
+    publish.add_argument("--dtype", **DTYPE)
     publish.add_argument("--metric", action="append", default=[], help="NAME=VALUE it reached (repeatable)")
     publish.add_argument("--split", default="test", help="the split the metrics were measured on")
     publish.add_argument("--command", default="", help="the command that trained and evaluated it")
@@ -44,11 +45,13 @@ def zoo_main(argv: list[str]) -> None:
     )
     ensemble.add_argument("members", nargs="+", help=".ckpt files, pretrained folders or zoo entries")
     ensemble.add_argument("--out", required=True, help="a new or empty folder, or an earlier one to replace")
+    ensemble.add_argument("--dtype", **DTYPE)
     average = commands.add_parser(
         "average", help="a pretrained folder whose weights average checkpoints of one run (e.g. its last epochs)"
     )
     average.add_argument("checkpoints", nargs="+", help=".ckpt files (or pretrained folders) of one architecture")
     average.add_argument("--out", required=True, help="a new or empty folder, or an earlier one to replace")
+    average.add_argument("--dtype", **DTYPE)
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
@@ -61,13 +64,19 @@ def zoo_main(argv: list[str]) -> None:
             for row in predict_texts(args.name, args.text):
                 print(json.dumps(row, ensure_ascii=False))
         elif args.command == "ensemble":
+            import torch
+
             from lightning_modules.pretrained import write_ensemble
 
-            print(f"wrote {write_ensemble(args.members, args.out)} ({len(args.members)} members)")
+            folder = write_ensemble(args.members, args.out, getattr(torch, args.dtype))
+            print(f"wrote {folder} ({len(args.members)} members)")
         elif args.command == "average":
+            import torch
+
             from lightning_modules.pretrained import average_checkpoints
 
-            print(f"wrote {average_checkpoints(args.checkpoints, args.out)} (the mean of {len(args.checkpoints)})")
+            folder = average_checkpoints(args.checkpoints, args.out, getattr(torch, args.dtype))
+            print(f"wrote {folder} (the mean of {len(args.checkpoints)})")
         else:
             publish_checkpoint(args, parser)
     except (ZooError, FileNotFoundError, FileExistsError, ValueError) as err:
