@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from zoo import tasks
 from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
 DTYPE = {
@@ -103,7 +104,8 @@ def print_table(entries: dict[str, dict]) -> None:
     for name, entry in sorted(entries.items()):
         shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.get("metrics", {}).items()) or "-"
         size = sum(f["size"] for f in entry.get("files", {}).values()) / 1e6
-        rows.append((name, entry.get("task", ""), shown, f"{size:.1f} MB", entry.get("description", "")))
+        task = tasks.get(entry["task"]).name if entry.get("task") else ""  # old entries name the task's class
+        rows.append((name, task, shown, f"{size:.1f} MB", entry.get("description", "")))
     header = ("name", "task", "test metric", "size", "description")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     for name, task, metric, size, description in [header, *rows]:

@@ -14,7 +14,8 @@ from deploy.export import export
 from lightning_modules.pretrained import task_from_pretrained
 from zoo.hub import load_manifest
 
-SHIPPED = ["conll-bilstm-crf", "imdb-bilstm", "multi30k-bahdanau", "ptb-lstm-small-tied"]
+SHIPPED = ["conll-bilstm-crf", "imdb-bigru-distilled", "imdb-bilstm", "multi30k-bahdanau", "ptb-lstm-small-tied"]
+CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm"]
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +32,9 @@ def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
         assert sum(f["size"] for f in entries[name]["files"].values()) < 15e6
 
 
-def test_imdb_bilstm_classifies_clear_reviews():
-    task = task_from_pretrained("imdb-bilstm")
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_imdb_classifiers_classify_clear_reviews(name):
+    task = task_from_pretrained(name)
     rows = task.classify(
         [
             "A wonderful, moving film with brilliant acting. I loved it.",
@@ -60,12 +62,14 @@ def test_ptb_lstm_small_tied_continues_a_sentence_greedily():
     assert continuation == "the company said it will be able to sell the <unk>"
 
 
+REVIEWS = [
+    "A wonderful, moving film with brilliant acting. I loved it.",
+    "Dull, boring and far too long. A waste of time.",
+    "Not bad, but the ending was a letdown.",
+]
 EXPORT_INPUTS = {
-    "imdb-bilstm": [
-        "A wonderful, moving film with brilliant acting. I loved it.",
-        "Dull, boring and far too long. A waste of time.",
-        "Not bad, but the ending was a letdown.",
-    ],
+    "imdb-bilstm": REVIEWS,
+    "imdb-bigru-distilled": REVIEWS,
     "conll-bilstm-crf": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
     "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
     "ptb-lstm-small-tied": ["the company said", "stock prices"],
@@ -77,7 +81,7 @@ def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
     """The exported folder, run by onnxruntime, answers as the PyTorch task does on the same inputs."""
     export(name, tmp_path / name)
     exported, task, texts = deploy.load(tmp_path / name, threads=1), task_from_pretrained(name), EXPORT_INPUTS[name]
-    if name == "imdb-bilstm":
+    if name in CLASSIFIERS:
         got, want = exported.classify(texts), task.classify(texts)
         assert [row["label"] for row in got] == [row["label"] for row in want]
         probabilities = [[row["probability"] for row in rows] for rows in (got, want)]
@@ -93,6 +97,7 @@ def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
 
 ONE_LINERS = {
     "imdb-bilstm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
+    "imdb-bigru-distilled": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
     "conll-bilstm-crf": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
     "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
     "ptb-lstm-small-tied": ("the company said", "continuation", "the company said it will be able to sell the <unk>"),
