@@ -9,6 +9,7 @@ the median of ``--repeats`` calls after warm-up, the two models alternating call
 """
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
+    logging.getLogger("rnnzoo").setLevel(logging.ERROR)  # the truncation notice, once per call
 
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
