@@ -1,11 +1,12 @@
-"""A distilled student against its teacher in onnxruntime: parameters and latency at batch 1 and 32.
+"""Two classifiers or taggers side by side in onnxruntime: parameters and latency at batch 1 and 32
+(a distilled student against its teacher, an ensemble against one of its members).
 
 Both are exported (float32, verified against PyTorch) and run by ``deploy.load`` with the same
 number of threads on the same real test texts (IMDB reviews or CoNLL-2003 sentences); each figure is
 the median of ``--repeats`` calls after warm-up, the two models alternating call by call.
 
-    python benchmarks/student_vs_teacher.py --teacher imdb-bilstm \\
-        --student zoo/pretrained_models/imdb-bigru-distilled --data_dir ../shared/data/imdb
+    python benchmarks/onnx_latency_pair.py --baseline imdb-bilstm --candidate imdb-bigru-distilled \\
+        --data_dir ../shared/data/imdb
 """
 
 import argparse
@@ -36,8 +37,8 @@ def call(predictor):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True, help="a zoo entry, pretrained folder or .ckpt")
-    parser.add_argument("--student", required=True, help="a zoo entry, pretrained folder or .ckpt")
+    parser.add_argument("--baseline", required=True, help="a zoo entry, pretrained folder or .ckpt (e.g. a teacher)")
+    parser.add_argument("--candidate", required=True, help="a zoo entry, pretrained folder or .ckpt (e.g. a student)")
     parser.add_argument("--data_dir", required=True, help="a folder with test.parquet (IMDB or CoNLL-2003)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
@@ -46,15 +47,15 @@ def main() -> None:
 
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for role in ("teacher", "student"):
+        for role in ("baseline", "candidate"):
             source = getattr(args, role)
             export(source, Path(tmp) / role)
             network = load_pretrained(resolve(source)).network
             parameters = sum(p.numel() for p in network.parameters())
             models[role] = (deploy.load(Path(tmp) / role, threads=args.threads), parameters)
-        texts = inputs(models["teacher"][0], args.data_dir, 32)
+        texts = inputs(models["baseline"][0], args.data_dir, 32)
         print(f"{args.threads} onnxruntime thread(s), median of {args.repeats} calls, real test texts")
-        print(f"{'batch':>5} {'teacher ms':>11} {'student ms':>11} {'speed-up':>9}")
+        print(f"{'batch':>5} {'baseline ms':>12} {'candidate ms':>13} {'baseline / candidate':>21}")
         for batch in (1, 32):
             times = {role: [] for role in models}
             for predictor, _ in models.values():  # warm-up
@@ -65,12 +66,12 @@ def main() -> None:
                     start = time.perf_counter()
                     call(predictor)(texts[(i * batch) % 32 :][:batch] or texts[:batch])
                     times[role].append(time.perf_counter() - start)
-            teacher, student = (statistics.median(times[role]) * 1e3 for role in ("teacher", "student"))
-            print(f"{batch:>5} {teacher:>11.2f} {student:>11.2f} {teacher / student:>8.2f}x")
-    teacher_parameters, student_parameters = models["teacher"][1], models["student"][1]
+            baseline, candidate = (statistics.median(times[role]) * 1e3 for role in ("baseline", "candidate"))
+            print(f"{batch:>5} {baseline:>12.2f} {candidate:>13.2f} {baseline / candidate:>20.2f}x")
+    baseline_parameters, candidate_parameters = models["baseline"][1], models["candidate"][1]
     print(
-        f"parameters: teacher {teacher_parameters:,}, student {student_parameters:,} "
-        f"({student_parameters / teacher_parameters:.3f} of the teacher)"
+        f"parameters: baseline {baseline_parameters:,}, candidate {candidate_parameters:,} "
+        f"({candidate_parameters / baseline_parameters:.3f} of the baseline)"
     )
 
 
