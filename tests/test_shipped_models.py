@@ -14,8 +14,16 @@ from deploy.export import export
 from lightning_modules.pretrained import task_from_pretrained
 from zoo.hub import load_manifest
 
-SHIPPED = ["conll-bilstm-crf", "imdb-bigru-distilled", "imdb-bilstm", "multi30k-bahdanau", "ptb-lstm-small-tied"]
+SHIPPED = [
+    "conll-bilstm-crf",
+    "conll-bilstm-crf-distilled",
+    "imdb-bigru-distilled",
+    "imdb-bilstm",
+    "multi30k-bahdanau",
+    "ptb-lstm-small-tied",
+]
 CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm"]
+TAGGERS = ["conll-bilstm-crf", "conll-bilstm-crf-distilled"]
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +52,9 @@ def test_imdb_classifiers_classify_clear_reviews(name):
     assert [row["label"] for row in rows] == ["pos", "neg"]
 
 
-def test_conll_bilstm_crf_tags_the_classic_sentence():
-    task = task_from_pretrained("conll-bilstm-crf")
+@pytest.mark.parametrize("name", TAGGERS)
+def test_conll_taggers_tag_the_classic_sentence(name):
+    task = task_from_pretrained(name)
     (row,) = task.tag(["EU rejects German call to boycott British lamb ."])
     assert row["tags"] == ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]
 
@@ -71,6 +80,7 @@ EXPORT_INPUTS = {
     "imdb-bilstm": REVIEWS,
     "imdb-bigru-distilled": REVIEWS,
     "conll-bilstm-crf": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
+    "conll-bilstm-crf-distilled": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
     "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
     "ptb-lstm-small-tied": ["the company said", "stock prices"],
 }
@@ -86,7 +96,7 @@ def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
         assert [row["label"] for row in got] == [row["label"] for row in want]
         probabilities = [[row["probability"] for row in rows] for rows in (got, want)]
         np.testing.assert_allclose(*probabilities, atol=2e-4)
-    elif name == "conll-bilstm-crf":
+    elif name in TAGGERS:
         assert [row["tags"] for row in exported.tag(texts)] == [row["tags"] for row in task.tag(texts)]
     elif name == "multi30k-bahdanau":
         assert exported.translate(texts) == task.translate(texts)
@@ -99,6 +109,7 @@ ONE_LINERS = {
     "imdb-bilstm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
     "imdb-bigru-distilled": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
     "conll-bilstm-crf": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
+    "conll-bilstm-crf-distilled": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
     "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
     "ptb-lstm-small-tied": ("the company said", "continuation", "the company said it will be able to sell the <unk>"),
 }
