@@ -46,16 +46,26 @@ def test_an_ensemble_of_one_model_repeated_predicts_and_scores_like_the_model(ca
             assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
+def seeded_folders(build, datamodule, tmp_path, count: int) -> list[str]:
+    """``count`` untrained models of one architecture (seeds 0, 1...) as pretrained folders."""
+    folders = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        folders.append(teacher_folder(build(), datamodule, tmp_path / f"m{seed}"))
+    return folders
+
+
+def ensemble_members_and_batch(folders, datamodule, tmp_path):
+    """The ensemble of ``folders``, its members loaded alone, and a test batch."""
+    ensemble = load_pretrained(write_ensemble(folders, tmp_path / "ensemble")).network
+    datamodule.setup("test")
+    return ensemble, [load_pretrained(f).network for f in folders], next(iter(datamodule.test_dataloader()))
+
+
 def test_a_classifier_ensemble_averages_the_class_probabilities(tmp_path):
     dm, build, _ = classification_case(tmp_path)
-    folders = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        folders.append(teacher_folder(build(), dm, tmp_path / f"m{seed}"))
-    ensemble = load_pretrained(write_ensemble(folders, tmp_path / "ensemble")).network
-    members = [load_pretrained(folder).network for folder in folders]
-    dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
+    folders = seeded_folders(build, dm, tmp_path, 2)
+    ensemble, members, batch = ensemble_members_and_batch(folders, dm, tmp_path)
     inputs = (batch["input_ids"], batch["lengths"])
     expected = torch.stack([member(*inputs).softmax(-1) for member in members]).mean(0)
     torch.testing.assert_close(ensemble(*inputs).softmax(-1), expected)
@@ -64,14 +74,8 @@ def test_a_classifier_ensemble_averages_the_class_probabilities(tmp_path):
 
 def test_a_tagger_ensemble_decodes_once_with_the_mean_emissions_and_transitions(tmp_path):
     dm, build, logits = tagging_case(tmp_path)
-    folders = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        folders.append(teacher_folder(build(), dm, tmp_path / f"m{seed}"))
-    ensemble = load_pretrained(write_ensemble(folders, tmp_path / "ensemble")).network
-    members = [load_pretrained(folder).network for folder in folders]
-    dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
+    folders = seeded_folders(build, dm, tmp_path, 2)
+    ensemble, members, batch = ensemble_members_and_batch(folders, dm, tmp_path)
     emissions, mask = logits(ensemble, batch)
     torch.testing.assert_close(emissions, torch.stack([logits(m, batch)[0] for m in members]).mean(0))
     scores = [torch.stack(s).mean(0) for s in zip(*(m.crf.scores() for m in members), strict=True)]
@@ -97,10 +101,7 @@ def test_members_of_other_tasks_or_vocabularies_are_refused(tmp_path):
 
 def test_checkpoint_averaging_means_the_weights_of_one_architecture(tmp_path):
     dm, build, _ = classification_case(tmp_path)
-    folders = []
-    for seed in (0, 1, 2):
-        torch.manual_seed(seed)
-        folders.append(teacher_folder(build(), dm, tmp_path / f"m{seed}"))
+    folders = seeded_folders(build, dm, tmp_path, 3)
     averaged = load_pretrained(average_checkpoints(folders, tmp_path / "averaged")).network.state_dict()
     states = [load_pretrained(folder).network.state_dict() for folder in folders]
     for name, value in averaged.items():
@@ -112,10 +113,7 @@ def test_checkpoint_averaging_means_the_weights_of_one_architecture(tmp_path):
 
 def test_zoo_ensemble_and_average_commands(tmp_path):
     dm, build, _ = classification_case(tmp_path)
-    folders = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        folders.append(teacher_folder(build(), dm, tmp_path / f"m{seed}"))
+    folders = seeded_folders(build, dm, tmp_path, 2)
     made = rnnzoo(tmp_path, "zoo", "ensemble", *folders, "--out", str(tmp_path / "ensemble"), "--dtype", "float16")
     assert "(2 members)" in made.stdout
     assert load_pretrained(tmp_path / "ensemble").config["weights_dtype"] == "float16"
