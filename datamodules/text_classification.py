@@ -25,8 +25,8 @@ class IMDBDataModule(BucketedDataModule):
         tokenizer: ``word`` (lowercased words and punctuation, ``<br />`` removed) or ``bpe``.
         max_vocab: vocabulary size (word: most frequent words; bpe: merges target).
         min_frequency: drop words seen fewer times in train.
-        max_length: longer texts are truncated (a warning says how many); the fitted tokenizer
-            keeps the limit, so prediction truncates alike everywhere.
+        max_length: longer texts are truncated (a warning says how many); the tokenizer keeps the
+            limit, so prediction truncates alike everywhere.
         val_size: rows of train held out for validation.
         predict_texts: raw texts for ``rnnzoo predict``.
     """
@@ -95,9 +95,11 @@ class IMDBDataModule(BucketedDataModule):
 
     @cached_property
     def tokenizer(self):
-        if self.pretrained_tokenizers:
-            return self.pretrained_tokenizers["tokenizer"]
         hp = self.hparams
+        if self.pretrained_tokenizers:
+            tokenizer = self.pretrained_tokenizers["tokenizer"]
+            tokenizer.enable_truncation(hp.max_length)  # a language model's (encoder_from) has no limit of its own
+            return tokenizer
         normalizer = text_normalizer(lowercase=hp.lowercase, replacements={"<br />": " "})
         texts = self.splits["train"][hp.text_column]
         if hp.tokenizer == "bpe":

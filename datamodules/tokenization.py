@@ -37,9 +37,17 @@ def fit_word_tokenizer(
     return _fit_word_level(tokenizer, texts, special_tokens, unk_token, max_size, min_frequency)
 
 
-def fit_char_tokenizer(texts: Iterable[str], special_tokens: list[str], unk_token: str = "<unk>") -> Tokenizer:
-    """Character-level vocabulary: every character, the space included, is one token."""
+def fit_char_tokenizer(
+    texts: Iterable[str],
+    special_tokens: list[str],
+    unk_token: str = "<unk>",
+    *,
+    normalizer: normalizers.Normalizer | None = None,
+) -> Tokenizer:
+    """Character-level vocabulary: every character (after ``normalizer``), the space included, is one token."""
     tokenizer = Tokenizer(models.WordLevel(unk_token=unk_token))
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     return _fit_word_level(tokenizer, texts, special_tokens, unk_token)
@@ -137,15 +145,18 @@ def _fit_word_level(
 
 
 def pretrained_tokenizers(source: str | None, names: Iterable[str]) -> dict[str, Tokenizer]:
-    """The tokenizers ``names`` of a pretrained folder or zoo entry (``tokenizer_from``), used
-    instead of fitting new ones so that fine-tuning keeps the pretrained vocabulary; {} for None."""
+    """The tokenizers ``names`` of a pretrained folder, zoo entry or ``.ckpt`` (``tokenizer_from``),
+    used instead of fitting new ones so that fine-tuning keeps the pretrained vocabulary; {} for None."""
     if source is None:
         return {}
+    from zoo.checkpoint import checkpoint_tokenizers
     from zoo.hub import resolve
     from zoo.pretrained import load_tokenizers
 
-    folder = resolve(source)
-    found = load_tokenizers(folder)
+    try:
+        found = checkpoint_tokenizers(source) if str(source).endswith(".ckpt") else load_tokenizers(resolve(source))
+    except (OSError, ValueError) as err:
+        raise DataError(f"tokenizer_from={source!r}: {err}") from None
     missing = [name for name in names if name not in found]
     if missing:
         raise DataError(

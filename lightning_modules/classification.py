@@ -9,6 +9,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.distillation import distillation_from
+from lightning_modules.transfer import transfer_from
 from zoo import text
 from zoo.classifier import SequenceClassifier
 
@@ -30,13 +31,19 @@ class ClassificationTask(DataStateInCheckpoint):
         teacher: str | None = None,
         temperature: float = 1.0,
         alpha: float = 0.5,
+        encoder_from: str | None = None,
+        pretrained_embeddings: str | None = None,
+        freeze_embeddings: bool = False,
         **architecture,
     ):
         """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
+        ``encoder_from``, ``pretrained_embeddings``, ``freeze_embeddings``: the first weights, see
+        ``lightning_modules.transfer.Transfer``;
         ``architecture``: the keyword arguments of ``zoo.SequenceClassifier`` (cell, sizes, pooling...)."""
         super().__init__()
         self.save_hyperparameters()
         self.distillation = distillation_from(teacher, temperature, alpha)
+        self.transfer = transfer_from(encoder_from, pretrained_embeddings, freeze_embeddings)
         self.network_arguments = {"vocab_size": vocab_size, "num_classes": len(labels), **architecture}
         self.net = SequenceClassifier(vocab_size, len(labels), **architecture)
         n = len(labels)

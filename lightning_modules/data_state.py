@@ -8,6 +8,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lightning_modules.distillation import Distillation
+from lightning_modules.transfer import Transfer
 from zoo import tasks
 
 
@@ -28,6 +29,7 @@ class DataStateInCheckpoint(L.LightningModule):
     # with ``**architecture`` spelled out: LightningCLI reads that call to learn the accepted options.
     network_arguments: dict
     distillation: Distillation | None = None  # soft targets from a ``teacher`` (lightning_modules.distillation)
+    transfer: Transfer | None = None  # first weights from a language model or vectors (lightning_modules.transfer)
 
     def __init__(self):
         super().__init__()
@@ -43,6 +45,8 @@ class DataStateInCheckpoint(L.LightningModule):
             tokenizer = getattr(datamodule, name, None)
             if tokenizer is not None and name not in self.tokenizer_jsons:
                 self.tokenizer_jsons[name] = tokenizer.to_str()
+        if stage == "fit" and self.transfer is not None:
+            self.transfer.apply(self)
         if stage == "fit" and self.distillation is not None:
             self.distillation.attach(self)
 

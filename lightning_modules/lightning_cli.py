@@ -5,10 +5,12 @@ from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from datamodules.loading import DataError
 from lightning_modules.data_state import NonFiniteLoss
 from lightning_modules.distillation import TeacherError
+from lightning_modules.transfer import TransferError
 from zoo import tasks
 
 
@@ -50,6 +52,7 @@ class RnnzooCLI(LightningCLI):
         config = self.config[self.subcommand]
         path = config.get("ckpt_path")
         self._pretrained_folder = None
+        self._use_encoder_tokenizer(config)
         if config.get("weights_only") is False:
             raise SystemExit(f"rnnzoo {self.subcommand}: checkpoints are only loaded with --weights_only true")
         config["weights_only"] = True  # tensors and plain data only: a crafted .ckpt cannot run code
@@ -78,6 +81,23 @@ class RnnzooCLI(LightningCLI):
         if "tokenizer_from" in data_arguments and data_arguments["tokenizer_from"] is None:
             data_arguments["tokenizer_from"] = str(self._pretrained_folder)
 
+    @staticmethod
+    def _use_encoder_tokenizer(config) -> None:
+        """A model that starts from a language model's encoder (``encoder_from``) reads the data with that
+        model's tokenizer."""
+        encoder = config["model"].get("init_args", {}).get("encoder_from")
+        data_arguments = config["data"].get("init_args", {})
+        if encoder and "tokenizer_from" in data_arguments and data_arguments["tokenizer_from"] is None:
+            data_arguments["tokenizer_from"] = encoder
+
+    @staticmethod
+    def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):
+        """As LightningCLI's, except that a schedule of steps (``OneCycleLR``, ``CyclicLR``) is stepped
+        after every optimizer step instead of every epoch."""
+        if isinstance(lr_scheduler, OneCycleLR | CyclicLR):
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+
     def _load_pretrained_weights(self) -> bool:
         """Copy the pretrained folder's weights into the model and run without a ``.ckpt``: a folder
         holds weights only, so fitting starts a fresh optimizer, schedule and epoch count."""
@@ -94,6 +114,11 @@ class RnnzooCLI(LightningCLI):
             raise SystemExit(
                 f"rnnzoo fit: {self._pretrained_folder} is an ensemble, which is evaluated, not trained: "
                 "fine-tune its members"
+            )
+        if self.subcommand == "fit" and getattr(self.model, "transfer", None) is not None:
+            raise SystemExit(
+                f"rnnzoo {self.subcommand}: --ckpt_path {self._pretrained_folder} and encoder_from/"
+                "pretrained_embeddings both give the first weights: use one"
             )
         self.config_init[self.subcommand]["ckpt_path"] = None
         return True
@@ -189,5 +214,5 @@ def run_lightning_cli(argv: list[str] | None = None) -> None:
         )
     except DataError as err:
         raise SystemExit(f"rnnzoo: data error: {err}") from None
-    except (NonFiniteLoss, TeacherError) as err:
+    except (NonFiniteLoss, TeacherError, TransferError) as err:
         raise SystemExit(f"rnnzoo: {err}") from None

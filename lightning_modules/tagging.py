@@ -10,6 +10,7 @@ from seqeval.scheme import IOB2
 from datamodules.conll import CoNLLDataModule
 from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.distillation import distillation_from, kl_per_position
+from lightning_modules.transfer import transfer_from
 from zoo import text
 from zoo.tagger import SequenceTagger
 
@@ -37,10 +38,15 @@ class TaggingTask(DataStateInCheckpoint):
         teacher: str | None = None,
         temperature: float = 1.0,
         alpha: float = 0.5,
+        encoder_from: str | None = None,
+        pretrained_embeddings: str | None = None,
+        freeze_embeddings: bool = False,
         distill_on: Literal["emissions", "marginals"] = "emissions",
         **architecture,
     ):
         """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
+        ``encoder_from``, ``pretrained_embeddings``, ``freeze_embeddings``: the first weights, see
+        ``lightning_modules.transfer.Transfer``;
         ``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
         super().__init__()
         if distill_on not in ("emissions", "marginals"):
@@ -49,6 +55,7 @@ class TaggingTask(DataStateInCheckpoint):
             raise ValueError("distill_on='marginals' needs a CRF student (output: crf)")
         self.save_hyperparameters()
         self.distillation = distillation_from(teacher, temperature, alpha)
+        self.transfer = transfer_from(encoder_from, pretrained_embeddings, freeze_embeddings)
         self.network_arguments = {
             "vocab_size": vocab_size,
             "labels": list(labels),
