@@ -47,12 +47,10 @@ class RnnzooCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        """A ``--ckpt_path`` naming a pretrained folder, zoo entry or URL (not a ``.ckpt``): the data uses
-        its tokenizers, so the vocabulary matches the weights loaded before the run."""
+        """Check ``--ckpt_path`` and pick the tokenizers the data uses."""
         config = self.config[self.subcommand]
         path = config.get("ckpt_path")
         self._pretrained_folder = None
-        self._use_encoder_tokenizer(config)
         if config.get("weights_only") is False:
             raise SystemExit(f"rnnzoo {self.subcommand}: checkpoints are only loaded with --weights_only true")
         config["weights_only"] = True  # tensors and plain data only: a crafted .ckpt cannot run code
@@ -61,8 +59,13 @@ class RnnzooCLI(LightningCLI):
                 f"rnnzoo {self.subcommand}: --ckpt_path {path}: remote .ckpt files are not loaded (unpickling a "
                 "stranger's file can run code); pass a pretrained folder's URL or a zoo entry instead"
             )
-        if not path or is_lightning_checkpoint(path):
-            return
+        if path and not is_lightning_checkpoint(path):
+            self._use_pretrained_tokenizers(config, path)
+        self._use_encoder_tokenizer(config)
+
+    def _use_pretrained_tokenizers(self, config, path: str) -> None:
+        """A ``--ckpt_path`` naming a pretrained folder, zoo entry or URL (not a ``.ckpt``): the data uses
+        its tokenizers, so the vocabulary matches the weights loaded before the run."""
         from zoo.hub import ZooError, resolve
         from zoo.pretrained import read_config
 
@@ -84,7 +87,7 @@ class RnnzooCLI(LightningCLI):
     @staticmethod
     def _use_encoder_tokenizer(config) -> None:
         """A model that starts from a language model's encoder (``encoder_from``) reads the data with that
-        model's tokenizer."""
+        model's tokenizer, unless a pretrained ``--ckpt_path`` already gave its own."""
         encoder = config["model"].get("init_args", {}).get("encoder_from")
         data_arguments = config["data"].get("init_args", {})
         if encoder and "tokenizer_from" in data_arguments and data_arguments["tokenizer_from"] is None:
