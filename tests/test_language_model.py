@@ -47,6 +47,17 @@ def eos_loving_model(eos_id=3):
     return model
 
 
+def test_embedding_dropout_sets_the_dropout_of_the_word_vectors_alone():
+    tokens = torch.randint(0, 50, (4, 6))
+    for embedding_dropout, dropped in ((0.0, False), (None, True)):
+        model = RNNLanguageModel(50, 16, 16, num_layers=2, dropout=0.9, embedding_dropout=embedding_dropout).train()
+        seen = []
+        model.rnn.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0]))
+        model(tokens)
+        assert torch.equal(seen[0], model.embed(tokens)) is not dropped
+        assert model.dropout.p == 0.9  # between the layers and before the projection either way
+
+
 def test_generate_stops_at_eos_and_at_max_length():
     assert generate(eos_loving_model(), [1, 2], max_new_tokens=10, temperature=0, eos_id=3) == []
     out = generate(eos_loving_model(), [1, 2], max_new_tokens=6, temperature=0, eos_id=None)

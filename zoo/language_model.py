@@ -23,6 +23,8 @@ class RNNLanguageModel(nn.Module):
             ``RecurrentStack``).
         dropout: dropout on the embedding output, between layers and before the projection
             (the non-recurrent connections, as in Zaremba et al.).
+        embedding_dropout: dropout on the word vectors alone, when it differs from ``dropout`` (Kim et
+            al. 2016 drop nothing between the highway layer and the LSTM: 0).
         locked_dropout: one dropout mask per sequence (variational dropout) instead of per step.
         tie_weights: share the embedding matrix with the output projection (Press & Wolf 2017).
             When ``embedding_dim != hidden_size`` a linear bottleneck maps the stack's output down.
@@ -47,6 +49,7 @@ class RNNLanguageModel(nn.Module):
         cell: CellType = "lstm",
         dropout: float = 0.0,
         locked_dropout: bool = False,
+        embedding_dropout: float | None = None,
         tie_weights: bool = False,
         residual: bool = False,
         init_range: float | None = 0.1,
@@ -87,6 +90,9 @@ class RNNLanguageModel(nn.Module):
             nonlinearity=nonlinearity,
         )
         self.dropout = make_dropout(dropout, locked_dropout)
+        self.embedding_dropout = (
+            self.dropout if embedding_dropout is None else make_dropout(embedding_dropout, locked_dropout)
+        )
         needs_bottleneck = tie_weights and embedding_dim != hidden_size
         self.bottleneck = nn.Linear(hidden_size, embedding_dim) if needs_bottleneck else None
         self.output = nn.Linear(embedding_dim if tie_weights else hidden_size, vocab_size)
@@ -125,7 +131,7 @@ class RNNLanguageModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens``: ``(B, T)`` ids. Returns logits ``(B, T, vocab_size)`` and the final state."""
-        x = self.dropout(self.embed(tokens))
+        x = self.embedding_dropout(self.embed(tokens))
         out, state = self.rnn(x, state)
         out = self.dropout(out)
         if self.bottleneck is not None:
