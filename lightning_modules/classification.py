@@ -34,13 +34,16 @@ class ClassificationTask(DataStateInCheckpoint):
         encoder_from: str | None = None,
         pretrained_embeddings: str | None = None,
         freeze_embeddings: bool = False,
+        word_dropout: float = 0.0,
         **architecture,
     ):
         """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
         ``encoder_from``, ``pretrained_embeddings``, ``freeze_embeddings``: the first weights, see
-        ``lightning_modules.transfer.Transfer``;
+        ``lightning_modules.transfer.Transfer``; ``word_dropout``: see ``with_word_dropout``;
         ``architecture``: the keyword arguments of ``zoo.SequenceClassifier`` (cell, sizes, pooling...)."""
         super().__init__()
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.save_hyperparameters()
         self.distillation = distillation_from(teacher, temperature, alpha)
         self.transfer = transfer_from(encoder_from, pretrained_embeddings, freeze_embeddings)
@@ -56,7 +59,7 @@ class ClassificationTask(DataStateInCheckpoint):
         return self.net(input_ids, lengths)
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch["input_ids"], batch["lengths"])
+        logits = self(self.with_word_dropout(batch)["input_ids"], batch["lengths"])
         loss = F.cross_entropy(logits, batch["labels"])
         if self.distillation is not None:
             loss = self.distillation.loss(loss, logits, self._teacher_logits(batch))

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from lightning_modules.distillation import Distillation
 from lightning_modules.transfer import Transfer
-from zoo import tasks
+from zoo import tasks, text
 
 
 class NonFiniteLoss(RuntimeError):
@@ -60,6 +60,20 @@ class DataStateInCheckpoint(L.LightningModule):
                 f"training stopped at step {step} (epoch {epoch}): the loss is {value}; the checkpoints "
                 "hold the last finite weights (try a lower learning rate or gradient clipping)"
             )
+
+    def with_word_dropout(self, batch: dict) -> dict:
+        """``batch`` whose ``input_ids`` each become ``<unk>`` with probability ``word_dropout`` (a
+        hyperparameter of the classifier and tagger) while training: the model learns a use for the
+        unknown word from every word, and leans on other features (characters, context) for rare ones
+        (Iyyer et al. 2015; Lample et al. 2016 replace singletons alike)."""
+        p = self.hparams.get("word_dropout", 0.0)
+        if not self.training or not p:
+            return batch
+        unk = self.tokenizer.token_to_id(text.UNK)
+        if unk is None:
+            raise ValueError(f"word_dropout replaces words by {text.UNK}, which this tokenizer does not have")
+        ids = batch["input_ids"]
+        return {**batch, "input_ids": ids.masked_fill(torch.rand(ids.shape, device=ids.device) < p, unk)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["task"] = tasks.of_class(type(self)).name

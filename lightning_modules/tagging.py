@@ -41,18 +41,21 @@ class TaggingTask(DataStateInCheckpoint):
         encoder_from: str | None = None,
         pretrained_embeddings: str | None = None,
         freeze_embeddings: bool = False,
+        word_dropout: float = 0.0,
         distill_on: Literal["emissions", "marginals"] = "emissions",
         **architecture,
     ):
         """``teacher``, ``temperature``, ``alpha``: see ``lightning_modules.distillation.Distillation``;
         ``encoder_from``, ``pretrained_embeddings``, ``freeze_embeddings``: the first weights, see
-        ``lightning_modules.transfer.Transfer``;
+        ``lightning_modules.transfer.Transfer``; ``word_dropout``: see ``with_word_dropout``;
         ``architecture``: the keyword arguments of ``zoo.SequenceTagger`` (sizes, cell, output...)."""
         super().__init__()
         if distill_on not in ("emissions", "marginals"):
             raise ValueError(f"distill_on must be 'emissions' or 'marginals', got {distill_on!r}")
         if distill_on == "marginals" and architecture.get("output", "crf") != "crf":
             raise ValueError("distill_on='marginals' needs a CRF student (output: crf)")
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.save_hyperparameters()
         self.distillation = distillation_from(teacher, temperature, alpha)
         self.transfer = transfer_from(encoder_from, pretrained_embeddings, freeze_embeddings)
@@ -81,7 +84,7 @@ class TaggingTask(DataStateInCheckpoint):
             raise ValueError(f"distill_on='marginals' needs a CRF teacher; {self.distillation.source} has none")
 
     def training_step(self, batch, batch_idx):
-        emissions, mask = self(batch), self._mask(batch)
+        emissions, mask = self(self.with_word_dropout(batch)), self._mask(batch)
         loss = self.net.loss(emissions, batch["tags"], mask)
         if self.distillation is not None:
             loss = self._distill(loss, batch, emissions, mask)

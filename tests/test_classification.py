@@ -117,3 +117,19 @@ def test_trains_tests_and_refuses_other_labels(tmp_path):
     other = Task(dm.vocab_size, ["negative", "positive"], embedding_dim=16, hidden_size=16, pooling="mean")
     with pytest.raises(ValueError, match=r"\['neg', 'pos'\].*\['negative', 'positive'\]"):
         L.Trainer(logger=False).test(other, dm, ckpt_path=ckpt)
+
+
+def test_word_dropout_turns_training_words_into_unk_and_leaves_evaluation_alone():
+    from tests.test_transfer import classifier
+
+    task = classifier(word_dropout=0.3)
+    unk = task.tokenizer.token_to_id("<unk>")
+    batch = {"input_ids": torch.randint(2, 20, (50, 40)), "lengths": torch.full((50,), 40)}
+    torch.manual_seed(0)
+    dropped = task.train().with_word_dropout(batch)["input_ids"]
+    changed = dropped != batch["input_ids"]
+    assert (dropped[changed] == unk).all() and 0.27 < changed.float().mean() < 0.33
+    assert task.eval().with_word_dropout(batch) is batch
+    assert classifier().train().with_word_dropout(batch) is batch
+    with pytest.raises(ValueError, match=r"word_dropout must be in \[0, 1\)"):
+        classifier(word_dropout=1.0)
