@@ -37,7 +37,16 @@ def publish(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the task in ``ckpt_path`` as a pretrained folder (weights in ``dtype`` when given)."""
-    task = load_task_checkpoint(ckpt_path)
+    return save_task(load_task_checkpoint(ckpt_path), out_dir, metrics, dtype)
+
+
+def save_task(
+    task: DataStateInCheckpoint,
+    out_dir: str | os.PathLike,
+    metrics: dict | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """``task``'s network, with what rebuilds it (arguments, hyperparameters, tokenizers), as a pretrained folder."""
     return save_pretrained(
         out_dir,
         task.net,
@@ -136,14 +145,7 @@ def average_checkpoints(sources: list[str], out_dir: str | os.PathLike, dtype: t
         for name, value in states[-1].items()
     }
     last.net.load_state_dict(averaged)
-    return save_pretrained(
-        out_dir,
-        last.net,
-        arguments=last.network_arguments,
-        task_arguments=dict(last.hparams),
-        tokenizers=dict(last.tokenizer_jsons),
-        dtype=dtype,
-    )
+    return save_task(last, out_dir, dtype=dtype)
 
 
 def _same_task_and_data(members: list[DataStateInCheckpoint], sources: list[str]) -> list[DataStateInCheckpoint]:
