@@ -31,13 +31,14 @@ def load_task_checkpoint(ckpt_path: str | os.PathLike) -> DataStateInCheckpoint:
 
 
 def publish(
-    ckpt_path: str | os.PathLike,
+    source: str | os.PathLike,
     out_dir: str | os.PathLike,
     metrics: dict | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write the task in ``ckpt_path`` as a pretrained folder (weights in ``dtype`` when given)."""
-    return save_task(load_task_checkpoint(ckpt_path), out_dir, metrics, dtype)
+    """Write the task in ``source`` (a ``.ckpt`` or a pretrained folder or entry, e.g. to store it
+    in another dtype) as a pretrained folder (weights in ``dtype`` when given)."""
+    return save_task(load_task(source), out_dir, metrics, dtype)
 
 
 def save_task(

@@ -12,7 +12,7 @@ from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, w
 DTYPE = {
     "choices": ["float32", "float16", "int8"],
     "default": "float32",
-    "help": "weight storage (int8: per-row int8 vocabulary-sized matrices, float16 elsewhere)",
+    "help": "weight storage (int8: per-row int8 matrices of 2**20 values or more, i.e. vocabulary matrices; float16 elsewhere)",
 }
 
 
@@ -28,7 +28,7 @@ def zoo_main(argv: list[str]) -> None:
     predict.add_argument("name", help="a zoo entry, pretrained folder, URL or hf://org/repo")
     predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
-    publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`")
+    publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`, or a pretrained folder or entry to store again")
     publish.add_argument(
         "--out", required=True, help="a new or empty folder, or an earlier pretrained folder to replace"
     )

@@ -128,6 +128,10 @@ def test_imdb_fit_test_and_predict_raw_text(tmp_path):
     assert json.loads((published / "metrics.json").read_text())["metrics"] == {"test_acc": 0.5}
     from_folder = rnnzoo(tmp_path, "test", *common, *small, "--ckpt_path", str(published))
     assert "test_acc" in from_folder.stdout
+    # A published folder stores again in another dtype, in place.
+    rnnzoo(tmp_path, "zoo", "publish", str(published), "--out", str(published), "--dtype", "float32")
+    assert json.loads((published / "config.json").read_text())["weights_dtype"] == "float32"
+    assert json.loads((published / "entry.json").read_text())["name"] == "imdb-tiny"
     # A zoo entry on a data subset: the data takes the entry's vocabulary instead of fitting its own.
     from_entry = rnnzoo(tmp_path, "validate", *common, "--data.val_size", "60", "--ckpt_path", "imdb-bilstm")
     assert float(re.search(r"val_acc\s+([0-9.]+)", from_entry.stdout).group(1)) > 0.75
