@@ -12,7 +12,7 @@ from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, w
 DTYPE = {
     "choices": ["float32", "float16", "int8"],
     "default": "float32",
-    "help": "weight storage (int8: per-row int8 matrices of 2**20 values or more, i.e. vocabulary matrices; float16 elsewhere)",
+    "help": "weight storage (int8: per-row int8 matrices of 2**20 values or more, float16 elsewhere)",
 }
 
 
