@@ -237,13 +237,14 @@ def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path
         predictor.translate(["w1"], beam_size=0)
 
 
-@pytest.mark.parametrize("output", ["crf", "softmax"])
-def test_tagger_exports_viterbi_in_the_graph_and_tags_like_torch(tmp_path, output):
+@pytest.mark.parametrize(("output", "char_encoder"), [("crf", "lstm"), ("softmax", "lstm"), ("crf", "cnn")])
+def test_tagger_exports_viterbi_in_the_graph_and_tags_like_torch(tmp_path, output, char_encoder):
     torch.manual_seed(0)
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     char_tokenizer = fit_char_tokenizer(WORDS, ["<pad>", "<unk>"])
     arguments = {"vocab_size": 23, "labels": labels, "embedding_dim": 8, "hidden_size": 6, "output": output}
     arguments |= {"char_vocab_size": char_tokenizer.get_vocab_size(), "char_embedding_dim": 4, "char_hidden_size": 3}
+    arguments |= {"char_encoder": char_encoder}
     network = SequenceTagger(**arguments).eval()
     with torch.no_grad():  # strong transitions, so that the CRF's decisions differ from per-token argmax
         if network.crf is not None:

@@ -4,12 +4,14 @@ import datasets
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from datamodules import CoNLLDataModule, DataError
 from lightning_modules import TaggingTask
 from lightning_modules.tagging import is_iob2
 from tests.conftest import shared_dataset
 from zoo import SequenceTagger
+from zoo.tagger import CharConvWordEncoder
 
 NER = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -23,10 +25,12 @@ def random_batch(seed=0):
     return tokens, lengths, chars, char_lengths
 
 
+@pytest.mark.parametrize("char_encoder", ["lstm", "cnn"])
 @pytest.mark.parametrize("output", ["softmax", "crf"])
-def test_padding_never_changes_a_sentence(output):
+def test_padding_never_changes_a_sentence(output, char_encoder):
     torch.manual_seed(0)
-    tagger = SequenceTagger(40, NER, 8, 6, char_vocab_size=20, char_embedding_dim=4, char_hidden_size=3, output=output)
+    chars = {"char_vocab_size": 20, "char_embedding_dim": 4, "char_hidden_size": 3, "char_encoder": char_encoder}
+    tagger = SequenceTagger(40, NER, 8, 6, **chars, output=output)
     tagger.eval()
     tokens, lengths, chars, char_lengths = random_batch()
     emissions = tagger(tokens, lengths, chars, char_lengths)
@@ -38,6 +42,21 @@ def test_padding_never_changes_a_sentence(output):
         )
         torch.testing.assert_close(emissions[row, :n], alone[0])
         assert torch.equal(decoded[row, :n], tagger.decode(alone, torch.ones(1, n, dtype=torch.bool))[0])
+
+
+def test_char_cnn_feature_is_the_max_of_the_convolution_over_the_words_own_characters():
+    torch.manual_seed(0)
+    encoder = CharConvWordEncoder(20, char_embedding_dim=4, filters=5, width=3).eval()
+    chars, lengths = torch.randint(2, 20, (1, 2, 6)), torch.tensor([[6, 2]])
+    features = encoder(chars, lengths)
+    x = F.pad(encoder.embedding(chars[0, 1, :2]).T, (1, 1))  # the 2-letter word, zero-padded at both edges
+    windows = [(encoder.conv.weight * x[:, i : i + 3]).sum((1, 2)) + encoder.conv.bias for i in range(2)]
+    torch.testing.assert_close(features[0, 1], torch.stack(windows).amax(0))
+    noisy = chars.clone()
+    noisy[0, 1, 2:] = torch.randint(2, 20, (4,))  # characters in the padding after the word are ignored
+    torch.testing.assert_close(encoder(noisy, lengths), features)
+    with pytest.raises(ValueError, match="char_width must be odd"):
+        CharConvWordEncoder(20, width=2)
 
 
 def test_crf_tagger_never_outputs_invalid_iob2():

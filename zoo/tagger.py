@@ -30,6 +30,28 @@ class CharWordEncoder(nn.Module):
         return last_layer_state(state, 2).view(batch, steps, -1)
 
 
+class CharConvWordEncoder(nn.Module):
+    """A word's characters -> one vector: a convolution over the characters, max over the word's
+    positions (Ma & Hovy 2016: 30 filters of width 3)."""
+
+    def __init__(self, char_vocab_size: int, char_embedding_dim: int = 30, filters: int = 30, width: int = 3):
+        super().__init__()
+        if width < 1 or width % 2 == 0:
+            raise ValueError(f"char_width must be odd (the window centred on each character), got {width}")
+        self.embedding = nn.Embedding(char_vocab_size, char_embedding_dim)
+        self.conv = nn.Conv1d(char_embedding_dim, filters, width, padding=width // 2)
+        self.output_size = filters
+
+    def forward(self, chars: torch.Tensor, char_lengths: torch.Tensor) -> torch.Tensor:
+        """``chars`` ``(B, T, W)``, ``char_lengths`` ``(B, T)`` -> ``(B, T, output_size)``."""
+        batch, steps, width = chars.shape
+        real = torch.arange(width, device=chars.device) < char_lengths.reshape(-1, 1).clamp(min=1)  # (B*T, W)
+        # Padding characters read as zero vectors, like the convolution's own zero padding at the edges.
+        x = self.embedding(chars.reshape(-1, width)) * real.unsqueeze(-1)
+        features = self.conv(x.transpose(1, 2)).masked_fill(~real.unsqueeze(1), float("-inf"))
+        return features.amax(dim=2).view(batch, steps, -1)
+
+
 class SequenceTagger(nn.Module):
     """Word embedding (+ character features) -> stacked BiRNN -> per-token tag scores -> softmax or CRF.
 
@@ -37,7 +59,9 @@ class SequenceTagger(nn.Module):
         vocab_size: word vocabulary size.
         labels: tag names; with ``output="crf"`` and IOB2 names, invalid transitions (``O -> I-PER``)
             are forbidden in training and decoding.
-        char_vocab_size: > 0 adds character-level BiLSTM word features.
+        char_vocab_size: > 0 adds character-level word features: ``char_encoder`` ``lstm`` (a BiLSTM of
+            ``char_hidden_size`` per direction, Lample et al. 2016) or ``cnn`` (``char_filters``
+            filters of width ``char_width``, max over the word, Ma & Hovy 2016).
         output: ``softmax`` (independent per-token decisions) or ``crf`` (Viterbi over the sentence).
         recurrent_init, nonlinearity: of the word-level stack (see ``RecurrentStack``); the character
             encoder keeps torch's initialisation.
@@ -57,6 +81,9 @@ class SequenceTagger(nn.Module):
         char_vocab_size: int = 0,
         char_embedding_dim: int = 30,
         char_hidden_size: int = 25,
+        char_encoder: Literal["lstm", "cnn"] = "lstm",
+        char_filters: int = 30,
+        char_width: int = 3,
         output: Literal["softmax", "crf"] = "crf",
         recurrent_init: RecurrentInit = "default",
         nonlinearity: Nonlinearity = "tanh",
@@ -66,7 +93,13 @@ class SequenceTagger(nn.Module):
             raise ValueError(f"output must be 'softmax' or 'crf', got {output!r}")
         self.labels = list(labels)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.chars = CharWordEncoder(char_vocab_size, char_embedding_dim, char_hidden_size) if char_vocab_size else None
+        if char_encoder not in ("lstm", "cnn"):
+            raise ValueError(f"char_encoder must be 'lstm' or 'cnn', got {char_encoder!r}")
+        self.chars = None
+        if char_vocab_size and char_encoder == "lstm":
+            self.chars = CharWordEncoder(char_vocab_size, char_embedding_dim, char_hidden_size)
+        elif char_vocab_size:
+            self.chars = CharConvWordEncoder(char_vocab_size, char_embedding_dim, char_filters, char_width)
         input_size = embedding_dim + (self.chars.output_size if self.chars else 0)
         self.dropout = make_dropout(dropout, locked_dropout)
         self.rnn = RecurrentStack(
