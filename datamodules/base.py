@@ -39,13 +39,15 @@ class TextDataModule(L.LightningDataModule):
         tokenizer_names: tuple[str, ...],
         batch_size: int,
         eval_batch_size: int,
+        optional_tokenizer_names: tuple[str, ...] = (),
         **sizes: int,
     ):
-        """``sizes``: more options that must be >= 1, by name."""
+        """``optional_tokenizer_names``: taken from ``tokenizer_from`` when it has them, else fitted;
+        ``sizes``: more options that must be >= 1, by name."""
         super().__init__()
         require_positive(batch_size=batch_size, eval_batch_size=eval_batch_size, **sizes)
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir is not None else None
-        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, tokenizer_names)
+        self.pretrained_tokenizers = pretrained_tokenizers(tokenizer_from, tokenizer_names, optional_tokenizer_names)
 
     def prepare_data(self):
         _ = self.splits  # download (or check the local files) before any process sets up

@@ -4,13 +4,12 @@ from functools import cached_property
 
 import datasets
 import torch
-from tokenizers import Regex, normalizers
 from torch.utils.data import DataLoader
 
 from datamodules.base import BucketedDataModule
 from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column
-from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer
+from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, text_normalizer
 from zoo import text
 from zoo.text import IGNORE_INDEX, PAD, UNK, log
 
@@ -50,8 +49,11 @@ class CoNLLDataModule(BucketedDataModule):
         predict_sentences: list[str] | None = None,
         tokenizer_from: str | None = None,
     ):
-        names = ("tokenizer", "char_tokenizer") if use_chars else ("tokenizer",)
-        super().__init__(data_dir, tokenizer_from, names, batch_size, eval_batch_size, max_length=max_length)
+        # A language model given as tokenizer_from (``encoder_from``) has words only: characters are then fitted.
+        chars = ("char_tokenizer",) if use_chars else ()
+        super().__init__(
+            data_dir, tokenizer_from, ("tokenizer",), batch_size, eval_batch_size, chars, max_length=max_length
+        )
         self.save_hyperparameters()
 
     @cached_property
@@ -76,17 +78,17 @@ class CoNLLDataModule(BucketedDataModule):
     def tokenizer(self):
         if self.pretrained_tokenizers:
             return self.pretrained_tokenizers["tokenizer"]
-        steps = [normalizers.Replace(Regex(r"\d"), "0")] + ([normalizers.Lowercase()] if self.hparams.lowercase else [])
         sentences = (" ".join(tokens) for tokens in self.splits["train"][self.hparams.tokens_column])
+        normalizer = text_normalizer(self.hparams.lowercase, digits_to_zero=True)
         return fit_word_tokenizer(
-            sentences, [PAD, UNK], UNK, normalizer=normalizers.Sequence(steps), min_frequency=self.hparams.min_frequency
+            sentences, [PAD, UNK], UNK, normalizer=normalizer, min_frequency=self.hparams.min_frequency
         )
 
     @cached_property
     def char_tokenizer(self):
         if not self.hparams.use_chars:
             return None
-        if self.pretrained_tokenizers:
+        if "char_tokenizer" in self.pretrained_tokenizers:
             return self.pretrained_tokenizers["char_tokenizer"]
         sentences = (" ".join(tokens) for tokens in self.splits["train"][self.hparams.tokens_column])
         return fit_char_tokenizer(sentences, [PAD, UNK], UNK)

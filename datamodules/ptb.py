@@ -57,7 +57,8 @@ class PTBDataModule(TextDataModule):
     train and of the held-out rows), ``tokenizer_from``):
         hub_name, hub_config, hub_revision, hub_subdir: the Hugging Face Hub dataset (and its
             branch and folder) to use when there is no ``data_dir``.
-        text_column: the column holding one sentence (or document) per row.
+        text_column: the column holding one sentence (or document) per row: a string, or a list of
+            words (CoNLL-2003's ``tokens``), read joined by spaces.
         level: ``word`` or ``char`` (every character, the space included, is a token).
         batch_size, eval_batch_size: rows of the training stream, of the validation and test streams.
         bptt: steps per batch (truncated backpropagation through time).
@@ -66,6 +67,8 @@ class PTBDataModule(TextDataModule):
         split_punctuation: (word level) split punctuation off words (``tokenizers``' ``Whitespace``
             pre-tokenizer, as ``IMDBDataModule`` does); otherwise words are split on whitespace only.
         replacements: strings replaced before splitting, e.g. IMDB's markup ``{"<br />": " "}``.
+        digits_to_zero: every digit becomes 0 before splitting, as ``CoNLLDataModule`` reads words (a
+            language model whose encoder a CoNLL tagger starts from).
         max_vocab: (word level) at most this many tokens, ``<unk>`` and ``<eos>`` included: the most
             frequent words of train.
         min_frequency: (word level) drop words seen fewer times in train.
@@ -94,6 +97,7 @@ class PTBDataModule(TextDataModule):
         lowercase: bool = False,
         split_punctuation: bool = False,
         replacements: dict[str, str] | None = None,
+        digits_to_zero: bool = False,
         max_vocab: int | None = None,
         min_frequency: int = 1,
         val_size: int | None = None,
@@ -128,9 +132,21 @@ class PTBDataModule(TextDataModule):
         loaded = dict(load_splits(hp.hub_name, self.data_dir, files, hp.hub_config, hp.hub_revision, hp.hub_subdir))
         for split, dataset in loaded.items():
             require_column(dataset, hp.text_column, split)
+            loaded[split] = self._as_text(dataset, split)
         if held_out and "train" in loaded:
             loaded["train"], loaded["validation"] = self._hold_out(loaded["train"])
         return {split: self.first_rows(dataset) for split, dataset in loaded.items()}
+
+    def _as_text(self, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
+        """``dataset`` with a list-of-words text column joined into strings."""
+        column = self.hparams.text_column
+        feature = dataset.features[column]
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            return dataset
+        words = getattr(feature, "feature", None)
+        if not (isinstance(words, datasets.Value) and words.dtype in ("string", "large_string")):
+            raise DataError(f"the {split!r} split's {column!r} column is {feature}, not text or a list of words")
+        return dataset.map(lambda batch: {column: [" ".join(row) for row in batch[column]]}, batched=True)
 
     def _hold_out(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
         """Train without ``val_size`` seeded, shuffled rows, and those rows."""
@@ -155,7 +171,8 @@ class PTBDataModule(TextDataModule):
             return self.pretrained_tokenizers["tokenizer"]
         hp = self.hparams
         texts = self.splits["train"][hp.text_column]
-        normalizer = text_normalizer(hp.lowercase, hp.replacements) if hp.lowercase or hp.replacements else None
+        normalizing = hp.lowercase or hp.replacements or hp.digits_to_zero
+        normalizer = text_normalizer(hp.lowercase, hp.replacements, hp.digits_to_zero) if normalizing else None
         if hp.level == "char":
             return fit_char_tokenizer(texts, special_tokens=SPECIAL_TOKENS, normalizer=normalizer)
         return fit_word_tokenizer(

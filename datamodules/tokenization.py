@@ -7,9 +7,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from datamodules.loading import DataError
 
 
-def text_normalizer(lowercase: bool = False, replacements: dict[str, str] | None = None) -> normalizers.Normalizer:
-    """Replace markup (e.g. IMDB's ``<br />``) and optionally lowercase, before splitting."""
+def text_normalizer(
+    lowercase: bool = False, replacements: dict[str, str] | None = None, digits_to_zero: bool = False
+) -> normalizers.Normalizer:
+    """Replace markup (e.g. IMDB's ``<br />``), optionally every digit by 0 (CoNLL taggers' words) and
+    lowercase, before splitting."""
     steps = [normalizers.Replace(old, new) for old, new in (replacements or {}).items()]
+    if digits_to_zero:
+        steps.append(normalizers.Replace(Regex(r"\d"), "0"))
     if lowercase:
         steps.append(normalizers.Lowercase())
     return normalizers.Sequence(steps)
@@ -144,9 +149,12 @@ def _fit_word_level(
     return tokenizer
 
 
-def pretrained_tokenizers(source: str | None, names: Iterable[str]) -> dict[str, Tokenizer]:
+def pretrained_tokenizers(
+    source: str | None, names: Iterable[str], optional: Iterable[str] = ()
+) -> dict[str, Tokenizer]:
     """The tokenizers ``names`` of a pretrained folder, zoo entry or ``.ckpt`` (``tokenizer_from``),
-    used instead of fitting new ones so that fine-tuning keeps the pretrained vocabulary; {} for None."""
+    used instead of fitting new ones so that fine-tuning keeps the pretrained vocabulary, and those of
+    ``optional`` that it has (a language model has no character vocabulary); {} for None."""
     if source is None:
         return {}
     from zoo.checkpoint import checkpoint_tokenizers
@@ -163,4 +171,4 @@ def pretrained_tokenizers(source: str | None, names: Iterable[str]) -> dict[str,
             f"tokenizer_from={source!r} has no {', '.join(missing)} (it has: {', '.join(found) or 'none'}); "
             "use a pretrained model of this task"
         )
-    return {name: found[name] for name in names}
+    return {name: found[name] for name in [*names, *optional] if name in found}

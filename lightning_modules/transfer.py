@@ -26,7 +26,9 @@ class Transfer:
         encoder_from: a language model (``.ckpt``, pretrained folder, zoo entry, URL) whose word embedding
             and recurrent layers initialise the model's. Every one of its tensors must fit a tensor of
             the same name and shape (a unidirectional layer fills the forward direction of a
-            bidirectional one); the model's other tensors (the head, a backward direction) start fresh.
+            bidirectional one; a tagger's first layer, which also reads character features, takes the
+            language model's input weights in its word columns); the model's other tensors (the head,
+            a backward direction, the character features) start fresh.
             The data must use the language model's tokenizer (``rnnzoo fit`` sets ``tokenizer_from``).
         pretrained_embeddings: a word2vec/GloVe/fastText text file or ``.npy`` + ``.vocab``
             (``zoo.embeddings``) whose vectors initialise the rows of the tokens it has.
@@ -98,7 +100,7 @@ def load_encoder(task, source: str) -> str:
         if name.startswith(("embedding.", "rnn."))
     }
     ours = task.net.state_dict()
-    copied = {}
+    copied, word_columns_only, count = {}, [], 0
     for name, tensor in encoder.items():
         # A one-direction layer's tensors also fit the forward direction of a bidirectional layer.
         candidates = (name, re.sub(r"^rnn\.layers\.(\d+)\.", r"rnn.layers.\1.directions.0.", name))
@@ -109,18 +111,35 @@ def load_encoder(task, source: str) -> str:
                 f"model has {language_model.net.rnn.num_layers} {language_model.net.rnn.cell} layer(s)): give the "
                 "model the same cell and number of layers"
             )
+        count += tensor.numel()
+        if _reads_words_then_characters(task.net, target, ours[target], tensor):
+            tensor = torch.cat([tensor, ours[target][:, tensor.shape[1] :]], dim=1)
+            word_columns_only.append(target)
         if ours[target].shape != tensor.shape:
             raise TransferError(
                 f"encoder_from {source}: its {name} is {tuple(tensor.shape)}, this model's {target} is "
                 f"{tuple(ours[target].shape)}: give the model the language model's sizes (embedding_dim "
                 f"{language_model.net.embedding.embedding_dim}, hidden_size {language_model.net.rnn.hidden_size}"
-                ", one direction per layer after the first, no extra word features)"
+                ", one direction per layer after the first)"
             )
         copied[target] = tensor
     task.net.load_state_dict(copied, strict=False)
     fresh = [name for name in ours if name not in copied]
-    count = sum(tensor.numel() for tensor in copied.values())
-    return f"encoder from {source}: {len(copied)} tensors ({count:,} weights) copied; fresh: {', '.join(fresh)}"
+    partly = f" (the word columns of {', '.join(word_columns_only)})" if word_columns_only else ""
+    return f"encoder from {source}: {len(copied)} tensors ({count:,} weights) copied{partly}; fresh: {', '.join(fresh)}"
+
+
+def _reads_words_then_characters(net: nn.Module, name: str, ours: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """Whether ``name`` is the input matrix of a tagger's first layer, which reads the word vector
+    followed by character features, and ``theirs`` fits its word columns."""
+    first_input = re.fullmatch(r"rnn\.layers\.0\.(directions\.\d+\.)?weight_ih_l0", name)
+    chars = getattr(net, "chars", None)
+    return bool(
+        first_input
+        and chars is not None
+        and ours.shape == (theirs.shape[0], theirs.shape[1] + chars.output_size)
+        and theirs.shape[1] == net.embedding.embedding_dim
+    )
 
 
 def load_embeddings(task, path: str) -> str:

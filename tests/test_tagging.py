@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules import CoNLLDataModule, DataError
+from datamodules import CoNLLDataModule, DataError, PTBDataModule
 from lightning_modules import TaggingTask
 from lightning_modules.tagging import is_iob2
 from tests.conftest import shared_dataset
@@ -120,6 +120,36 @@ def synthetic_ner(folder, n=160, seed=0):
             rows["ner_tags"].append(tags)
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}.parquet"))
     return folder
+
+
+def test_a_language_model_on_the_sentences_reads_the_taggers_words_and_lends_it_its_vocabulary(tmp_path):
+    from zoo import RNNLanguageModel
+    from zoo.pretrained import save_pretrained
+
+    folder = synthetic_ner(tmp_path / "ner")
+    sentences = datasets.Dataset.from_parquet(str(folder / "train.parquet"))
+    dated = sentences.map(lambda row, i: {"tokens": row["tokens"] + [f"{1990 + i % 7}", "."]}, with_indices=True)
+    dated.to_parquet(str(folder / "train.parquet"))  # years: both read every digit as 0
+    lm = PTBDataModule(data_dir=str(folder), text_column="tokens", digits_to_zero=True, min_frequency=2)
+    tagger = CoNLLDataModule(data_dir=str(folder), min_frequency=2)
+    specials = {"<pad>", "<unk>", "<eos>"}
+
+    def words(tokenizer):
+        return {token: i for token, i in tokenizer.get_vocab().items() if token not in specials}
+
+    assert words(lm.tokenizer) == words(tagger.tokenizer) and "0000" in words(lm.tokenizer)
+    assert lm.tokenizer.encode("Alice Smith saw 1996").tokens == ["Alice", "Smith", "saw", "0000"]
+    with pytest.raises(DataError, match="'ner_tags' column is .*, not text or a list of words"):
+        _ = PTBDataModule(data_dir=str(folder), text_column="ner_tags").tokenizer
+
+    arguments = {"vocab_size": lm.vocab_size, "embedding_dim": 4, "hidden_size": 4}
+    tokenizers = {"tokenizer": lm.tokenizer.to_str()}
+    source = save_pretrained(
+        tmp_path / "lm", RNNLanguageModel(**arguments), arguments=arguments, task_arguments={}, tokenizers=tokenizers
+    )
+    from_lm = CoNLLDataModule(data_dir=str(folder), tokenizer_from=str(source))
+    assert from_lm.tokenizer.to_str() == lm.tokenizer.to_str()
+    assert from_lm.char_tokenizer.to_str() == tagger.char_tokenizer.to_str()  # characters: fitted on train
 
 
 class Task(TaggingTask):

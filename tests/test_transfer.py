@@ -84,13 +84,26 @@ def test_sizes_that_differ_are_refused_naming_both(tmp_path, lm, model, message)
         load_encoder(classifier(**model), source)
 
 
-def test_a_tagger_with_character_features_or_another_vocabulary_or_task_is_refused(tmp_path):
+def test_a_tagger_with_character_features_takes_the_input_weights_in_its_word_columns(tmp_path):
     source = language_model(tmp_path / "lm")
-    tagger = TaggingTask(len(WORDS), ["O", "B-X", "I-X"], char_vocab_size=5, embedding_dim=8, hidden_size=8)
-    tagger.tokenizer_jsons = {"tokenizer": word_tokenizer()}
-    with pytest.raises(TransferError, match=r"weight_ih_l0 is \(32, 8\), this model's .* is \(32, 58\)"):
-        load_encoder(tagger, source)
+    for char_encoder in ("lstm", "cnn"):
+        torch.manual_seed(3)
+        architecture = {"embedding_dim": 8, "hidden_size": 8, "num_layers": 2, "char_encoder": char_encoder}
+        tagger = TaggingTask(len(WORDS), ["O", "B-X", "I-X"], char_vocab_size=5, **architecture)
+        tagger.tokenizer_jsons = {"tokenizer": word_tokenizer()}
+        before = {name: tensor.clone() for name, tensor in tagger.net.state_dict().items()}
+        line = load_encoder(tagger, source)
+        after, lm = tagger.net.state_dict(), lm_state(source)
+        first = after["rnn.layers.0.directions.0.weight_ih_l0"]
+        torch.testing.assert_close(first[:, :8], lm["rnn.layers.0.weight_ih_l0"], rtol=0, atol=0)
+        torch.testing.assert_close(first[:, 8:], before["rnn.layers.0.directions.0.weight_ih_l0"][:, 8:])
+        torch.testing.assert_close(after["embedding.weight"], lm["embedding.weight"], rtol=0, atol=0)
+        for name in [n for n in after if n.startswith(("chars.", "rnn.layers.1.")) or "directions.1" in n]:
+            torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+        assert "(the word columns of rnn.layers.0.directions.0.weight_ih_l0)" in line
 
+
+def test_another_vocabulary_or_task_is_refused(tmp_path):
     other = Tokenizer.from_str(word_tokenizer())
     other.add_tokens(["extra"])
     with pytest.raises(TransferError, match=r"another tokenizer vocabulary \(21 tokens, not 20\).*tokenizer_from"):
