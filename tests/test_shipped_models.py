@@ -20,6 +20,7 @@ SHIPPED = [
     "imdb-bigru-distilled",
     "imdb-bilstm",
     "multi30k-bahdanau",
+    "ptb-char-cnn-lstm-small",
     "ptb-lstm-small-tied",
 ]
 CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm"]
@@ -83,6 +84,7 @@ EXPORT_INPUTS = {
     "conll-bilstm-crf-distilled": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
     "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
     "ptb-lstm-small-tied": ["the company said", "stock prices"],
+    "ptb-char-cnn-lstm-small": ["the company said", "stock prices"],
 }
 
 
@@ -112,6 +114,7 @@ ONE_LINERS = {
     "conll-bilstm-crf-distilled": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
     "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
     "ptb-lstm-small-tied": ("the company said", "continuation", "the company said it will be able to sell the <unk>"),
+    "ptb-char-cnn-lstm-small": ("the company said", "continuation", "the company said it will sell its <unk> <unk>"),
 }
 
 
