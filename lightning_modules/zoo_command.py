@@ -3,7 +3,6 @@ average X.ckpt Y.ckpt...``."""
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from zoo import tasks
@@ -116,7 +115,7 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     import torch
 
     from lightning_modules.pretrained import publish
-    from zoo.pretrained import read_config
+    from zoo.pretrained import load_pretrained, read_config
 
     try:
         values = dict(metric.split("=", 1) for metric in args.metric)
@@ -126,7 +125,7 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     folder = publish(args.ckpt, args.out, metrics if args.metric else None, getattr(torch, args.dtype))
     config = read_config(folder)
     name = args.name or folder.name
-    parameters = sum(math.prod(shape) for shape in _weight_shapes(folder))
+    parameters = sum(p.numel() for p in load_pretrained(folder).network.parameters())  # not buffers or int8 scales
     fields = {"task": config["task"], "architecture": config["architecture"], "parameters": parameters}
     fields |= {"description": args.description, "metrics": metrics["metrics"], "anchor": args.anchor}
     fields |= {"command": args.command, "urls": args.url}
@@ -134,13 +133,6 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     if args.manifest:
         add_to_manifest(Path(args.manifest), folder, entry)
     print(f"wrote {folder}")
-
-
-def _weight_shapes(folder: Path) -> list[list[int]]:
-    from safetensors import safe_open
-
-    with safe_open(folder / "model.safetensors", "pt") as weights:
-        return [weights.get_slice(name).get_shape() for name in weights.keys()]
 
 
 def add_to_manifest(manifest: Path, folder: Path, entry: dict) -> None:

@@ -41,6 +41,14 @@ def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
         assert sum(f["size"] for f in entries[name]["files"].values()) < 15e6
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_manifest_counts_the_networks_parameters(name):
+    from zoo import from_pretrained
+
+    network = from_pretrained(name).network  # int8 scales and buffers (a char CNN's word bytes) are not parameters
+    assert load_manifest()[name]["parameters"] == sum(p.numel() for p in network.parameters())
+
+
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_imdb_classifiers_classify_clear_reviews(name):
     task = task_from_pretrained(name)
