@@ -144,6 +144,8 @@ class RnnzooCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             check_checkpoint_file(subcommand, path)
+        elif path and path.endswith(".ckpt") and "://" not in path:
+            raise SystemExit(f"rnnzoo {subcommand}: --ckpt_path {path}: no such file{nearby_checkpoints(path)}")
         super()._parse_ckpt_path()
 
     def _check_last_checkpoint(self) -> None:
@@ -196,6 +198,17 @@ def check_checkpoint_file(subcommand: str, path: str) -> None:
         read_checkpoint(path)
     except ValueError as err:
         raise SystemExit(f"rnnzoo {subcommand}: --ckpt_path {err}") from None
+
+
+def nearby_checkpoints(path: str) -> str:
+    """The checkpoints beside a missing one whose names share its first part: names carry a rounded
+    metric (``epoch=18-val_f1=0.8980.ckpt``) that is easy to mistype."""
+    missing = Path(path)
+    if not missing.parent.is_dir():
+        return ""
+    prefix = missing.name.partition("-")[0]
+    names = sorted(p.name for p in missing.parent.glob("*.ckpt") if p.name.startswith(prefix))
+    return f" (in {missing.parent}: {', '.join(names[:5])})" if names else ""
 
 
 def is_lightning_checkpoint(path: str) -> bool:

@@ -80,6 +80,16 @@ def test_damaged_files_are_one_line_errors(tmp_path):
     assert f"{weights}: cannot read the weights" in result.stderr
 
 
+def test_a_mistyped_checkpoint_path_names_its_neighbours(tmp_path):
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    (run / "epoch=18-val_f1=0.8980.ckpt").write_bytes(b"")
+    missing = run / "epoch=18-val_f1=0.8979.ckpt"
+    result = rnnzoo(tmp_path, "test", "--config", str(PTB_CONFIG), "--ckpt_path", str(missing), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"--ckpt_path {missing}: no such file (in {run}: epoch=18-val_f1=0.8980.ckpt)" in result.stderr
+
+
 @pytest.fixture
 def classifier(tmp_path):
     torch.manual_seed(0)
