@@ -10,7 +10,7 @@ from datamodules.batching import BucketedBatches, bucket_batches
 from lightning_modules import ClassificationTask
 from lightning_modules.pretrained import publish, task_from_pretrained
 from zoo import SequenceClassifier
-from zoo.pooling import POOLINGS, AttentionPooling, valid_mask
+from zoo.pooling import POOLINGS, AttentionPooling, pool, valid_mask
 
 LABELS = ["neg", "pos"]
 
@@ -26,6 +26,15 @@ def test_pooling_ignores_padding(pooling, cell):
     for row, n in enumerate(lengths.tolist()):
         alone = model(tokens[row : row + 1, :n], lengths[row : row + 1])
         torch.testing.assert_close(batched[row], alone[0])
+
+
+def test_concat_pooling_is_the_last_state_the_max_and_the_mean_side_by_side():
+    outputs = torch.tensor([[[1.0, -2.0], [3.0, 0.0], [9.0, 9.0]]])  # the third step is padding
+    state = torch.tensor([[[5.0, 6.0]]])  # (layers x directions, B, H)
+    pooled = pool("concat", outputs, torch.tensor([2]), state, num_directions=1)
+    torch.testing.assert_close(pooled, torch.tensor([[5.0, 6.0, 3.0, 0.0, 2.0, -1.0]]))
+    model = SequenceClassifier(30, 2, 8, 6, bidirectional=True, pooling="concat")
+    assert model.classifier.in_features == 3 * 2 * 6
 
 
 def test_attention_weights_cover_only_valid_steps():

@@ -61,7 +61,7 @@ def test_language_model_exports_a_fused_op_and_generates_like_torch(tmp_path, ce
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("pooling", ["last", "max", "mean", "attention"])
+@pytest.mark.parametrize("pooling", ["last", "max", "mean", "attention", "concat"])
 def test_bidirectional_classifier_matches_torch_on_variable_lengths(tmp_path, cell, pooling):
     torch.manual_seed(0)
     arguments = {"vocab_size": 23, "num_classes": 3, "embedding_dim": 8, "hidden_size": 6, "num_layers": 2}

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from zoo.dropout import make_dropout
-from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool
+from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool, pooled_size
 from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack
 
 
@@ -17,8 +17,9 @@ class SequenceClassifier(nn.Module):
             the stack (see ``RecurrentStack``).
         dropout: on the embeddings, between layers and on the pooled vector.
         locked_dropout: one dropout mask per sequence instead of one per step.
-        pooling: ``last`` (final state; both directions of a BiRNN), ``mean``, ``max`` or
-            ``attention`` (learned additive attention over the steps).
+        pooling: ``last`` (final state; both directions of a BiRNN), ``mean``, ``max``,
+            ``attention`` (learned additive attention over the steps) or ``concat`` (last, max and
+            mean side by side, as ULMFiT's classifier reads its language model's outputs).
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class SequenceClassifier(nn.Module):
         )
         self.attention = AttentionPooling(self.rnn.output_size) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.rnn.output_size, num_classes)
+        self.classifier = nn.Linear(pooled_size(pooling, self.rnn.output_size), num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``tokens`` ``(B, T)`` padded ids, ``lengths`` ``(B,)`` -> logits ``(B, num_classes)``."""

@@ -5,8 +5,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-Pooling = Literal["last", "mean", "max", "attention"]
-POOLINGS = ("last", "mean", "max", "attention")
+Pooling = Literal["last", "mean", "max", "attention", "concat"]
+POOLINGS = ("last", "mean", "max", "attention", "concat")
+
+
+def pooled_size(kind: Pooling, output_size: int) -> int:
+    """The width of ``pool``'s result for a stack whose outputs are ``output_size`` wide."""
+    return 3 * output_size if kind == "concat" else output_size
 
 
 def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -41,7 +46,10 @@ class AttentionPooling(nn.Module):
 def pool(
     kind: Pooling, outputs: torch.Tensor, lengths: torch.Tensor, state, num_directions: int, attention=None
 ) -> torch.Tensor:
-    """``outputs`` ``(B, T, F)`` -> ``(B, F)``; padding positions never contribute."""
+    """``outputs`` ``(B, T, F)`` -> ``(B, F)`` (``(B, 3F)`` for ``concat``: last, max and mean side by
+    side, ULMFiT's "concat pooling"); padding positions never contribute."""
+    if kind == "concat":
+        return torch.cat([pool(k, outputs, lengths, state, num_directions) for k in ("last", "max", "mean")], dim=-1)
     if kind == "last":
         return last_layer_state(state, num_directions)
     mask = valid_mask(lengths.to(outputs.device), outputs.size(1))
