@@ -19,11 +19,12 @@ SHIPPED = [
     "conll-bilstm-crf-distilled",
     "imdb-bigru-distilled",
     "imdb-bilstm",
+    "imdb-lstm-lm",
     "multi30k-bahdanau",
     "ptb-char-cnn-lstm-small",
     "ptb-lstm-small-tied",
 ]
-CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm"]
+CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm", "imdb-lstm-lm"]
 TAGGERS = ["conll-bilstm-crf", "conll-bilstm-crf-distilled"]
 
 
@@ -39,6 +40,8 @@ def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
     for name in SHIPPED:
         assert entries[name]["metrics"] and entries[name]["command"] and entries[name]["local"]
         assert sum(f["size"] for f in entries[name]["files"].values()) < 15e6
+    shipped_bytes = sum(f["size"] for entry in entries.values() if entry.get("local") for f in entry["files"].values())
+    assert shipped_bytes < 60e6, "the entries inside the package stay under 60 MB together"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -88,6 +91,7 @@ REVIEWS = [
 EXPORT_INPUTS = {
     "imdb-bilstm": REVIEWS,
     "imdb-bigru-distilled": REVIEWS,
+    "imdb-lstm-lm": REVIEWS,
     "conll-bilstm-crf": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
     "conll-bilstm-crf-distilled": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
     "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
@@ -118,6 +122,7 @@ def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
 ONE_LINERS = {
     "imdb-bilstm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
     "imdb-bigru-distilled": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
+    "imdb-lstm-lm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
     "conll-bilstm-crf": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
     "conll-bilstm-crf-distilled": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
     "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
