@@ -66,6 +66,20 @@ def test_scan_equals_the_step_loop_in_values_and_gradients(cell, with_lengths, b
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_inference_runs_the_exact_recurrence(cell):
+    """Without gradients (evaluation, generation) a long float32 sequence gets the step loop's values, not
+    the scan's, whose error grows with T: what the exported ONNX Loop computes too."""
+    torch.manual_seed(0)
+    layer = MinimalRecurrence(cell, 8, 16)
+    x, state, lengths = torch.randn(2, 1024, 8), torch.rand(1, 2, 16), torch.tensor([1024, 700])
+    with torch.no_grad():
+        out, final = layer(x, state, lengths)
+        expected_out, expected_final = reference(layer, x, state, lengths)
+    torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(final, expected_final, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_zero_initial_state_and_padding_give_finite_gradients(cell):
     """log(0) of the default state and log b = -inf past the lengths never reach a gradient as NaN."""
     torch.manual_seed(0)
