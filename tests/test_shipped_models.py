@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import deploy
-from deploy.export import export
+from deploy.export import DEFAULT_TOLERANCE, export
 from lightning_modules.pretrained import task_from_pretrained
 from zoo.hub import load_manifest
 
@@ -22,6 +22,7 @@ SHIPPED = [
     "imdb-lstm-lm",
     "multi30k-bahdanau",
     "ptb-char-cnn-lstm-small",
+    "ptb-char-lstm",
     "ptb-lstm-small-tied",
 ]
 CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm", "imdb-lstm-lm"]
@@ -83,6 +84,13 @@ def test_ptb_lstm_small_tied_continues_a_sentence_greedily():
     assert continuation == "the company said it will be able to sell the <unk>"
 
 
+def test_ptb_char_lstm_spells_a_continuation_greedily():
+    task = task_from_pretrained("ptb-char-lstm")
+    assert task.hparams.level == "char"
+    continuation = task.generate_text("the company said", 35, temperature=0.0)  # 35 characters
+    assert continuation == "the company said it will sell $ N billion in assets"
+
+
 REVIEWS = [
     "A wonderful, moving film with brilliant acting. I loved it.",
     "Dull, boring and far too long. A waste of time.",
@@ -97,13 +105,19 @@ EXPORT_INPUTS = {
     "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
     "ptb-lstm-small-tied": ["the company said", "stock prices"],
     "ptb-char-cnn-lstm-small": ["the company said", "stock prices"],
+    "ptb-char-lstm": ["the company said", "stock prices"],
 }
+
+
+# A 1000-unit LSTM's states drift apart by ~2e-4 in float32 over the 48 random steps of the check
+# (onnxruntime's LSTM op against torch's kernel); on real test rows their perplexities agree to 1e-7.
+EXPORT_TOLERANCE = {"ptb-char-lstm": 5e-4}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
     """The exported folder, run by onnxruntime, answers as the PyTorch task does on the same inputs."""
-    export(name, tmp_path / name)
+    export(name, tmp_path / name, tolerance=EXPORT_TOLERANCE.get(name, DEFAULT_TOLERANCE))
     exported, task, texts = deploy.load(tmp_path / name, threads=1), task_from_pretrained(name), EXPORT_INPUTS[name]
     if name in CLASSIFIERS:
         got, want = exported.classify(texts), task.classify(texts)
@@ -128,6 +142,7 @@ ONE_LINERS = {
     "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
     "ptb-lstm-small-tied": ("the company said", "continuation", "the company said it will be able to sell the <unk>"),
     "ptb-char-cnn-lstm-small": ("the company said", "continuation", "the company said it will sell its <unk> <unk>"),
+    "ptb-char-lstm": ("the company said", "continuation", "the company said it will sell $ N billion"),
 }
 
 
