@@ -20,6 +20,7 @@ import datasets
 
 import deploy
 from deploy.export import export
+from lightning_modules.pretrained import as_pretrained_folder
 from zoo.hub import resolve
 from zoo.pretrained import load_pretrained
 
@@ -48,9 +49,9 @@ def main() -> None:
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
         for role in ("baseline", "candidate"):
-            source = getattr(args, role)
-            export(source, Path(tmp) / role)
-            network = load_pretrained(resolve(source)).network
+            with as_pretrained_folder(getattr(args, role)) as (source, _):
+                export(source, Path(tmp) / role)
+                network = load_pretrained(resolve(source)).network
             parameters = sum(p.numel() for p in network.parameters())
             models[role] = (deploy.load(Path(tmp) / role, threads=args.threads), parameters)
         texts = inputs(models["baseline"][0], args.data_dir, 32)

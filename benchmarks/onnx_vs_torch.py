@@ -22,6 +22,7 @@ import torch
 
 import deploy
 from deploy.export import export, load_source
+from lightning_modules.pretrained import as_pretrained_folder
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
 from zoo.pretrained import save_pretrained
 
@@ -147,8 +148,9 @@ def main():
     if args.kernels:
         return bare_kernels(args.threads, args.repeats)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(args.source) if args.source else default_language_model(Path(tmp) / "lm")
+    with tempfile.TemporaryDirectory() as tmp, as_pretrained_folder(args.source or Path(tmp) / "lm") as (source, _):
+        if not args.source:
+            source = default_language_model(Path(tmp) / "lm")
         export(source, Path(tmp) / "fp32")
         export(source, Path(tmp) / "int8", quantize="int8")
         exported = {v: deploy.load(Path(tmp) / v, threads=args.threads) for v in ("fp32", "int8")}

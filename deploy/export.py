@@ -1,4 +1,8 @@
-"""``rnnzoo export``: a checkpoint or pretrained folder -> a self-contained ONNX folder, verified.
+"""``rnnzoo export``: a pretrained folder or zoo entry -> a self-contained ONNX folder, verified.
+
+A ``.ckpt`` is made a pretrained folder first (``rnnzoo export`` does it with
+``lightning_modules.pretrained.publish``): this module reads pretrained folders only, so ``deploy``
+never imports the training code.
 
 The folder holds the ONNX graph(s), the tokenizer JSON file(s) and ``config.json`` (task, labels,
 special token ids, graph inputs/outputs, state sizes, rnnzoo version, the source's sha256 and the
@@ -14,7 +18,6 @@ the dynamo exporter in this torch decomposes recurrences and needs extra package
 """
 
 import os
-import tempfile
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -24,15 +27,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from deploy.export_format import FORMAT_VERSION
 from deploy.graphs import Graph
 from deploy.parity import task_parity
 from zoo import tasks
 from zoo.ensemble import LanguageModelEnsemble
+from zoo.formats import WEIGHTS_FILE, DecodingSpec, ExportConfig, GraphSpec, write_json
 from zoo.fused import prepare_for_onnx_export
 from zoo.hub import resolve, sha256_of
 from zoo.minimal import MINIMAL_CELLS
-from zoo.pretrained import Pretrained, load_pretrained, staged_folder, write_json
+from zoo.pretrained import Pretrained, load_pretrained, staged_folder
 from zoo.recurrent import FUSED_CELLS, RecurrentStack
 
 DEFAULT_OPSET = 17
@@ -45,19 +48,14 @@ class ExportError(RuntimeError):
 
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
-DECODING_SETTINGS = ("beam_size", "length_penalty", "max_new_tokens")
 
 
 def load_source(source: str | os.PathLike) -> tuple[Pretrained, str]:
-    """A ``.ckpt`` (converted), a pretrained folder or zoo entry (``zoo.hub.resolve``), and its sha256."""
-    path = Path(source)
-    if not path.is_file():
-        folder = resolve(source)
-        return load_pretrained(folder), sha256_of(folder / "model.safetensors")
-    from lightning_modules.pretrained import publish  # Lightning is only needed for .ckpt sources
-
-    with tempfile.TemporaryDirectory() as folder:
-        return load_pretrained(publish(path, Path(folder) / "model")), sha256_of(path)
+    """A pretrained folder, zoo entry, URL or ``hf://`` repository (``zoo.hub.resolve``) and its weights' sha256."""
+    if Path(source).is_file():
+        raise ValueError(f"{source} is a file: export reads pretrained folders (`rnnzoo export` converts a .ckpt)")
+    folder = resolve(source)
+    return load_pretrained(folder), sha256_of(folder / WEIGHTS_FILE)
 
 
 def export(
@@ -68,19 +66,21 @@ def export(
     quantize: str | None = None,
     parity_data=None,
     parity_examples: int = 1000,
-) -> dict:
-    """Export ``source`` (``.ckpt`` or pretrained folder) to ``out_dir``; returns the written config.
+    source_sha256: str | None = None,
+) -> ExportConfig:
+    """Export ``source`` (a pretrained folder or zoo entry) to ``out_dir``; returns the written config.
 
     ``quantize="int8"`` quantizes every graph after its float32 version has passed verification;
     the quantized graph's difference from PyTorch is recorded, not enforced. ``parity_data`` (a
     ``datasets.Dataset`` of held-out rows in the task's Hub schema) adds task-level parity on its
-    first ``parity_examples`` rows (see ``deploy.parity``).
+    first ``parity_examples`` rows (see ``deploy.parity``). ``source_sha256`` records where the
+    folder came from (default: the sha256 of its weights; the CLI gives a checkpoint's).
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    pretrained, source_sha256 = load_source(source)
+    pretrained, weights_sha256 = load_source(source)
     network = pretrained.network.eval().float()
-    task = tasks.get(pretrained.config["task"])
+    task = tasks.get(pretrained.config.task)
     if isinstance(network, LanguageModelEnsemble):
         raise ExportError(
             "a language-model ensemble is not exported (an export carries one recurrent state shape): "
@@ -107,28 +107,28 @@ def export(
         for name, tokenizer in pretrained.tokenizers.items():
             tokenizer.save(str(staging / f"{name}.json"))
             tokenizer_files[name] = f"{name}.json"
-        config = {
-            "format_version": FORMAT_VERSION,
-            "task": task.name,
-            "architecture": pretrained.config["architecture"],
-            "labels": pretrained.config["task_arguments"].get("labels"),
-            "language_pair": pretrained.config["task_arguments"].get("language_pair"),
-            "tokenizers": tokenizer_files,
-            "special_tokens": _special_tokens(pretrained),
-            "graphs": {graph.file: _describe(staging / graph.file) for graph in graphs},
-            "state": interface.state,
-            "memory": interface.memory,
-            **({"members": interface.members} if interface.members else {}),  # a translator ensemble's
-            "decoding": {k: v for k, v in pretrained.config["task_arguments"].items() if k in DECODING_SETTINGS},
-            "opset": opset,
-            "quantization": quantize,
-            "rnnzoo_version": version("rnnzoo"),
-            "source_sha256": source_sha256,
-            "verification": verification,
-        }
+        task_arguments = pretrained.config.task_arguments
+        config = ExportConfig(
+            task=task.name,
+            architecture=pretrained.config.architecture,
+            labels=task_arguments.get("labels"),
+            language_pair=task_arguments.get("language_pair"),
+            tokenizers=tokenizer_files,
+            special_tokens=_special_tokens(pretrained),
+            graphs={graph.file: _describe(staging / graph.file) for graph in graphs},
+            state=interface.state,
+            memory=interface.memory,
+            members=interface.members,  # a translator ensemble's
+            decoding=DecodingSpec.model_validate(task_arguments),
+            opset=opset,
+            quantization=quantize,
+            rnnzoo_version=version("rnnzoo"),
+            source_sha256=source_sha256 or weights_sha256,
+            verification=verification,
+        )
         write_json(staging / "config.json", config)
         if parity_data is not None:
-            config["parity"] = task_parity(staging, network, parity_data, parity_examples)
+            config.parity = task_parity(staging, network, parity_data, parity_examples)
             write_json(staging / "config.json", config)
     return config
 
@@ -187,7 +187,7 @@ def verify(graph: Graph, path: Path, tolerance: float | None = None) -> dict:
     return {"max_abs_diff": worst, "tolerance": tolerance, "shapes": [list(s) for s in CHECK_SHAPES]}
 
 
-def _describe(path: Path) -> dict:
+def _describe(path: Path) -> GraphSpec:
     """Each input and output of a written graph: element type and shape (axis names where dynamic)."""
     graph = onnx.load(str(path), load_external_data=False).graph
 
@@ -200,7 +200,7 @@ def _describe(path: Path) -> dict:
             "shape": shape,
         }
 
-    return {"inputs": [spec(v) for v in graph.input], "outputs": [spec(v) for v in graph.output]}
+    return GraphSpec(inputs=[spec(v) for v in graph.input], outputs=[spec(v) for v in graph.output])
 
 
 def _special_tokens(pretrained: Pretrained) -> dict[str, dict[str, int]]:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from deploy import signatures as names
 from zoo.classifier import SequenceClassifier
 from zoo.ensemble import Ensemble, Seq2SeqEnsemble
+from zoo.formats import MemberSpec, StateSpec
 from zoo.language_model import RNNLanguageModel
 from zoo.pooling import valid_mask
-from zoo.recurrent import RecurrentStack
 from zoo.seq2seq import DecoderState, Memory, Seq2Seq
 from zoo.tagger import SequenceTagger
 
@@ -41,12 +42,12 @@ class Graph:
 @dataclass
 class Interface:
     """A network's graphs and the roles of their tensors (written to ``config.json``, see
-    ``deploy.export_format``): the state carried between calls and the translator's memory."""
+    ``zoo.formats.ExportConfig``): the state carried between calls and the translator's memory."""
 
     graphs: list[Graph]
-    state: dict = field(default_factory=dict)  # {"inputs": [...], "outputs": [...], "shape": [...]}
+    state: StateSpec = field(default_factory=StateSpec)
     memory: list[str] = field(default_factory=list)
-    members: list[dict] = field(default_factory=list)  # a translator ensemble's: each its graphs, state, memory
+    members: list[MemberSpec] | None = None  # a translator ensemble's: each its graphs, state, memory
 
 
 class LanguageModelGraph(nn.Module):
@@ -79,10 +80,6 @@ def _random_lengths(batch: int, time: int, generator: torch.Generator) -> torch.
     return lengths
 
 
-def _state_names(stack: RecurrentStack, suffix: str = "") -> list[str]:
-    return [f"h{suffix}", f"c{suffix}"] if stack.cell == "lstm" else [f"h{suffix}"]
-
-
 def _sized(network: nn.Module) -> nn.Module:
     """The network whose embeddings give the graph's vocabulary sizes: an ensemble's first member
     (its members share the vocabularies)."""
@@ -96,14 +93,15 @@ def language_model_graphs(network: RNNLanguageModel) -> Interface:
     def make_inputs(batch, time, generator):
         tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
         state_shape = (stack.num_layers, batch, stack.hidden_size)
-        return (tokens, *(torch.randn(state_shape, generator=generator) for _ in _state_names(stack)))
+        return (tokens, *(torch.randn(state_shape, generator=generator) for _ in state))
 
-    inputs, outputs = ["tokens", *_state_names(stack)], ["logits", *_state_names(stack, "_out")]
-    axes = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
+    state = names.state_names(stack.cell)
+    inputs, outputs = [names.TOKENS, *state], [names.LOGITS, *names.next_state(state)]
+    axes = {names.TOKENS: {0: "batch", 1: "time"}, names.LOGITS: {0: "batch", 1: "time"}}
     axes |= {name: {1: "batch"} for name in inputs[1:] + outputs[1:]}
     graph = Graph("model.onnx", LanguageModelGraph(network), make_inputs, inputs, outputs, axes)
-    state = {"inputs": inputs[1:], "outputs": outputs[1:], "shape": [stack.num_layers, "batch", stack.hidden_size]}
-    return Interface([graph], state)
+    shape = [stack.num_layers, "batch", stack.hidden_size]
+    return Interface([graph], StateSpec(inputs=inputs[1:], outputs=outputs[1:], shape=shape))
 
 
 def classifier_graphs(network: SequenceClassifier) -> Interface:
@@ -113,10 +111,9 @@ def classifier_graphs(network: SequenceClassifier) -> Interface:
         tokens = torch.randint(0, vocab_size, (batch, time), generator=generator)
         return tokens, _random_lengths(batch, time, generator)
 
-    axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
-    return Interface(
-        [Graph("model.onnx", ClassifierGraph(network), make_inputs, ["tokens", "lengths"], ["logits"], axes)]
-    )
+    inputs, outputs = names.CLASSIFIER_INPUTS, names.CLASSIFIER_OUTPUTS
+    axes = {names.TOKENS: {0: "batch", 1: "time"}, names.LENGTHS: {0: "batch"}, names.LOGITS: {0: "batch"}}
+    return Interface([Graph("model.onnx", ClassifierGraph(network), make_inputs, inputs, outputs, axes)])
 
 
 class TaggerGraph(nn.Module):
@@ -147,16 +144,12 @@ def tagger_graphs(network: SequenceTagger) -> Interface:
         char_lengths = torch.randint(1, width + 1, (batch, time), generator=generator)
         return tokens, lengths, chars, char_lengths * valid_mask(lengths, time)
 
-    inputs = ["tokens", "lengths"] + (["chars", "char_lengths"] if char_vocab_size else [])
-    axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "chars": {0: "batch", 1: "time", 2: "width"}}
-    axes |= {name: {0: "batch", 1: "time"} for name in ("char_lengths", "emissions", "tags")}
-    axes = {name: value for name, value in axes.items() if name in inputs + ["emissions", "tags"]}
-    return Interface([Graph("model.onnx", TaggerGraph(network), make_inputs, inputs, ["emissions", "tags"], axes)])
-
-
-# What the decoder step reads from the encoded source, by how the decoder sees it.
-MEMORY_FIELDS = {"initial": [], "every_step": ["summary"], "attention": ["outputs", "mask", "keys"]}
-MEMORY_NAMES = {"outputs": "memory", "mask": "memory_mask", "summary": "summary", "keys": "keys"}
+    inputs, outputs = names.tagger_inputs(bool(char_vocab_size)), names.TAGGER_OUTPUTS
+    axes = {names.TOKENS: {0: "batch", 1: "time"}, names.LENGTHS: {0: "batch"}}
+    axes |= {names.CHARS: {0: "batch", 1: "time", 2: "width"}}
+    axes |= {name: {0: "batch", 1: "time"} for name in (names.CHAR_LENGTHS, *names.TAGGER_OUTPUTS)}
+    axes = {name: value for name, value in axes.items() if name in inputs + outputs}
+    return Interface([Graph("model.onnx", TaggerGraph(network), make_inputs, inputs, outputs, axes)])
 
 
 class EncoderGraph(nn.Module):
@@ -168,7 +161,7 @@ class EncoderGraph(nn.Module):
 
     def forward(self, source, lengths):
         memory, state = self.network.encode(source, lengths)
-        fields = [getattr(memory, field) for field in MEMORY_FIELDS[self.network.context]]
+        fields = [getattr(memory, field) for field in names.MEMORY[self.network.context]]
         feed = [] if state.feed is None else [state.feed]
         return (*fields, *_tensors(state.rnn), *feed)
 
@@ -186,7 +179,8 @@ class DecoderStepGraph(nn.Module):
         state_count = 2 if network.cell == "lstm" else 1
         rnn = inputs[:state_count] if state_count == 2 else inputs[0]
         feed = inputs[state_count] if network.input_feeding else None
-        fields = dict(zip(MEMORY_FIELDS[network.context], inputs[state_count + network.input_feeding :], strict=True))
+        memory_fields = names.MEMORY[network.context]
+        fields = dict(zip(memory_fields, inputs[state_count + network.input_feeding :], strict=True))
         memory = Memory(**{field: fields.get(field) for field in Memory._fields})
         logits, state, weights = network.decode_step(tokens, DecoderState(rnn, feed), memory)
         feed = [] if state.feed is None else [state.feed]
@@ -202,9 +196,8 @@ def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Inte
     if isinstance(network, Seq2SeqEnsemble):
         return _seq2seq_ensemble_graphs(network)
     vocab, target_vocab = network.source_embedding.num_embeddings, network.target_embedding.num_embeddings
-    memory_names = [MEMORY_NAMES[field] for field in MEMORY_FIELDS[network.context]]
-    state_names = ["h", "c"] if network.cell == "lstm" else ["h"]
-    state_names += ["feed"] if network.input_feeding else []
+    memory_names = list(names.MEMORY[network.context].values())
+    state_names = names.state_names(network.cell, network.input_feeding)
     encoder = EncoderGraph(network)
 
     def encoder_inputs(batch, time, generator):
@@ -217,9 +210,8 @@ def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Inte
         return (torch.randint(0, target_vocab, (batch,), generator=generator), *state, *memory)
 
     encoder_outputs = memory_names + state_names
-    decoder_inputs_names = ["tokens", *state_names, *memory_names]
-    decoder_outputs = ["logits", *(f"{name}_out" for name in state_names)]
-    decoder_outputs += ["attention"] if network.context == "attention" else []
+    decoder_inputs_names = [names.TOKENS, *state_names, *memory_names]
+    decoder_outputs = names.decoder_outputs(state_names, attention=network.context == "attention")
 
     def axes(names: list[str]) -> dict[str, dict[int, str]]:
         return {name: SEQ2SEQ_AXES[name.removesuffix("_out")] for name in names}
@@ -229,9 +221,9 @@ def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Inte
             f"{prefix}encoder.onnx",
             encoder,
             encoder_inputs,
-            ["source", "lengths"],
+            names.ENCODER_INPUTS,
             encoder_outputs,
-            axes(["source", "lengths", *encoder_outputs]),
+            axes([*names.ENCODER_INPUTS, *encoder_outputs]),
         ),
         Graph(
             f"{prefix}decoder.onnx",
@@ -242,8 +234,7 @@ def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Inte
             axes(decoder_inputs_names + decoder_outputs),
         ),
     ]
-    state = {"inputs": state_names, "outputs": [f"{name}_out" for name in state_names]}
-    return Interface(graphs, state, memory_names)
+    return Interface(graphs, StateSpec(inputs=state_names, outputs=names.next_state(state_names)), memory_names)
 
 
 def _seq2seq_ensemble_graphs(ensemble: Seq2SeqEnsemble) -> Interface:
@@ -255,7 +246,7 @@ def _seq2seq_ensemble_graphs(ensemble: Seq2SeqEnsemble) -> Interface:
         encoder, decoder = interface.graphs
         graphs += interface.graphs
         members.append(
-            {"encoder": encoder.file, "decoder": decoder.file, "state": interface.state, "memory": interface.memory}
+            MemberSpec(encoder=encoder.file, decoder=decoder.file, state=interface.state, memory=interface.memory)
         )
     return Interface(graphs, members=members)
 

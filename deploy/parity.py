@@ -68,17 +68,18 @@ def tagging_parity(predictor, network, rows, batch_size) -> dict:
 def translation_parity(predictor, network, rows, batch_size) -> dict:
     import sacrebleu
 
-    source_lang, target_lang = predictor.config["language_pair"].split("-")
+    source_lang, target_lang = predictor.config.language_pair.split("-")
     sources, references = rows[source_lang], rows[target_lang]
-    beam = predictor.config["decoding"].get("beam_size", decoding.BEAM_SIZE)
-    length_penalty = predictor.config["decoding"].get("length_penalty", decoding.LENGTH_PENALTY)
+    settings = predictor.config.decoding
+    beam = settings.beam_size or decoding.BEAM_SIZE
+    length_penalty = decoding.LENGTH_PENALTY if settings.length_penalty is None else settings.length_penalty
     from_onnx, from_torch = [], []
     for texts in _batches(sources, batch_size):
         from_onnx += predictor.translate(texts)
         source, lengths = predictor.encode_sources(texts)
         ids = translate_ids(
             network, torch.from_numpy(source), torch.from_numpy(lengths), predictor.bos, predictor.eos, beam,
-            predictor.config["decoding"].get("max_new_tokens"), length_penalty,
+            settings.max_new_tokens, length_penalty,
         )  # fmt: skip
         from_torch += predictor.tokenizers["target_tokenizer"].decode_batch(ids)
     same = sum(a == b for a, b in zip(from_onnx, from_torch, strict=True)) / len(sources)

@@ -1,6 +1,6 @@
 """Predictors for exported folders: onnxruntime, numpy and ``tokenizers`` only, never torch.
 
-``load(folder)`` reads the folder's checked ``config.json`` (``deploy.export_format``) and returns the
+``load(folder)`` reads the folder's checked ``config.json`` (``zoo.formats.ExportConfig``) and returns the
 predictor its task names (``zoo.tasks``). Text goes through the same pipeline as in training and in
 the PyTorch tasks (``zoo.text``), and decoding through the same loops (``zoo.decoding``), so a folder
 predicts what its network predicts. Sessions are tuned for throughput: every graph optimization, and
@@ -16,9 +16,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from deploy.export_format import check_graph, read_config
+from deploy import signatures as names
 from zoo import decoding, tasks, text
 from zoo.decoding import softmax
+from zoo.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
 
 # Padded cells per onnxruntime call. A batch is split into calls under these, similar lengths
 # together, so that one long text neither pads the others nor multiplies a call's memory: with the
@@ -50,25 +51,31 @@ class Predictor:
     graph_files: tuple[str, ...] = ("model.onnx",)
     needs_labels = False
 
-    def __init__(self, folder: Path, config: dict, threads: int | None = None):
+    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None):
         self.folder, self.config = folder, config
-        if set(config["graphs"]) != set(self.graph_files):
-            raise ValueError(f"{folder}: a {config['task']} export has the graphs {list(self.graph_files)}")
-        if self.needs_labels and not (isinstance(config.get("labels"), list) and config["labels"]):
-            raise ValueError(f"{folder / 'config.json'}: a {config['task']} export needs its labels")
+        if set(config.graphs) != set(self.graph_files):
+            raise ValueError(f"{folder}: a {config.task} export has the graphs {list(self.graph_files)}")
+        if self.needs_labels and not config.labels:
+            raise ValueError(f"{folder / CONFIG_FILE}: a {config.task} export needs its labels")
         self.tokenizers = {
-            name: Tokenizer.from_file(str(folder_file(folder, file))) for name, file in config["tokenizers"].items()
+            name: Tokenizer.from_file(str(folder_file(folder, file))) for name, file in config.tokenizers.items()
         }
         self.sessions = {}
         for name in self.graph_files:
             session = make_session(folder_file(folder, name), threads)
-            check_graph(config, name, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+            inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+            described = config.graphs[name]
+            if (inputs, outputs) != (described.input_names(), described.output_names()):
+                raise FormatError(
+                    f"{name}: its inputs/outputs {inputs}/{outputs} are not those {CONFIG_FILE} describes "
+                    f"({described.input_names()}/{described.output_names()})"
+                )
             self.sessions[name] = session
-        self.special_tokens = config["special_tokens"]
+        self.special_tokens = config.special_tokens
 
     @property
     def task(self) -> str:
-        return self.config["task"]
+        return self.config.task
 
     def encode(self, texts: list[str], tokenizer: str = "tokenizer", end: str | None = None):
         """Right-padded ids ``(B, T)`` and lengths ``(B,)`` of raw texts (``zoo.text``)."""
@@ -84,28 +91,29 @@ class ClassifierPredictor(Predictor):
         ids, lengths = self.encode(texts)
         logits = [None] * len(texts)
         for rows in sub_batches([(int(n),) for n in lengths], budget):
-            feed = {"tokens": ids[rows, : lengths[rows].max()], "lengths": lengths[rows]}
-            for row, values in zip(rows, self.sessions["model.onnx"].run(["logits"], feed)[0], strict=True):
+            feed = dict(zip(names.CLASSIFIER_INPUTS, (ids[rows, : lengths[rows].max()], lengths[rows]), strict=True))
+            (batch_logits,) = self.sessions["model.onnx"].run(names.CLASSIFIER_OUTPUTS, feed)
+            for row, values in zip(rows, batch_logits, strict=True):
                 logits[row] = values
         return np.stack(logits)
 
     def classify(self, texts: list[str]) -> list[dict]:
         """``[{"text", "label", "probability", "probabilities"}]`` per text, as ``rnnzoo predict`` prints them."""
-        return text.labelled(texts, softmax(self.logits(texts)), self.config["labels"])
+        return text.labelled(texts, softmax(self.logits(texts)), self.config.labels)
 
 
 class LanguageModelPredictor(Predictor):
     def zero_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        state = self.config["state"]
-        shape = [batch_size if axis == "batch" else axis for axis in state["shape"]]
-        return {name: np.zeros(shape, dtype=np.float32) for name in state["inputs"]}
+        state = self.config.state
+        shape = [batch_size if axis == "batch" else axis for axis in state.shape]
+        return {name: np.zeros(shape, dtype=np.float32) for name in state.inputs}
 
     def step(self, tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits ``(B, T, V)`` for ``tokens`` ``(B, T)`` and the state after them."""
-        names = self.config["state"]
-        feed = {"tokens": np.asarray(tokens, dtype=np.int64), **state}
-        outputs = self.sessions["model.onnx"].run(["logits", *names["outputs"]], feed)
-        return outputs[0], dict(zip(names["inputs"], outputs[1:], strict=True))
+        spec = self.config.state
+        feed = {names.TOKENS: np.asarray(tokens, dtype=np.int64), **state}
+        outputs = self.sessions["model.onnx"].run([names.LOGITS, *spec.outputs], feed)
+        return outputs[0], dict(zip(spec.inputs, outputs[1:], strict=True))
 
     def generate(
         self,
@@ -135,10 +143,10 @@ class TaggerPredictor(Predictor):
         sentences = text.split_words(sentences)
         chars = "char_tokenizer" in self.tokenizers
         sizes = [(len(w), min(max(map(len, w)), text.MAX_WORD_CHARACTERS) if chars else 1) for w in sentences]
-        labels, results = self.config["labels"], [None] * len(sentences)
+        labels, results = self.config.labels, [None] * len(sentences)
         for rows in sub_batches(sizes, budget):
             words, feed = self.features([sentences[i] for i in rows])
-            tags = self.sessions["model.onnx"].run(["tags"], feed)[0]
+            tags = self.sessions["model.onnx"].run([names.TAGS], feed)[0]
             for row, i in enumerate(rows):
                 results[i] = {"words": words[row], "tags": [labels[t] for t in tags[row, : len(words[row])]]}
         return results
@@ -149,9 +157,10 @@ class TaggerPredictor(Predictor):
         word_tokenizer = self.tokenizers["tokenizer"]
         encoded = text.encode_words(word_tokenizer, self.tokenizers.get("char_tokenizer"), sentences)
         tokens, lengths = text.pad([ids for ids, _ in encoded], text.pad_id(word_tokenizer))
-        feed = {"tokens": tokens, "lengths": lengths}
+        feed = {names.TOKENS: tokens, names.LENGTHS: lengths}
         if "char_tokenizer" in self.tokenizers:
-            feed["chars"], feed["char_lengths"] = text.pad_words([chars for _, chars in encoded], tokens.shape[1])
+            chars = text.pad_words([chars for _, chars in encoded], tokens.shape[1])
+            feed[names.CHARS], feed[names.CHAR_LENGTHS] = chars
         return sentences, feed
 
 
@@ -159,19 +168,20 @@ class TranslatorPredictor(Predictor):
     """Greedy and beam search (``zoo.decoding``) over the encoder graph and the decoder-step graph,
     or over every member's pair for an ensemble, whose next-word probabilities each step averages."""
 
-    def __init__(self, folder: Path, config: dict, threads: int | None = None):
-        self.members = translator_members(folder, config)
-        self.graph_files = tuple(member[graph] for member in self.members for graph in ("encoder", "decoder"))
+    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None):
+        self.members = config.translator_members()
+        if not self.members:
+            raise FormatError(f"{folder / CONFIG_FILE}: malformed members; export the model again")
+        self.graph_files = tuple(file for member in self.members for file in (member.encoder, member.decoder))
         super().__init__(folder, config, threads)
         # Where each decoder input's batch axis is, from the shapes in config.json (beam search reorders it).
         self.batch_axis = [
-            {value["name"]: value["shape"].index("batch") for value in config["graphs"][member["decoder"]]["inputs"]}
+            {value.name: value.shape.index("batch") for value in config.graphs[member.decoder].inputs}
             for member in self.members
         ]
         self.bos, self.eos = (self.special_tokens["target_tokenizer"][t] for t in (text.BOS, text.EOS))
         self.has_attention = all(
-            "attention" in [value["name"] for value in config["graphs"][member["decoder"]]["outputs"]]
-            for member in self.members
+            names.ATTENTION in config.graphs[member.decoder].output_names() for member in self.members
         )
 
     def encode_sources(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -181,26 +191,26 @@ class TranslatorPredictor(Predictor):
     def encode_graph(self, source: np.ndarray, lengths: np.ndarray) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
         """Each member's memory its decoder reads and its initial state, by graph input name."""
         memory, state = [], []
+        feed = dict(zip(names.ENCODER_INPUTS, (source, lengths), strict=True))
         for member in self.members:
-            names = [*member["memory"], *member["state"]["inputs"]]
-            values = self.sessions[member["encoder"]].run(names, {"source": source, "lengths": lengths})
-            memory.append(dict(zip(member["memory"], values[: len(member["memory"])], strict=True)))
-            state.append(dict(zip(member["state"]["inputs"], values[len(member["memory"]) :], strict=True)))
+            values = self.sessions[member.encoder].run([*member.memory, *member.state.inputs], feed)
+            memory.append(dict(zip(member.memory, values[: len(member.memory)], strict=True)))
+            state.append(dict(zip(member.state.inputs, values[len(member.memory) :], strict=True)))
         return tuple(memory), tuple(state)
 
     def run_decoders(self, output: str, tokens: np.ndarray, state: tuple, memory: tuple) -> tuple[list, tuple]:
         """Every member's decoder step: its ``output`` (``logits`` or ``attention``) and its next state."""
         outputs, next_state = [], []
         for member, member_state, member_memory in zip(self.members, state, memory, strict=True):
-            feed = {"tokens": tokens, **member_state, **member_memory}
-            first, *new = self.sessions[member["decoder"]].run([output, *member["state"]["outputs"]], feed)
+            feed = {names.TOKENS: tokens, **member_state, **member_memory}
+            first, *new = self.sessions[member.decoder].run([output, *member.state.outputs], feed)
             outputs.append(first)
-            next_state.append(dict(zip(member["state"]["inputs"], new, strict=True)))
+            next_state.append(dict(zip(member.state.inputs, new, strict=True)))
         return outputs, tuple(next_state)
 
     def step(self, tokens: np.ndarray, state: tuple, memory: tuple) -> tuple[np.ndarray, tuple]:
         """Next-word logits: one network's own, an ensemble's log mean probabilities (as ``zoo.ensemble``)."""
-        logits, state = self.run_decoders("logits", tokens, state, memory)
+        logits, state = self.run_decoders(names.LOGITS, tokens, state, memory)
         return (logits[0] if len(logits) == 1 else decoding.log_mean_probabilities(logits)), state
 
     def translate(
@@ -216,8 +226,8 @@ class TranslatorPredictor(Predictor):
         encoder's memory; a text that alone needs more raises ``TooLarge``. With ``attention`` each
         result is ``{"translation", "source_tokens", "target_tokens", "attention"}``, the attention
         weights being a list of rows (target token x source token)."""
-        settings = self.config["decoding"]
-        beam_size = settings.get("beam_size", decoding.BEAM_SIZE) if beam_size is None else beam_size
+        settings = self.config.decoding
+        beam_size = (settings.beam_size or decoding.BEAM_SIZE) if beam_size is None else beam_size
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if attention and not self.has_attention:
@@ -230,7 +240,7 @@ class TranslatorPredictor(Predictor):
                 f"texts {too_long} have up to {lengths[too_long].max()} source tokens; at beam {beam_size} a text "
                 f"may have {budget // beam_size} (a budget of {budget} tokens x beams): split it or lower beam_size"
             )
-        max_new_tokens = max_new_tokens or settings.get("max_new_tokens") or decoding.default_max_new_tokens(lengths)
+        max_new_tokens = max_new_tokens or settings.max_new_tokens or decoding.default_max_new_tokens(lengths)
         ids = [None] * len(texts)
         for rows in sub_batches([(int(n),) for n in lengths], budget // beam_size):
             decoded = self.decode(source[rows, : lengths[rows].max()], lengths[rows], beam_size, max_new_tokens)
@@ -270,7 +280,7 @@ class TranslatorPredictor(Predictor):
                 previous[j, 1 : 1 + len(targets[row])] = targets[row]
             seen = []
             for t in range(steps):
-                per_member, state = self.run_decoders("attention", previous[:, t], state, memory)
+                per_member, state = self.run_decoders(names.ATTENTION, previous[:, t], state, memory)
                 seen.append(np.mean(per_member, 0))
             seen = np.stack(seen, 1)
             for j, row in enumerate(rows):
@@ -288,7 +298,8 @@ class TranslatorPredictor(Predictor):
         rows = decoding.beam_rows(batch, beam_size)
         memory = tuple({name: value[rows] for name, value in member.items()} for member in memory)
         state = self._select(state, rows)
-        length_penalty = self.config["decoding"].get("length_penalty", decoding.LENGTH_PENALTY)
+        length_penalty = self.config.decoding.length_penalty
+        length_penalty = decoding.LENGTH_PENALTY if length_penalty is None else length_penalty
         return decoding.beam_search(
             lambda t, s: self.step(t, s, memory), self._select, state, batch, beam_size,
             self.bos, self.eos, max_new_tokens, length_penalty,
@@ -300,28 +311,6 @@ class TranslatorPredictor(Predictor):
             {name: np.take(value, rows, axis=axes[name]) for name, value in member_state.items()}
             for member_state, axes in zip(state, self.batch_axis, strict=True)
         )
-
-
-MEMBER_FIELDS = {"encoder": str, "decoder": str, "state": dict, "memory": list}
-
-
-def translator_members(folder: Path, config: dict) -> list[dict]:
-    """Each network's graph files, state and memory names (``MEMBER_FIELDS``): an ensemble's
-    ``members``, or the one network's ``encoder.onnx`` and ``decoder.onnx``."""
-    single = {
-        "encoder": "encoder.onnx",
-        "decoder": "decoder.onnx",
-        "state": config["state"],
-        "memory": config["memory"],
-    }
-    members = config.get("members", [single])
-    if not isinstance(members, list) or not members or not all(map(_well_formed_member, members)):
-        raise ValueError(f"{folder / 'config.json'}: malformed members; export the model again")
-    return members
-
-
-def _well_formed_member(member) -> bool:
-    return isinstance(member, dict) and all(isinstance(member.get(k), kind) for k, kind in MEMBER_FIELDS.items())
 
 
 def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:
@@ -341,18 +330,9 @@ def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:
     return groups
 
 
-def folder_file(folder: Path, file_name) -> Path:
-    """A file an export's ``config.json`` names, refused unless it is a plain name inside the folder
-    (an absolute or ``../`` path would read files the folder does not hold). The same rule as
-    ``zoo.pretrained.folder_file``, restated here because the runtime never imports torch."""
-    if not isinstance(file_name, str) or file_name in ("", ".", "..") or Path(file_name).name != file_name:
-        raise ValueError(f"{folder / 'config.json'}: {file_name!r} is not a plain file name inside the folder")
-    return folder / file_name
-
-
 def load(directory: str | os.PathLike, threads: int | None = None) -> Predictor:
     """The predictor of an exported folder (written by ``rnnzoo export``)."""
     folder = Path(directory)
-    config = read_config(folder)
-    predictor = tasks.get(config["task"], str(folder / "config.json")).load("predictor")
+    config = read_export_config(folder)
+    predictor = tasks.get(config.task, str(folder / CONFIG_FILE)).load("predictor")
     return predictor(folder, config, threads)

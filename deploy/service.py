@@ -296,10 +296,10 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
         return {"models": [describe(name, p) for name, p in predictors.items()]}
 
     def describe(name: str, predictor: Predictor) -> dict:
-        model = {"name": name, "task": predictor.task, "labels": predictor.config.get("labels")}
+        model = {"name": name, "task": predictor.task, "labels": predictor.config.labels}
         model["request"] = apis[name].request.__name__
         if predictor.task == "translation":
-            model["beam_size"] = predictor.config["decoding"].get("beam_size", decoding.BEAM_SIZE)
+            model["beam_size"] = predictor.config.decoding.beam_size or decoding.BEAM_SIZE
             model["attention"] = predictor.has_attention
         return model
 

@@ -106,6 +106,7 @@ def zoo_main(argv: list[str]) -> None:
 
 def export_main(argv: list[str]) -> None:
     from deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export
+    from lightning_modules.pretrained import as_pretrained_folder
     from zoo.hub import ZooError
 
     parser = argparse.ArgumentParser(
@@ -127,15 +128,19 @@ def export_main(argv: list[str]) -> None:
             from datamodules.loading import load_splits
 
             test = load_splits("", args.data_dir, ("test",))["test"]
-        config = export(args.ckpt, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples)
+        with as_pretrained_folder(args.ckpt) as (source, checkpoint_sha256):
+            config = export(
+                source, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples,
+                source_sha256=checkpoint_sha256,
+            )  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError, ExportError, ZooError) as err:
         parser.error(str(err))
-    for graph, check in config["verification"].items():
+    for graph, check in config.verification.items():
         print(f"{graph}: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})")
         if "int8_max_abs_diff" in check:
             print(f"{graph}: after int8 quantization, max |onnxruntime - torch| = {check['int8_max_abs_diff']:.2e}")
-    if "parity" in config:
-        print("parity on real test rows:", json.dumps(config["parity"]))
+    if config.parity is not None:
+        print("parity on real test rows:", json.dumps(config.parity))
     print(f"wrote {args.out}")
 
 

@@ -66,12 +66,12 @@ class RnnzooCLI(LightningCLI):
     def _use_pretrained_tokenizers(self, config, path: str) -> None:
         """A ``--ckpt_path`` naming a pretrained folder, zoo entry or URL (not a ``.ckpt``): the data uses
         its tokenizers, so the vocabulary matches the weights loaded before the run."""
+        from zoo.formats import read_pretrained_config
         from zoo.hub import ZooError, resolve
-        from zoo.pretrained import read_config
 
         try:
             self._pretrained_folder = resolve(path)
-            pretrained_task = read_config(self._pretrained_folder)["task"]
+            pretrained_task = read_pretrained_config(self._pretrained_folder).task
         except (ZooError, OSError, ValueError) as err:
             raise SystemExit(f"rnnzoo {self.subcommand}: --ckpt_path {path}: {err}") from None
         task = tasks.get(str(config["model"]["class_path"]).rpartition(".")[2]).name

@@ -1,6 +1,9 @@
 """Convert between Lightning checkpoints and the zoo's pretrained folders (``zoo.pretrained``)."""
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -9,7 +12,7 @@ from lightning_modules.data_state import DataStateInCheckpoint, vocabulary_diffe
 from zoo import tasks
 from zoo.checkpoint import read_checkpoint
 from zoo.ensemble import Ensemble
-from zoo.hub import resolve
+from zoo.hub import resolve, sha256_of
 from zoo.pretrained import load_pretrained, save_pretrained
 
 
@@ -39,6 +42,17 @@ def publish(
     """Write the task in ``source`` (a ``.ckpt`` or a pretrained folder or entry, e.g. to store it
     in another dtype) as a pretrained folder (weights in ``dtype`` when given)."""
     return save_task(load_task(source), out_dir, metrics, dtype)
+
+
+@contextmanager
+def as_pretrained_folder(source: str | os.PathLike) -> Iterator[tuple[str | os.PathLike, str | None]]:
+    """``source`` where a pretrained folder is read (export, benchmarks): a ``.ckpt`` published into a
+    temporary folder for the block, with the checkpoint's sha256; any other source as it is, with ``None``."""
+    if not Path(source).is_file():
+        yield source, None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        yield publish(source, Path(folder) / "model"), sha256_of(Path(source))
 
 
 def save_task(
@@ -79,7 +93,7 @@ def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     directory = resolve(directory)
     pretrained = load_pretrained(directory)
     config = pretrained.config
-    task = tasks.get(config["task"]).load("lightning_module")(**config["task_arguments"])
+    task = tasks.get(config.task).load("lightning_module")(**config.task_arguments)
     if isinstance(pretrained.network, Ensemble):
         task.net = pretrained.network
     else:
@@ -94,9 +108,9 @@ def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.Pat
     pretrained = load_pretrained(directory)
     config = pretrained.config
     ours = tasks.of_class(type(task)).name
-    if config["task"] != ours:
-        raise ValueError(f"{directory} holds a {config['task']} model, the config builds a {ours} one")
-    task.check_trained_on_same_data(config["task_arguments"], str(directory))
+    if config.task != ours:
+        raise ValueError(f"{directory} holds a {config.task} model, the config builds a {ours} one")
+    task.check_trained_on_same_data(config.task_arguments, str(directory))
     if isinstance(pretrained.network, Ensemble):  # its members replace the config's network
         task.net = pretrained.network
         return

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from zoo import tasks
+from zoo.formats import EntryInfo, Manifest, parse, read_json, write_json
 from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
 DTYPE = {
@@ -57,7 +58,7 @@ def zoo_main(argv: list[str]) -> None:
         if args.command == "list":
             print_table(load_manifest())
         elif args.command == "info":
-            print(json.dumps(entry_info(args.name), indent=2))
+            print(json.dumps(entry_info(args.name).to_json(), indent=2))
         elif args.command == "download":
             print(resolve(args.name))
         elif args.command == "predict":
@@ -98,13 +99,12 @@ def predict_texts(source: str, texts: list[str]) -> list[dict]:
     return [{"prompt": t, "continuation": task.generate_text(t, 30, temperature=0.0)} for t in texts]
 
 
-def print_table(entries: dict[str, dict]) -> None:
+def print_table(entries: dict[str, EntryInfo]) -> None:
     rows = []
     for name, entry in sorted(entries.items()):
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.get("metrics", {}).items()) or "-"
-        size = sum(f["size"] for f in entry.get("files", {}).values()) / 1e6
-        task = tasks.get(entry["task"]).name if entry.get("task") else ""  # old entries name the task's class
-        rows.append((name, task, shown, f"{size:.1f} MB", entry.get("description", "")))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.metrics.items()) or "-"
+        task = tasks.get(entry.task).name if entry.task else ""  # old entries name the task's class
+        rows.append((name, task, shown, f"{entry.size() / 1e6:.1f} MB", entry.description))
     header = ("name", "task", "test metric", "size", "description")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     for name, task, metric, size, description in [header, *rows]:
@@ -115,7 +115,8 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     import torch
 
     from lightning_modules.pretrained import publish
-    from zoo.pretrained import load_pretrained, read_config
+    from zoo.formats import read_pretrained_config
+    from zoo.pretrained import load_pretrained
 
     try:
         values = dict(metric.split("=", 1) for metric in args.metric)
@@ -123,10 +124,10 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     except ValueError:
         parser.error(f"--metric takes NAME=NUMBER, got {args.metric}")
     folder = publish(args.ckpt, args.out, metrics if args.metric else None, getattr(torch, args.dtype))
-    config = read_config(folder)
+    config = read_pretrained_config(folder)
     name = args.name or folder.name
     parameters = sum(p.numel() for p in load_pretrained(folder).network.parameters())  # not buffers or int8 scales
-    fields = {"task": config["task"], "architecture": config["architecture"], "parameters": parameters}
+    fields = {"task": config.task, "architecture": config.architecture, "parameters": parameters}
     fields |= {"description": args.description, "metrics": metrics["metrics"], "anchor": args.anchor}
     fields |= {"command": args.command, "urls": args.url}
     entry = write_entry(folder, name, **fields)
@@ -135,11 +136,11 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     print(f"wrote {folder}")
 
 
-def add_to_manifest(manifest: Path, folder: Path, entry: dict) -> None:
+def add_to_manifest(manifest: Path, folder: Path, entry: EntryInfo) -> None:
     """Record ``entry`` in ``manifest``; a folder inside the zoo package is found there offline."""
-    entries = json.loads(manifest.read_text())["entries"] if manifest.is_file() else {}
+    entries = parse(Manifest, read_json(manifest), str(manifest)).entries if manifest.is_file() else {}
     local = folder.resolve()
     if local.is_relative_to(PACKAGE_DIR.resolve()):
-        entry = {**entry, "local": str(local.relative_to(PACKAGE_DIR.resolve()))}
-    entries[entry["name"]] = entry
-    manifest.write_text(json.dumps({"entries": dict(sorted(entries.items()))}, indent=2) + "\n")
+        entry = entry.model_copy(update={"local": str(local.relative_to(PACKAGE_DIR.resolve()))})
+    entries[entry.name] = entry
+    write_json(manifest, Manifest(entries=entries))

@@ -83,7 +83,7 @@ def test_the_small_config_has_at_most_five_million_parameters():
 def test_fit_export_and_generate_read_the_same_words(tmp_path, synthetic_corpus):
     import deploy
     from deploy.export import export
-    from lightning_modules.pretrained import load_task
+    from lightning_modules.pretrained import as_pretrained_folder, load_task
     from tests.conftest import REPO, rnnzoo
 
     config = REPO / "zoo" / "configs" / "ptb_char_cnn_lstm_small.yaml"
@@ -92,6 +92,7 @@ def test_fit_export_and_generate_read_the_same_words(tmp_path, synthetic_corpus)
     checkpoint = tmp_path / "checkpoints" / "ptb_char_cnn_lstm_small" / "last.ckpt"
     task = load_task(str(checkpoint))
     assert task.net.word_chars[task.get_tokenizer("tokenizer").token_to_id("w12")].tolist()[:5] == [1, 122, 52, 53, 2]
-    export(checkpoint, tmp_path / "onnx")
+    with as_pretrained_folder(checkpoint) as (folder, _):
+        export(folder, tmp_path / "onnx")
     onnx = deploy.load(tmp_path / "onnx")
     assert onnx.generate("w1 w2", max_new_tokens=6, seed=0) == task.generate_text("w1 w2", 6, seed=0)

@@ -15,6 +15,7 @@ from deploy.export import ExportError, export, verify
 from deploy.graphs import classifier_graphs
 from tests.conftest import REPO, WORDS, pretrained_folder, translation_tokenizer, word_tokenizer
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger, generate
+from zoo.formats import StateSpec
 from zoo.hub import ZooError
 from zoo.pretrained import save_pretrained
 from zoo.seq2seq import translate_ids
@@ -35,7 +36,7 @@ def test_language_model_exports_a_fused_op_and_generates_like_torch(tmp_path, ce
     graph_ops = ops(tmp_path / "onnx" / "model.onnx")
     assert ONNX_OP[cell] in graph_ops and "Loop" not in graph_ops
     names = ["h", "c"] if cell == "lstm" else ["h"]
-    assert config["state"] == {"inputs": names, "outputs": [f"{n}_out" for n in names], "shape": [2, "batch", 8]}
+    assert config.state == StateSpec(inputs=names, outputs=[f"{n}_out" for n in names], shape=[2, "batch", 8])
 
     predictor = deploy.load(tmp_path / "onnx")
     # fresh tokens from a non-zero state: onnxruntime's logits and carried state are the network's
@@ -102,7 +103,7 @@ def test_runtime_never_imports_torch(tmp_path):
         "import deploy, json\n"
         f"print(json.dumps(deploy.load({str(tmp_path / 'onnx')!r}).classify(['w1 w2', 'w3'])))\n"
         "assert 'lightning' not in sys.modules and 'datasets' not in sys.modules\n"
-        "assert {m for m in sys.modules if m.startswith('zoo.')} <= {'zoo.tasks', 'zoo.text', 'zoo.decoding'}\n"
+        "assert {m for m in sys.modules if m.startswith('zoo.')} <= {'zoo.tasks', 'zoo.text', 'zoo.decoding', 'zoo.formats'}\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -128,7 +129,7 @@ def test_a_tolerance_the_graph_cannot_meet_refuses_the_export_and_changes_nothin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]  # no folder, no staging left
 
     config = export(folder, tmp_path / "onnx")  # the default tolerance is met
-    assert config["verification"]["model.onnx"]["tolerance"] == 1e-4
+    assert config.verification["model.onnx"]["tolerance"] == 1e-4
     written = {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()}
     with pytest.raises(ExportError, match=refused):
         export(folder, tmp_path / "onnx", tolerance=1e-12)
@@ -167,8 +168,8 @@ def test_int8_quantization(tmp_path, cell, integer_op):
     config = export(folder, tmp_path / "int8", quantize="int8")
     graph_ops = ops(tmp_path / "int8" / "model.onnx")
     assert integer_op in graph_ops and "LSTM" not in graph_ops  # a GRU stays a float GRU op
-    assert config["quantization"] == "int8"
-    assert 0 < config["verification"]["model.onnx"]["int8_max_abs_diff"] < 0.5
+    assert config.quantization == "int8"
+    assert 0 < config.verification["model.onnx"]["int8_max_abs_diff"] < 0.5
     fp32, int8 = deploy.load(tmp_path / "fp32"), deploy.load(tmp_path / "int8")
     tokens = np.array([[3, 4, 5, 6]])
     quantized_logits, logits = (p.step(tokens, p.zero_state(1))[0] for p in (int8, fp32))
@@ -198,7 +199,7 @@ def test_seq2seq_exports_encoder_and_step_graphs_and_decodes_like_torch(tmp_path
         tokenizers=tokenizers,
     )
     config = export(folder, tmp_path / "onnx")
-    assert set(config["graphs"]) == {"encoder.onnx", "decoder.onnx"}
+    assert set(config.graphs) == {"encoder.onnx", "decoder.onnx"}
     assert ONNX_OP[arguments["cell"]] in ops(tmp_path / "onnx" / "encoder.onnx")
     assert ONNX_OP[arguments["cell"]] in ops(tmp_path / "onnx" / "decoder.onnx")
 
@@ -287,7 +288,7 @@ def test_export_reports_task_parity_on_held_out_rows(tmp_path):
     arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 8, "hidden_size": 8, "pooling": "mean"}
     folder = pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments, {"labels": ["n", "p"]})
     rows = datasets.Dataset.from_dict({"text": [" ".join(WORDS[i : i + 5]) for i in range(12)], "label": [0, 1] * 6})
-    parity = export(folder, tmp_path / "onnx", parity_data=rows, parity_examples=10)["parity"]
+    parity = export(folder, tmp_path / "onnx", parity_data=rows, parity_examples=10).parity
     assert parity["examples"] == 10 and parity["same_label"] == 1.0
     assert parity["onnx_accuracy"] == parity["torch_accuracy"]
     assert json.loads((tmp_path / "onnx" / "config.json").read_text())["parity"] == parity
@@ -295,5 +296,5 @@ def test_export_reports_task_parity_on_held_out_rows(tmp_path):
     arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8, "num_layers": 2}
     folder = pretrained_folder(tmp_path / "lm", RNNLanguageModel(**arguments), arguments)
     sentences = datasets.Dataset.from_dict({"sentence": ["w1 w2 w3", "w4 w5", "w6 nonsense w7 w8"]})
-    parity = export(folder, tmp_path / "lm-onnx", parity_data=sentences)["parity"]
+    parity = export(folder, tmp_path / "lm-onnx", parity_data=sentences).parity
     assert parity["tokens"] == 12 and parity["onnx_perplexity"] == pytest.approx(parity["torch_perplexity"], rel=1e-5)

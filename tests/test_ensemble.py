@@ -116,7 +116,7 @@ def test_zoo_ensemble_and_average_commands(tmp_path):
     folders = seeded_folders(build, dm, tmp_path, 2)
     made = rnnzoo(tmp_path, "zoo", "ensemble", *folders, "--out", str(tmp_path / "ensemble"), "--dtype", "float16")
     assert "(2 members)" in made.stdout
-    assert load_pretrained(tmp_path / "ensemble").config["weights_dtype"] == "float16"
+    assert load_pretrained(tmp_path / "ensemble").config.weights_dtype == "float16"
     predicted = rnnzoo(tmp_path, "zoo", "predict", str(tmp_path / "ensemble"), "--text", "It was good")
     expected = task_from_pretrained(tmp_path / "ensemble").classify(["It was good"])[0]
     assert json.loads(predicted.stdout)["label"] == expected["label"]

@@ -16,6 +16,7 @@ from tests.conftest import WORDS, translation_tokenizer, word_tokenizer
 from zoo import Seq2Seq
 from zoo.decoding import softmax
 from zoo.ensemble import ClassifierEnsemble, LanguageModelEnsemble, Seq2SeqEnsemble, TaggerEnsemble
+from zoo.formats import StateSpec
 from zoo.pretrained import save_pretrained
 from zoo.seq2seq import translate_ids
 
@@ -58,8 +59,8 @@ def test_classifier_ensemble_exports_one_graph_that_classifies_like_torch(tmp_pa
     ensemble = new_ensemble(ClassifierEnsemble, members)
     folder = save_ensemble(tmp_path / "clf", ensemble, members, {"labels": labels}, {"tokenizer": word_tokenizer()})
     config = export(folder, tmp_path / "onnx")
-    assert set(config["graphs"]) == {"model.onnx"} and "members" not in config  # a single model's interface
-    assert config["architecture"] == "ClassifierEnsemble"
+    assert set(config.graphs) == {"model.onnx"} and config.members is None  # a single model's interface
+    assert config.architecture == "ClassifierEnsemble"
 
     predictor = deploy.load(tmp_path / "onnx")
     texts = ["w1 w2 w3 w4 w5 w6 w7", "w3", "w9 w9 w0 nonsense"]
@@ -88,7 +89,7 @@ def test_tagger_ensemble_exports_the_mean_crf_viterbi_and_tags_like_torch(tmp_pa
             member.crf.transitions.normal_(0, 3)
     folder = save_ensemble(tmp_path / "tagger", ensemble, members, {"labels": labels}, tokenizers)
     config = export(folder, tmp_path / "onnx")
-    assert set(config["graphs"]) == {"model.onnx"}
+    assert set(config.graphs) == {"model.onnx"}
 
     predictor = deploy.load(tmp_path / "onnx")
     sentences = ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w3", "w9 w13 Zürich w0"]
@@ -115,10 +116,10 @@ def translator_ensemble(tmp_path_factory):
 
 def test_translator_ensemble_exports_each_member_and_translates_like_torch(translator_ensemble):
     config, exported, ensemble = translator_ensemble
-    assert set(config["graphs"]) == {f"member{i}.{graph}.onnx" for i in (0, 1) for graph in ("encoder", "decoder")}
-    assert config["state"] == {} and config["memory"] == []
-    assert [member["state"]["inputs"] for member in config["members"]] == [["h"], ["h", "c", "feed"]]
-    assert config["members"][1] == {
+    assert set(config.graphs) == {f"member{i}.{graph}.onnx" for i in (0, 1) for graph in ("encoder", "decoder")}
+    assert config.state == StateSpec() and config.memory == []
+    assert [member.state.inputs for member in config.members] == [["h"], ["h", "c", "feed"]]
+    assert config.members[1].to_json() == {
         "encoder": "member1.encoder.onnx",
         "decoder": "member1.decoder.onnx",
         "state": {"inputs": ["h", "c", "feed"], "outputs": ["h_out", "c_out", "feed_out"]},
@@ -161,7 +162,7 @@ def test_an_ensemble_of_one_network_repeated_translates_like_that_network(tmp_pa
         tokenizers=TRANSLATION_TOKENIZERS,
     )
     config = export(single, tmp_path / "single-onnx")
-    assert set(config["graphs"]) == {"encoder.onnx", "decoder.onnx"} and "members" not in config
+    assert set(config.graphs) == {"encoder.onnx", "decoder.onnx"} and config.members is None
     members = [BAHDANAU_GRU, BAHDANAU_GRU]
     ensemble = Seq2SeqEnsemble.from_networks([network, network], members)
     twice = save_ensemble(tmp_path / "twice", ensemble, members, TRANSLATION, TRANSLATION_TOKENIZERS)

@@ -52,7 +52,7 @@ def published(tmp_path, monkeypatch):
     torch.manual_seed(0)
     metrics = {"split": "test", "metrics": {"test_acc": 0.5}, "command": "none"}
     folder = save_classifier(root / "tiny-clf", ARGUMENTS, metrics=metrics)
-    entry = write_entry(folder, "tiny-clf", task="classification")
+    entry = write_entry(folder, "tiny-clf", task="classification").to_json()
     CountingHandler.served, CountingHandler.delay = {}, 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -75,7 +75,7 @@ def test_download_verify_and_cache_hit(published):
     for name, tensor in model.network.state_dict().items():
         assert torch.equal(again.network.state_dict()[name], tensor)
     by_url = from_pretrained(published["url"])  # a published folder's URL works without the manifest
-    assert by_url.config["arguments"] == ARGUMENTS
+    assert by_url.config.arguments == ARGUMENTS
 
 
 def test_corrupted_download_is_refused_and_leaves_nothing(published):
@@ -197,7 +197,7 @@ def test_a_remote_entry_cannot_point_into_the_package(published):
     entry = json.loads(entry_path.read_text())
     entry_path.write_text(json.dumps({**entry, "local": "pretrained_models/imdb-bilstm"}))
     model = from_pretrained(published["url"])  # downloaded and checked, not the packaged imdb-bilstm
-    assert model.config["arguments"] == ARGUMENTS
+    assert model.config.arguments == ARGUMENTS
 
 
 def test_the_cache_is_keyed_by_the_whole_url(published, tmp_path):
@@ -209,8 +209,8 @@ def test_the_cache_is_keyed_by_the_whole_url(published, tmp_path):
     first = hub.resolve(published["url"])
     second = hub.resolve(serve_folder(tmp_path / "mirror") + "/tiny-clf")
     assert first != second
-    assert from_pretrained(published["url"]).config["arguments"] == ARGUMENTS
-    assert from_pretrained(str(second)).config["arguments"] == arguments
+    assert from_pretrained(published["url"]).config.arguments == ARGUMENTS
+    assert from_pretrained(str(second)).config.arguments == arguments
 
 
 def test_files_outside_the_folder_or_its_entry_are_never_read(published, tmp_path):
@@ -238,5 +238,5 @@ def test_a_folder_named_like_an_entry_does_not_replace_it(published, tmp_path, m
     arguments = {**ARGUMENTS, "hidden_size": 3}
     save_classifier(impostor, arguments)
     with pytest.warns(UserWarning, match="write ./tiny-clf to load it"):
-        assert from_pretrained("tiny-clf").config["arguments"] == ARGUMENTS  # the verified entry
-    assert from_pretrained("./tiny-clf").config["arguments"] == arguments  # the folder, asked for explicitly
+        assert from_pretrained("tiny-clf").config.arguments == ARGUMENTS  # the verified entry
+    assert from_pretrained("./tiny-clf").config.arguments == arguments  # the folder, asked for explicitly

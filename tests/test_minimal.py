@@ -12,6 +12,7 @@ from tests.conftest import pretrained_folder
 from tests.test_deploy import check_classifier_parity
 from zoo import RecurrentStack, RNNLanguageModel, SequenceClassifier, SequenceTagger
 from zoo.cells import reverse_padded
+from zoo.formats import StateSpec
 from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence, g, log_g
 
 CELLS = list(MINIMAL_CELLS)
@@ -164,7 +165,7 @@ def test_language_model_exports_a_loop_that_matches_torch_on_sequences_and_steps
     network = RNNLanguageModel(**arguments).eval()
     config = export(pretrained_folder(tmp_path / "lm", network, arguments), tmp_path / "onnx")
     assert recurrent_ops(tmp_path / "onnx" / "model.onnx") == {"Loop"}
-    assert config["state"] == {"inputs": ["h"], "outputs": ["h_out"], "shape": [2, "batch", 8]}
+    assert config.state == StateSpec(inputs=["h"], outputs=["h_out"], shape=[2, "batch", 8])
 
     predictor = deploy.load(tmp_path / "onnx")
     tokens = torch.randint(0, 23, (3, 12), generator=torch.Generator().manual_seed(7))

@@ -39,7 +39,7 @@ def test_round_trip_restores_every_weight(tmp_path, architecture):
     for name, tensor in network.state_dict().items():
         torch.testing.assert_close(loaded.network.state_dict()[name], tensor, rtol=0, atol=0)
     assert loaded.tokenizers["tokenizer"].token_to_id("a") == 1
-    assert loaded.metrics == {"test_acc": 0.5} and loaded.config["task_arguments"] == {"lr": 1}
+    assert loaded.metrics == {"test_acc": 0.5} and loaded.config.task_arguments == {"lr": 1}
 
 
 def test_tied_weights_are_stored_once_and_stay_tied(tmp_path):
@@ -95,7 +95,7 @@ def test_failed_save_leaves_the_previous_folder_untouched(tmp_path):
     with pytest.raises(TypeError, match="not JSON serializable"):
         save(folder, SequenceClassifier(**arguments), {**arguments, "callback": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no staging folder left behind
-    assert load_pretrained(folder).config["arguments"] == arguments
+    assert load_pretrained(folder).config.arguments == arguments
 
 
 def test_bad_folders_are_clear_errors(tmp_path):

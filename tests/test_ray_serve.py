@@ -1,6 +1,7 @@
 """``rnnzoo serve --ray``: the service as a Ray Serve deployment on a local Ray instance (127.0.0.1)."""
 
-import time
+import os
+import select
 
 import pytest
 
@@ -8,7 +9,19 @@ from deploy.ray_serve import replica_processes
 from deploy.runtime import load
 from lightning_modules.cli import main
 from tests.exports import exported_models
-from tests.test_service import Server
+from tests.test_service import HANG, Server
+
+
+def wait_for_exit(pid: int) -> None:
+    """Until process ``pid`` (not a child of this one) has ended: its pidfd becomes readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already gone
+        return
+    try:
+        assert select.select([fd], [], [], HANG)[0], f"process {pid} did not end"
+    finally:
+        os.close(fd)
 
 
 def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_path_factory):
@@ -17,7 +30,8 @@ def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_
     # `rnnzoo serve --ray` in a process that cannot import torch, as in a production image.
     server = Server([folders["sentiment"], folders["translator"]], "--ray", "--replicas", "2", "--max_items", "4")
     try:
-        assert len(replica_processes()) == 2
+        replicas = replica_processes()
+        assert len(replicas) == 2
         texts = ["w1 w2 w3", "w4", "w5 w6"]
         expected = load(folders["sentiment"], threads=1).classify(texts)
         for _ in range(4):  # requests go to either replica: every answer is the model's
@@ -36,9 +50,8 @@ def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_
         assert server.post("/v1/models/nothing/predict", {"texts": ["w1"]})[0] == 404
     finally:
         server.close()  # SIGTERM: the command shuts Serve and its local Ray down
-    deadline = time.monotonic() + 30
-    while replica_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    for pid in replicas:
+        wait_for_exit(pid)
     assert not replica_processes()
 
 

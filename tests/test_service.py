@@ -1,5 +1,12 @@
-"""The HTTP service, started for real on 127.0.0.1 in a subprocess that cannot import torch."""
+"""The HTTP service, started for real on 127.0.0.1 in a subprocess that cannot import torch.
 
+The tests of what waiting does (micro-batching, a full queue, timeouts, a client that leaves) run
+the service in this process instead, with a predictor that answers only once the test lets it
+(``Gate``) and a micro-batcher that reports what it was given (``Arrivals``): the test orders
+events by waiting for them, never by sleeping, and asserts no durations.
+"""
+
+import asyncio
 import http.client
 import json
 import shutil
@@ -15,12 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import uvicorn
 
+from deploy import service
 from deploy.runtime import TooLarge, load, sub_batches
 from tests.conftest import REPO, WORDS
 from tests.exports import exported_models
 from zoo.decoding import PROMPT_CHUNK
 from zoo.text import MAX_WORD_CHARACTERS
+
+SENTIMENT = "/v1/models/sentiment/predict"
+# How long a test waits for what must happen before it fails instead of hanging (a guard, never a measure).
+HANG = 60
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +47,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
+class Endpoint:
+    """Requests to a service listening on 127.0.0.1:``port``."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def get(self, path: str) -> tuple[int, str]:
+        return self.request("GET", path)
+
+    def post(self, path: str, payload) -> tuple[int, dict]:
+        status, text = self.request("POST", path, encode(payload))
+        return status, json.loads(text)
+
+
+class Server(Endpoint):
+    """``rnnzoo serve`` in a subprocess that cannot import torch."""
+
     def __init__(self, folders, *options: str):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         arguments = ["serve", *map(str, folders), "--port", str(self.port), "--threads", "1", *options]
         script = (
             "import sys; sys.modules['torch'] = None\n"  # the service must not need torch
@@ -58,22 +98,6 @@ class Server:
                 time.sleep(0.2)
         raise AssertionError("the server did not come up in 60 s")
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(self.url + path, data=body, method=method)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-    def get(self, path: str) -> tuple[int, str]:
-        return self.request("GET", path)
-
-    def post(self, path: str, payload) -> tuple[int, dict]:
-        status, text = self.request("POST", path, encode(payload))
-        return status, json.loads(text)
-
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as status:
             return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
@@ -82,6 +106,107 @@ class Server:
         self.process.terminate()
         self.process.wait(timeout=30)
         self.log.close()
+
+
+class InProcessServer(Endpoint):
+    """The service's ``app`` under uvicorn on a thread of this process, serving a socket it is handed."""
+
+    def __init__(self, app):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        up = threading.Event()
+
+        class Uvicorn(uvicorn.Server):
+            async def startup(self, sockets=None):
+                try:
+                    await super().startup(sockets)
+                finally:
+                    up.set()
+
+        self.server = Uvicorn(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        assert up.wait(HANG) and self.server.started, "the in-process server did not start"
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(HANG)
+        self.socket.close()
+
+
+class Gate:
+    """A predictor whose calls wait until the test opens the gate, then run the real ``predictor``:
+    the test, not a clock, decides when the model answers. ``entered`` is set once a call has come
+    in; ``calls`` lists the texts of every call."""
+
+    def __init__(self, predictor):
+        self.predictor, self.calls = predictor, []
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.predictor, name)  # task, config...: the real predictor's
+
+    def classify(self, texts: list[str], **options) -> list[dict]:
+        self.calls.append(list(texts))
+        self.entered.set()
+        assert self.opened.wait(HANG), "the test never opened the gate"
+        return self.predictor.classify(texts, **options)
+
+
+class Arrivals:
+    """What reaches the service's micro-batcher: the texts of each request when it is submitted
+    (``submitted``) and when it leaves unanswered, its client gone or its time up (``dropped``)."""
+
+    def __init__(self):
+        self.submitted: list[list[str]] = []
+        self.dropped: list[list[str]] = []
+        self.changed = threading.Condition()
+
+    def note(self, where: list, items: list[str]) -> None:
+        with self.changed:
+            where.append(list(items))
+            self.changed.notify_all()
+
+    def wait(self, condition) -> None:
+        """Until ``condition()`` holds (the micro-batcher runs on the server's thread)."""
+        with self.changed:
+            assert self.changed.wait_for(condition, HANG), (self.submitted, self.dropped)
+
+    def batcher(self) -> type[service.MicroBatcher]:
+        arrivals = self
+
+        class ReportingBatcher(service.MicroBatcher):
+            async def submit(self, items: list[str], params: dict) -> list:
+                arrivals.note(arrivals.submitted, items)
+                try:
+                    return await super().submit(items, params)
+                except asyncio.CancelledError:
+                    arrivals.note(arrivals.dropped, items)
+                    raise
+
+        return ReportingBatcher
+
+
+@pytest.fixture
+def gated_service(exported, monkeypatch):
+    """``start(**limits)``: the sentiment model's service in this process, with ``Limits(**limits)``,
+    its predictor behind a ``Gate`` and its micro-batcher reporting to ``Arrivals``; it returns
+    ``(server, gate, arrivals)``."""
+    started = []
+
+    def start(**limits):
+        gate, arrivals = Gate(load(exported["sentiment"], threads=1)), Arrivals()
+        monkeypatch.setattr(service, "load", lambda folder, threads=None: gate)
+        monkeypatch.setattr(service, "MicroBatcher", arrivals.batcher())
+        server = InProcessServer(service.create_app([exported["sentiment"]], service.Limits(**limits)))
+        started.append((gate, server))
+        return server, gate, arrivals
+
+    yield start
+    for gate, server in started:
+        gate.opened.set()  # a test that failed half-way leaves no call waiting
+        server.close()
 
 
 def encode(payload) -> bytes:
@@ -212,10 +337,11 @@ def test_bad_requests_leave_their_connection_and_other_requests_alone(server):
             assert all(got == expected for got, expected in outcomes)
 
 
-def test_concurrent_clients_share_calls_and_each_gets_its_own_results(exported):
-    """24 clients send different texts at once (1-3 per request); the first request waits 300 ms for
-    company, so they share onnxruntime calls, and each client must get back exactly the predictions
-    for its own texts, in its order, as the predictor gives them when called directly."""
+def test_concurrent_clients_share_calls_and_each_gets_its_own_results(exported, gated_service):
+    """24 clients send different texts at once (1-3 per request); the model's one call slot is held
+    (its first call waits for the test) until every request has queued, so they share onnxruntime
+    calls, and each client must get back exactly the predictions for its own texts, in its order, as
+    the predictor gives them when called directly."""
     rng = np.random.default_rng(0)
     seen, requests = set(), []
     for i in range(24):
@@ -230,34 +356,28 @@ def test_concurrent_clients_share_calls_and_each_gets_its_own_results(exported):
     expected = [predictor.classify(texts) for texts in requests]
     assert len({row["probability"] for rows in expected for row in rows}) > 20  # the answers tell texts apart
 
-    server = Server([exported["sentiment"]], "--max_wait_ms", "300", "--max_parallel", "1")
-    try:
-        start = threading.Barrier(len(requests))
+    server, gate, arrivals = gated_service(max_parallel=1)
+    with ThreadPoolExecutor(len(requests)) as pool:
+        pending = [pool.submit(server.post, SENTIMENT, {"texts": texts}) for texts in requests]
+        arrivals.wait(lambda: len(arrivals.submitted) == len(requests))
+        gate.opened.set()
+        answers = [answer.result() for answer in pending]
+    for texts, want, (status, body) in zip(requests, expected, answers, strict=True):
+        assert status == 200, body
+        got = body["predictions"]
+        assert [(row["text"], row["label"]) for row in got] == [(row["text"], row["label"]) for row in want]
+        assert [row["text"] for row in got] == texts
+        probabilities = [[row["probability"] for row in rows] for rows in (got, want)]
+        np.testing.assert_allclose(*probabilities, atol=2e-4)  # padding may move the rounded 4th decimal
+    assert server.post("/v1/models/sentiment/predict", {"texts": ["w1"] * 65})[0] == 413  # over max_items 64
 
-        def classify(texts):
-            start.wait()
-            return server.post("/v1/models/sentiment/predict", {"texts": texts})
-
-        with ThreadPoolExecutor(len(requests)) as pool:
-            answers = list(pool.map(classify, requests))
-        for texts, want, (status, body) in zip(requests, expected, answers, strict=True):
-            assert status == 200, body
-            got = body["predictions"]
-            assert [(row["text"], row["label"]) for row in got] == [(row["text"], row["label"]) for row in want]
-            assert [row["text"] for row in got] == texts
-            probabilities = [[row["probability"] for row in rows] for rows in (got, want)]
-            np.testing.assert_allclose(*probabilities, atol=2e-4)  # padding may move the rounded 4th decimal
-        assert server.post("/v1/models/sentiment/predict", {"texts": ["w1"] * 65})[0] == 413  # over max_items 64
-
-        metrics = server.get("/metrics")[1]
-        calls, ran = (metric(metrics, f'rnnzoo_batch_texts_{kind}{{model="sentiment"}}') for kind in ("count", "sum"))
-        assert ran == len(seen)  # every text ran exactly once
-        assert calls < len(requests)  # so at least one call served several clients
-        assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="200"}') == len(requests)
-        assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="413"}') == 1
-        assert metric(metrics, 'rnnzoo_request_seconds_count{model="sentiment"}') == len(requests) + 1
-    finally:
-        server.close()
+    metrics = server.get("/metrics")[1]
+    calls, ran = (metric(metrics, f'rnnzoo_batch_texts_{kind}{{model="sentiment"}}') for kind in ("count", "sum"))
+    assert ran == len(seen)  # every text ran exactly once
+    assert calls < len(requests)  # so at least one call served several clients
+    assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="200"}') == len(requests)
+    assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="413"}') == 1
+    assert metric(metrics, 'rnnzoo_request_seconds_count{model="sentiment"}') == len(requests) + 1
 
 
 def metric(text: str, name: str) -> float:
@@ -343,52 +463,53 @@ def test_body_limits_are_enforced_before_the_body_is_read(server):
     assert server.post(path, {"texts": ["w1"]})[0] == 200
 
 
-@pytest.fixture(scope="module")
-def slow_server(exported):
-    """A lone request waits 3 s for company before it runs, longer than it may take in all."""
-    options = ["--max_wait_ms", "3000", "--request_timeout_s", "1", "--body_timeout_s", "1"]
-    server = Server([exported["sentiment"]], *options)
-    yield server
-    server.close()
-
-
-def test_a_slow_body_is_answered_408_and_the_connection_closed(slow_server):
+def test_a_slow_body_is_answered_408_and_the_connection_closed(gated_service):
+    server, _, _ = gated_service(body_timeout_s=1)
     head = b"POST /v1/models/sentiment/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-    start = time.monotonic()
-    status, body, closed = raw_response(slow_server.port, head + b'{"texts": ')
+    status, body, closed = raw_response(server.port, head + b'{"texts": ')  # 10 of the 100 bytes, then nothing
     assert status == 408 and "body_timeout_s" in body["detail"] and closed
-    assert time.monotonic() - start < 5
 
 
-def test_timed_out_and_abandoned_requests_answer_504_or_nothing_and_never_run(slow_server):
+def test_timed_out_and_abandoned_requests_answer_504_or_nothing_and_never_run(gated_service):
+    """While a first request holds the model's only call slot (its call waits for the test), one
+    client leaves with its text queued and another's text stays queued past request_timeout_s:
+    the first is answered nothing, the second 504, and neither text is ever run."""
+    server, gate, arrivals = gated_service(max_parallel=1, request_timeout_s=1)
     request = b'{"texts": ["w1 w2"]}'
     head = b"POST /v1/models/sentiment/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     head += b"Content-Length: %d\r\n\r\n" % len(request)
-    start = time.monotonic()
-    with socket.create_connection(("127.0.0.1", slow_server.port)) as gone:
-        gone.sendall(head + request)
-        time.sleep(0.5)  # the client leaves while its text is queued
-    status, body = slow_server.post("/v1/models/sentiment/predict", {"texts": ["w3"]})
-    assert status == 504 and "request_timeout_s" in body["detail"]
-    time.sleep(start + 4 - time.monotonic())  # past the batch's 3 s wait: neither text ran
-    metrics = slow_server.get("/metrics")[1]
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(server.post, SENTIMENT, {"texts": ["w0"]})
+        assert gate.entered.wait(HANG)  # its call runs, and waits: the only slot is taken
+        with socket.create_connection(("127.0.0.1", server.port)) as gone:
+            gone.sendall(head + request)
+            arrivals.wait(lambda: ["w1 w2"] in arrivals.submitted)  # queued behind the held call
+        arrivals.wait(lambda: ["w1 w2"] in arrivals.dropped)  # the client left while its text was queued
+        status, body = server.post(SENTIMENT, {"texts": ["w3"]})
+        assert status == 504 and "request_timeout_s" in body["detail"]
+        assert holder.result()[0] == 504  # it too waited longer than request_timeout_s, for the gate
+    gate.opened.set()
+    # Queued after the abandoned texts, so answered only once the batcher has passed them over.
+    assert server.post(SENTIMENT, {"texts": ["w4"]})[0] == 200
+    assert gate.calls == [["w0"], ["w4"]]  # the abandoned and the timed-out text never ran
+    metrics = server.get("/metrics")[1]
     assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="499"}') == 1
-    assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="504"}') == 1
-    assert metric(metrics, "rnnzoo_batch_texts_count") == 0
+    assert metric(metrics, 'rnnzoo_requests_total{model="sentiment",status="504"}') == 2  # w3 and the holder
+    assert metric(metrics, "rnnzoo_batch_texts_count") == 2  # w0's call, which ran out its time, and w4's
 
 
-def test_a_full_queue_answers_503_not_a_longer_wait(exported):
-    server = Server([exported["sentiment"]], "--max_queue", "1", "--max_items", "1", "--max_wait_ms", "300")
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            statuses = list(
-                pool.map(lambda _: server.post("/v1/models/sentiment/predict", {"texts": ["w1"]}), range(8))
-            )
-        codes = [status for status, _ in statuses]
-        assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
-        assert all("capacity" in body["detail"] for status, body in statuses if status == 503)
-    finally:
-        server.close()
+def test_a_full_queue_answers_503_not_a_longer_wait(gated_service):
+    server, gate, _ = gated_service(max_queue=1, max_items=1, max_parallel=1)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(server.post, SENTIMENT, {"texts": ["w1"]})
+        assert gate.entered.wait(HANG)  # its text is running: the queue of one text is full
+        statuses = [server.post(SENTIMENT, {"texts": ["w1"]}) for _ in range(7)]
+        gate.opened.set()
+        statuses.append(first.result())
+    codes = [status for status, _ in statuses]
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    assert codes == [503] * 7 + [200]
+    assert all("capacity" in body["detail"] for status, body in statuses if status == 503)
 
 
 def rnnzoo_serve(*arguments: str) -> subprocess.CompletedProcess:

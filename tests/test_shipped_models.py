@@ -1,4 +1,10 @@
-"""The zoo entries shipped inside the package: they load offline, predict what they should, export."""
+"""The zoo entries shipped inside the package: they load offline, predict what they should, export.
+
+The entries come from the manifest itself, so an entry added there is tested here without editing a
+list; a check that depends on the task looks the entry's task up (``zoo.tasks``). Only the outputs
+that are facts about one entry's trained weights (a language model's greedy continuation) are kept
+by name, and an entry without one is still checked for what every entry of its task must do.
+"""
 
 import json
 import os
@@ -12,21 +18,36 @@ import pytest
 import deploy
 from deploy.export import DEFAULT_TOLERANCE, export
 from lightning_modules.pretrained import task_from_pretrained
-from zoo.hub import load_manifest
+from zoo import tasks
+from zoo.hub import MANIFEST, PACKAGE_DIR, load_manifest
 
-SHIPPED = [
-    "conll-bilstm-crf",
-    "conll-bilstm-crf-distilled",
-    "imdb-bigru-distilled",
-    "imdb-bilstm",
-    "imdb-lstm-lm",
-    "multi30k-bahdanau",
-    "ptb-char-cnn-lstm-small",
-    "ptb-char-lstm",
-    "ptb-lstm-small-tied",
-]
-CLASSIFIERS = ["imdb-bigru-distilled", "imdb-bilstm", "imdb-lstm-lm"]
-TAGGERS = ["conll-bilstm-crf", "conll-bilstm-crf-distilled"]
+
+def packaged_manifest() -> dict:
+    """The manifest shipped with the package (``RNNZOO_MANIFEST`` may name another one)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("RNNZOO_MANIFEST", raising=False)
+        return load_manifest()
+
+
+ENTRIES = packaged_manifest()
+SHIPPED = sorted(name for name, entry in ENTRIES.items() if entry.local)
+
+
+def task_of(name: str) -> str:
+    return tasks.get(ENTRIES[name].task, f"zoo entry {name!r}").name
+
+
+def shipped(task: str | None = None) -> list:
+    """The shipped entries (of ``task``), as parameters named after them."""
+    return [pytest.param(name, id=name) for name in SHIPPED if task in (None, task_of(name))]
+
+
+def by_task(table: dict, name: str):
+    """``table``'s value for ``name``'s task: a task without one is a new task this file must learn."""
+    task = task_of(name)
+    if task not in table:
+        pytest.fail(f"zoo entry {name!r} has task {task!r}, which this file has no inputs for: add them")
+    return table[task]
 
 
 @pytest.fixture(autouse=True)
@@ -37,75 +58,87 @@ def offline(monkeypatch):
 
 def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
     entries = load_manifest()
-    assert set(SHIPPED) <= set(entries)
+    assert SHIPPED and set(SHIPPED) <= set(entries)
+    # The manifest and the package's folders agree: every shipped folder is an entry, every entry's folder is there.
+    folders = {path.name for path in MANIFEST.parent.iterdir() if path.is_dir()}
+    assert {Path(entries[name].local).name for name in SHIPPED} == folders
     for name in SHIPPED:
-        assert entries[name]["metrics"] and entries[name]["command"] and entries[name]["local"]
-        assert sum(f["size"] for f in entries[name]["files"].values()) < 15e6
-    shipped_bytes = sum(f["size"] for entry in entries.values() if entry.get("local") for f in entry["files"].values())
+        assert (PACKAGE_DIR / entries[name].local).is_dir(), name
+        assert entries[name].metrics and entries[name].command and entries[name].local
+        assert entries[name].task and task_of(name)  # a task rnnzoo knows: the checks below dispatch on it
+        assert sum(f.size for f in entries[name].files.values()) < 15e6
+    shipped_bytes = sum(f.size for entry in entries.values() if entry.local for f in entry.files.values())
     assert shipped_bytes < 60e6, "the entries inside the package stay under 60 MB together"
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", shipped())
 def test_the_manifest_counts_the_networks_parameters(name):
     from zoo import from_pretrained
 
     network = from_pretrained(name).network  # int8 scales and buffers (a char CNN's word bytes) are not parameters
-    assert load_manifest()[name]["parameters"] == sum(p.numel() for p in network.parameters())
+    assert load_manifest()[name].parameters == sum(p.numel() for p in network.parameters())
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+CLEAR_REVIEWS = [
+    "A wonderful, moving film with brilliant acting. I loved it.",
+    "Dull, boring and far too long. A waste of time.",
+]
+
+
+@pytest.mark.parametrize("name", shipped("classification"))
 def test_imdb_classifiers_classify_clear_reviews(name):
     task = task_from_pretrained(name)
-    rows = task.classify(
-        [
-            "A wonderful, moving film with brilliant acting. I loved it.",
-            "Dull, boring and far too long. A waste of time.",
-        ]
-    )
+    rows = task.classify(CLEAR_REVIEWS)
     assert [row["label"] for row in rows] == ["pos", "neg"]
 
 
-@pytest.mark.parametrize("name", TAGGERS)
+@pytest.mark.parametrize("name", shipped("tagging"))
 def test_conll_taggers_tag_the_classic_sentence(name):
     task = task_from_pretrained(name)
     (row,) = task.tag(["EU rejects German call to boycott British lamb ."])
     assert row["tags"] == ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]
 
 
-def test_multi30k_bahdanau_translates_a_simple_sentence():
-    task = task_from_pretrained("multi30k-bahdanau")
+@pytest.mark.parametrize("name", shipped("translation"))
+def test_multi30k_translators_translate_a_simple_sentence(name):
+    task = task_from_pretrained(name)
     (translation,) = task.translate(["Ein Hund rennt durch den Schnee."])
     assert "dog" in translation and "snow" in translation
 
 
-def test_ptb_lstm_small_tied_continues_a_sentence_greedily():
-    task = task_from_pretrained("ptb-lstm-small-tied")
-    continuation = task.generate_text("the company said", 8, temperature=0.0)
-    assert continuation == "the company said it will be able to sell the <unk>"
+PROMPT = "the company said"
+# Facts about one entry's trained weights: its greedy continuation of PROMPT (steps: words, or
+# characters for a character-level model) and the level it reads text at.
+GREEDY_CONTINUATIONS = {
+    "ptb-lstm-small-tied": {"steps": 8, "continuation": "the company said it will be able to sell the <unk>"},
+    "ptb-char-lstm": {
+        "level": "char",
+        "steps": 35,
+        "continuation": "the company said it will sell $ N billion in assets",
+    },
+}
 
 
-def test_ptb_char_lstm_spells_a_continuation_greedily():
-    task = task_from_pretrained("ptb-char-lstm")
-    assert task.hparams.level == "char"
-    continuation = task.generate_text("the company said", 35, temperature=0.0)  # 35 characters
-    assert continuation == "the company said it will sell $ N billion in assets"
+@pytest.mark.parametrize("name", shipped("language_model"))
+def test_ptb_language_models_continue_a_sentence_greedily(name):
+    task = task_from_pretrained(name)
+    known = GREEDY_CONTINUATIONS.get(name, {})
+    if "level" in known:
+        assert task.hparams.level == known["level"]
+    continuation = task.generate_text(PROMPT, known.get("steps", 8), temperature=0.0)
+    if "continuation" in known:
+        assert continuation == known["continuation"]
+    else:  # an entry without a recorded continuation: greedy decoding continues the prompt, the same each time
+        assert continuation.startswith(PROMPT) and len(continuation) > len(PROMPT)
+        assert task.generate_text(PROMPT, known.get("steps", 8), temperature=0.0) == continuation
 
 
-REVIEWS = [
-    "A wonderful, moving film with brilliant acting. I loved it.",
-    "Dull, boring and far too long. A waste of time.",
-    "Not bad, but the ending was a letdown.",
-]
+REVIEWS = [*CLEAR_REVIEWS, "Not bad, but the ending was a letdown."]
 EXPORT_INPUTS = {
-    "imdb-bilstm": REVIEWS,
-    "imdb-bigru-distilled": REVIEWS,
-    "imdb-lstm-lm": REVIEWS,
-    "conll-bilstm-crf": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
-    "conll-bilstm-crf-distilled": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
-    "multi30k-bahdanau": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
-    "ptb-lstm-small-tied": ["the company said", "stock prices"],
-    "ptb-char-cnn-lstm-small": ["the company said", "stock prices"],
-    "ptb-char-lstm": ["the company said", "stock prices"],
+    "classification": REVIEWS,
+    "tagging": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
+    "translation": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
+    "language_model": [PROMPT, "stock prices"],
 }
 
 
@@ -114,41 +147,45 @@ EXPORT_INPUTS = {
 EXPORT_TOLERANCE = {"ptb-char-lstm": 5e-4}
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", shipped())
 def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
     """The exported folder, run by onnxruntime, answers as the PyTorch task does on the same inputs."""
+    texts = by_task(EXPORT_INPUTS, name)
     export(name, tmp_path / name, tolerance=EXPORT_TOLERANCE.get(name, DEFAULT_TOLERANCE))
-    exported, task, texts = deploy.load(tmp_path / name, threads=1), task_from_pretrained(name), EXPORT_INPUTS[name]
-    if name in CLASSIFIERS:
+    exported, task = deploy.load(tmp_path / name, threads=1), task_from_pretrained(name)
+    if task_of(name) == "classification":
         got, want = exported.classify(texts), task.classify(texts)
         assert [row["label"] for row in got] == [row["label"] for row in want]
         probabilities = [[row["probability"] for row in rows] for rows in (got, want)]
         np.testing.assert_allclose(*probabilities, atol=2e-4)
-    elif name in TAGGERS:
+    elif task_of(name) == "tagging":
         assert [row["tags"] for row in exported.tag(texts)] == [row["tags"] for row in task.tag(texts)]
-    elif name == "multi30k-bahdanau":
+    elif task_of(name) == "translation":
         assert exported.translate(texts) == task.translate(texts)
     else:
         continuations = [exported.generate(prompt, 8, 0.0) for prompt in texts]  # greedy
         assert continuations == [task.generate_text(prompt, 8, 0.0) for prompt in texts]
 
 
+# `rnnzoo zoo predict NAME --text TEXT`: the text, the output field and what it must be (a
+# continuation must start with it), by task; a language model's is its own continuation.
 ONE_LINERS = {
-    "imdb-bilstm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
-    "imdb-bigru-distilled": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
-    "imdb-lstm-lm": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
-    "conll-bilstm-crf": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
-    "conll-bilstm-crf-distilled": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
-    "multi30k-bahdanau": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
-    "ptb-lstm-small-tied": ("the company said", "continuation", "the company said it will be able to sell the <unk>"),
-    "ptb-char-cnn-lstm-small": ("the company said", "continuation", "the company said it will sell its <unk> <unk>"),
-    "ptb-char-lstm": ("the company said", "continuation", "the company said it will sell $ N billion"),
+    "classification": ("A wonderful, moving film with brilliant acting.", "label", "pos"),
+    "tagging": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
+    "translation": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
+    "language_model": (PROMPT, "continuation", PROMPT),
+}
+ONE_LINE_CONTINUATIONS = {
+    "ptb-lstm-small-tied": "the company said it will be able to sell the <unk>",
+    "ptb-char-cnn-lstm-small": "the company said it will sell its <unk> <unk>",
+    "ptb-char-lstm": "the company said it will sell $ N billion",
 }
 
 
-@pytest.mark.parametrize("name", ONE_LINERS)
+@pytest.mark.parametrize("name", shipped())
 def test_one_line_cli_prediction_offline(name):
-    text, field, expected = ONE_LINERS[name]
+    text, field, expected = by_task(ONE_LINERS, name)
+    expected = ONE_LINE_CONTINUATIONS.get(name, expected)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "rnnzoo"), "zoo", "predict", name, "--text", text],
         capture_output=True,

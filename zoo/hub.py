@@ -33,7 +33,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from zoo.pretrained import ENTRY_FILE, Pretrained, is_plain_name, load_pretrained
+from zoo.formats import ENTRY_FILE, EntryInfo, FileInfo, FormatError, Manifest, is_plain_name, parse, write_json
+from zoo.pretrained import Pretrained, load_pretrained
 
 PACKAGE_DIR = Path(__file__).parent
 MANIFEST = PACKAGE_DIR / "pretrained_models" / "manifest.json"
@@ -53,16 +54,21 @@ def offline() -> bool:
     return os.environ.get("RNNZOO_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def load_manifest() -> dict[str, dict]:
+def load_manifest() -> dict[str, EntryInfo]:
     """Zoo entries by name: task, metrics, files (size, sha256), urls, packaged folder...
 
     ``RNNZOO_MANIFEST`` replaces the packaged manifest (e.g. with one listing a mirror's entries).
     """
     path = Path(os.environ.get("RNNZOO_MANIFEST", MANIFEST))
-    return json.loads(path.read_text())["entries"] if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return parse(Manifest, json.loads(path.read_text()), str(path)).entries
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ZooError(f"{path} is not a valid manifest: {err}") from None
 
 
-def entry_info(name: str) -> dict:
+def entry_info(name: str) -> EntryInfo:
     entries = load_manifest()
     if name not in entries:
         raise ZooError(f"unknown zoo entry {name!r}; available: {', '.join(sorted(entries)) or 'none'}")
@@ -98,10 +104,11 @@ def resolve(source: str | os.PathLike) -> Path:
         return _from_hub(text.removeprefix("hf://"))
     if urllib.parse.urlparse(text).scheme in ("http", "https", "file"):
         entry = _read_entry(_fetch_bytes(f"{text.rstrip('/')}/{ENTRY_FILE}", MAX_ENTRY_BYTES), text)
-        entry.pop("local", None)  # a remote entry never points into this package
-        name = entry.get("name") or _name_from_url(text)
+        # A remote entry never points into this package, and is fetched from where it was found.
+        entry = entry.model_copy(update={"local": None, "urls": [text]})
+        name = entry.name or _name_from_url(text)
         cache_key = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-        return fetch_entry(name, {**entry, "urls": [text]}, cache_key)
+        return fetch_entry(name, entry, cache_key)
     if is_plain_name(text) and text in load_manifest():
         if Path(text).is_dir():
             warnings.warn(
@@ -117,15 +124,16 @@ def resolve(source: str | os.PathLike) -> Path:
     return fetch_entry(text, entry_info(text))
 
 
-def fetch_entry(name: str, entry: dict, cache_key: str | None = None) -> Path:
-    """The verified folder of ``entry``: the packaged copy, the cache (``cache_key``, default the
-    name), or a download into the cache."""
-    files = entry.get("files") or {}
-    if not isinstance(files, dict) or not files:
+def fetch_entry(name: str, entry: EntryInfo | dict, cache_key: str | None = None) -> Path:
+    """The verified folder of ``entry`` (checked against ``EntryInfo`` when given as JSON): the
+    packaged copy, the cache (``cache_key``, default the name), or a download into the cache."""
+    entry = entry if isinstance(entry, EntryInfo) else _checked_entry(entry, f"zoo entry {name!r}")
+    files = entry.files
+    if not files:
         raise ZooError(f"zoo entry {name!r} lists no files")
     for file_name in [name, cache_key or name, *files]:
         _check_plain_name(file_name)
-    local = PACKAGE_DIR / entry["local"] if entry.get("local") else None
+    local = PACKAGE_DIR / entry.local if entry.local else None
     if local is not None and local.is_dir() and _verified(local, files, raise_on_mismatch=True):
         return local
     folder = cache_dir() / (cache_key or name)
@@ -135,7 +143,7 @@ def fetch_entry(name: str, entry: dict, cache_key: str | None = None) -> Path:
             return folder
         if offline():
             raise ZooError(f"zoo entry {name!r} is not in the cache ({folder}) and RNNZOO_OFFLINE is set")
-        urls = entry.get("urls") or []
+        urls = entry.urls
         if not urls:
             raise ZooError(f"zoo entry {name!r} is not packaged here and has no download URL")
         new = not folder.exists()
@@ -151,14 +159,22 @@ def fetch_entry(name: str, entry: dict, cache_key: str | None = None) -> Path:
     return folder
 
 
-def _read_entry(data: bytes, source: str) -> dict:
+def _read_entry(data: bytes, source: str) -> EntryInfo:
     try:
         entry = json.loads(data)
     except (UnicodeDecodeError, ValueError) as err:
         raise ZooError(f"{source}/{ENTRY_FILE} is not valid JSON ({err})") from None
     if not isinstance(entry, dict):
         raise ZooError(f"{source}/{ENTRY_FILE} is not an rnnzoo entry")
-    return entry
+    return _checked_entry(entry, f"{source}/{ENTRY_FILE}")
+
+
+def _checked_entry(entry: dict, where: str) -> EntryInfo:
+    """``entry`` typed: every size an integer under ``zoo.formats.MAX_FILE_BYTES``, every sha256 64 hex digits."""
+    try:
+        return parse(EntryInfo, {"name": "", **entry}, where)
+    except FormatError as err:
+        raise ZooError(str(err)) from None
 
 
 def _check_plain_name(file_name: str) -> None:
@@ -167,11 +183,11 @@ def _check_plain_name(file_name: str) -> None:
         raise ZooError(f"refusing zoo file name {file_name!r}: it must be a plain file name")
 
 
-def _matches(path: Path, expected: dict) -> bool:
-    return path.is_file() and path.stat().st_size == expected["size"] and sha256_of(path) == expected["sha256"]
+def _matches(path: Path, expected: FileInfo) -> bool:
+    return path.is_file() and path.stat().st_size == expected.size and sha256_of(path) == expected.sha256
 
 
-def _verified(folder: Path, files: dict, raise_on_mismatch: bool = False) -> bool:
+def _verified(folder: Path, files: dict[str, FileInfo], raise_on_mismatch: bool = False) -> bool:
     for file_name, expected in files.items():
         if not _matches(folder / file_name, expected):
             if raise_on_mismatch and (folder / file_name).exists():
@@ -180,7 +196,7 @@ def _verified(folder: Path, files: dict, raise_on_mismatch: bool = False) -> boo
     return True
 
 
-def _download(urls: list[str], file_name: str, folder: Path, expected: dict) -> None:
+def _download(urls: list[str], file_name: str, folder: Path, expected: FileInfo) -> None:
     """Fetch ``file_name`` from the first URL whose bytes match its size and sha256 (a mismatch or a
     cut transfer tries the next mirror); renamed into place only once it matches."""
     errors = []
@@ -189,11 +205,11 @@ def _download(urls: list[str], file_name: str, folder: Path, expected: dict) -> 
         handle, temporary = tempfile.mkstemp(prefix=f".{file_name}.", dir=folder)
         try:
             with os.fdopen(handle, "wb") as out, _open(url) as response, _progress(file_name, expected) as bar:
-                digest, size = _copy_at_most(response, out, expected["size"], url, bar.update)
-            if size < expected["size"]:
-                raise ZooError(f"{url}: the transfer was cut after {size} of {expected['size']} bytes")
-            if digest != expected["sha256"]:
-                raise ZooError(f"{url}: sha256 {digest} does not match the expected {expected['sha256']}")
+                digest, size = _copy_at_most(response, out, expected.size, url, bar.update)
+            if size < expected.size:
+                raise ZooError(f"{url}: the transfer was cut after {size} of {expected.size} bytes")
+            if digest != expected.sha256:
+                raise ZooError(f"{url}: sha256 {digest} does not match the expected {expected.sha256}")
             os.replace(temporary, folder / file_name)
             return
         except (ZooError, urllib.error.URLError, http.client.HTTPException, OSError) as err:
@@ -240,10 +256,10 @@ def _fetch_bytes(url: str, limit: int) -> bytes:
     return data
 
 
-def _progress(file_name: str, expected: dict):
+def _progress(file_name: str, expected: FileInfo):
     from tqdm.auto import tqdm
 
-    return tqdm(total=expected["size"], unit="B", unit_scale=True, desc=file_name, leave=False)
+    return tqdm(total=expected.size, unit="B", unit_scale=True, desc=file_name, leave=False)
 
 
 def _name_from_url(url: str) -> str:
@@ -265,7 +281,7 @@ def _from_hub(spec: str) -> Path:
     entry_path = folder / ENTRY_FILE
     if not entry_path.is_file() or entry_path.stat().st_size > MAX_ENTRY_BYTES:
         raise ZooError(f"hf://{spec} holds no {ENTRY_FILE}: publish the folder with `rnnzoo zoo publish`")
-    files = _read_entry(entry_path.read_bytes(), f"hf://{spec}").get("files") or {}
+    files = _read_entry(entry_path.read_bytes(), f"hf://{spec}").files
     for file_name in files:
         _check_plain_name(file_name)
     if not _verified(folder, files, raise_on_mismatch=True):
@@ -273,8 +289,8 @@ def _from_hub(spec: str) -> Path:
     return folder
 
 
-def write_entry(folder: Path, name: str, **fields) -> dict:
+def write_entry(folder: Path, name: str, **fields) -> EntryInfo:
     """Write ``entry.json`` (name, files with size and sha256, and ``fields``) into a published folder."""
-    entry = {"name": name, **fields, "files": describe_folder(folder)}
-    (folder / ENTRY_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+    entry = EntryInfo(name=name, **fields, files=describe_folder(folder))
+    write_json(folder / ENTRY_FILE, entry)
     return entry

@@ -7,7 +7,6 @@ Lightning task with its hyperparameters (enough for ``lightning_modules.pretrain
 task for prediction or fine-tuning).
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,14 +22,20 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from zoo import tasks
+from zoo.formats import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    PretrainedConfig,
+    folder_file,
+    listed_files,
+    read_json,
+    read_pretrained_config,
+    read_written_config,
+    write_json,
+)
 
-# 2: ``task`` is a ``zoo.tasks`` name. Version 1 folders (``task`` the LightningModule's class name,
-# arguments under their old names) are read as version 2.
-FORMAT_VERSION = 2
-RENAMED_ARGUMENTS = {"max_decode_length": "max_new_tokens", "tie_embeddings": "tie_weights"}
 INT8_SCALE, INT8_MIN_ELEMENTS = ".int8_row_scale", 1 << 20
-CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
-ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha256 (``zoo.hub``)
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Pretrained:
     """A loaded pretrained folder: the network (eval mode, float32) and what it needs to predict."""
 
     network: nn.Module
-    config: dict
+    config: PretrainedConfig
     tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -65,17 +70,16 @@ def save_pretrained(
     task = tasks.of_class(type(network))
     weights, aliases = _unique_tensors(network, torch.float16 if dtype == torch.int8 else dtype)
     int8_rows = _quantize_large_matrices(weights) if dtype == torch.int8 else []
-    config = {
-        "format_version": FORMAT_VERSION,
-        "architecture": type(network).__name__,
-        "arguments": arguments,
-        "task": task.name,
-        "task_arguments": task_arguments,
-        "tokenizers": {name: f"{name}.json" for name in sorted(tokenizers)},
-        "weights_dtype": str(dtype or next(network.parameters()).dtype).removeprefix("torch."),
-        "tied_weights": aliases,
-        "int8_rows": int8_rows,
-    }
+    config = PretrainedConfig(
+        architecture=type(network).__name__,
+        arguments=arguments,
+        task=task.name,
+        task_arguments=task_arguments,
+        tokenizers={name: f"{name}.json" for name in sorted(tokenizers)},
+        weights_dtype=str(dtype or next(network.parameters()).dtype).removeprefix("torch."),
+        tied_weights=aliases,
+        int8_rows=int8_rows,
+    )
     with staged_folder(directory) as staging:
         save_file(weights, staging / WEIGHTS_FILE, metadata={"format": "pt"})
         write_json(staging / CONFIG_FILE, config)
@@ -126,24 +130,12 @@ def check_replaceable(destination: Path) -> None:
         raise FileExistsError(f"{destination} holds the working directory: choose another output folder")
     if not any(destination.iterdir()):
         return
-    refusal = FileExistsError(
-        f"{destination} is not empty and is not a folder written by rnnzoo: refusing to replace it "
-        "(choose a new or empty output folder)"
-    )
-    try:
-        config = json.loads((destination / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        raise refusal from None
-    if not isinstance(config, dict) or config.get("format_version") not in (1, FORMAT_VERSION):
-        raise refusal
-    written = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, ENTRY_FILE}
-    written |= set(dict(config.get("tokenizers") or {}).values()) | set(dict(config.get("graphs") or {}))
-    if any(path.name not in written or not path.is_file() for path in destination.iterdir()):
-        raise refusal
-
-
-def write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")
+    config = read_written_config(destination)
+    if config is None or any(path.name not in config.files() or not path.is_file() for path in destination.iterdir()):
+        raise FileExistsError(
+            f"{destination} is not empty and is not a folder written by rnnzoo: refusing to replace it "
+            "(choose a new or empty output folder)"
+        )
 
 
 def _quantize_large_matrices(weights: dict[str, torch.Tensor]) -> list[str]:
@@ -185,14 +177,14 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     Only the files ``config.json`` names are read, each a plain name inside the folder and, where the
     folder holds ``entry.json`` (every published or downloaded folder does), one that it lists."""
     folder = Path(directory)
-    config = read_config(folder)
-    task = tasks.get(config["task"])
+    config = read_pretrained_config(folder)
+    task = tasks.get(config.task)
     architecture = task.load("architecture")
-    if config.get("architecture") == task.load("ensemble").__name__:
+    if config.architecture == task.load("ensemble").__name__:
         architecture = task.load("ensemble")
-    elif config.get("architecture") != architecture.__name__:
-        raise ValueError(f"{folder / CONFIG_FILE}: a {config['task']} network is a {architecture.__name__}")
-    network = architecture(**config["arguments"])
+    elif config.architecture != architecture.__name__:
+        raise ValueError(f"{folder / CONFIG_FILE}: a {config.task} network is a {architecture.__name__}")
+    network = architecture(**config.arguments)
     listed = listed_files(folder)
     weights_path = folder_file(folder, WEIGHTS_FILE, listed)
     try:
@@ -201,89 +193,36 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
         raise ValueError(
             f"{weights_path}: cannot read the weights ({err}); download or publish the folder again"
         ) from None
-    for name in config.get("int8_rows", []):
+    for name in config.int8_rows:
         weights[name] = weights[name].float() * weights.pop(name + INT8_SCALE).float().unsqueeze(1)
-    for alias, stored in config.get("tied_weights", {}).items():
+    for alias, stored in config.tied_weights.items():
         weights[alias] = weights[stored]
     reference = network.state_dict()
     weights = {k: v.to(reference[k].dtype) if k in reference else v for k, v in weights.items()}
     try:
         network.load_state_dict(weights)
     except RuntimeError as err:
-        architecture_call = f"{config['architecture']}({config['arguments']})"
+        architecture_call = f"{config.architecture}({config.arguments})"
         raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
     tokenizers = load_tokenizers(folder, config, listed)
     metrics_path = folder / METRICS_FILE
     has_metrics = metrics_path.is_file() and (listed is None or METRICS_FILE in listed)
-    metrics = json.loads(metrics_path.read_text()) if has_metrics else {}
+    metrics = read_json(metrics_path) if has_metrics else {}
     return Pretrained(network.eval(), config, tokenizers, metrics)
 
 
-def load_tokenizers(folder: Path, config: dict | None = None, listed: set[str] | None = None) -> dict[str, Tokenizer]:
+def load_tokenizers(
+    folder: Path, config: PretrainedConfig | None = None, listed: set[str] | None = None
+) -> dict[str, Tokenizer]:
     """The tokenizers of a pretrained folder by name (``tokenizer``, ``source_tokenizer``...);
     ``listed``: its ``listed_files`` when the caller has read them."""
-    config = read_config(folder) if config is None else config
+    config = read_pretrained_config(folder) if config is None else config
     listed = listed_files(folder) if listed is None else listed
     tokenizers = {}
-    for name, file_name in config.get("tokenizers", {}).items():
+    for name, file_name in config.tokenizers.items():
         path = folder_file(Path(folder), file_name, listed)
         try:
             tokenizers[name] = Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises its own Exception type for missing or damaged files
             raise ValueError(f"{path}: cannot read the tokenizer ({err})") from None
     return tokenizers
-
-
-def read_config(folder: Path) -> dict:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a pretrained folder: it has no {CONFIG_FILE}")
-    folder_file(Path(folder), CONFIG_FILE, listed_files(folder))
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    version = config.get("format_version") if isinstance(config, dict) else None
-    if version not in (1, FORMAT_VERSION):
-        raise ValueError(f"{path}: format_version {version!r}, this rnnzoo reads {FORMAT_VERSION} (and 1)")
-    if not isinstance(config.get("task"), str) or not isinstance(config.get("task_arguments"), dict):
-        raise ValueError(f"{path}: no task or task_arguments")
-    config["task"] = tasks.get(config["task"], str(path)).name
-    if version == 1:
-        for arguments in (config["task_arguments"], config.get("arguments", {})):
-            for old, new in RENAMED_ARGUMENTS.items():
-                if old in arguments:
-                    arguments[new] = arguments.pop(old)
-    return config
-
-
-def is_plain_name(file_name) -> bool:
-    """A file name with no folder part (not ``../x``, ``/etc/x``, ``a/b``): it stays inside its folder."""
-    return (
-        isinstance(file_name, str)
-        and file_name not in ("", ".", "..")
-        and Path(file_name).name == file_name
-        and "\\" not in file_name
-    )
-
-
-def listed_files(folder: Path) -> set[str] | None:
-    """The files ``entry.json`` lists with their sha256, or ``None`` for a folder without one."""
-    path = Path(folder) / ENTRY_FILE
-    if not path.is_file():
-        return None
-    try:
-        return set(json.loads(path.read_text())["files"])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid entry ({err})") from None
-
-
-def folder_file(folder: Path, file_name: str, listed: set[str] | None) -> Path:
-    """The path of a file a pretrained folder names, refused unless it is a plain name inside the
-    folder and one of ``listed`` (its ``entry.json``'s files, ``None`` without one): unlisted files
-    are never read."""
-    if not is_plain_name(file_name):
-        raise ValueError(f"{folder / CONFIG_FILE}: {file_name!r} is not a plain file name inside the folder")
-    if listed is not None and file_name not in listed:
-        raise ValueError(f"{folder}: {file_name} is not listed in {ENTRY_FILE}, so it is not read")
-    return Path(folder) / file_name

@@ -1,0 +1,141 @@
+"""The README's table of pretrained zoo entries, rendered from ``zoo/pretrained_models/manifest.json``.
+
+The manifest is the one record of what each entry is and what it reached; the README's table is
+generated from it, so the two cannot drift apart. ``python -m zoo.zoo_table`` rewrites the block
+between the markers in ``README.md``; ``tests/test_readme.py`` fails when the block is stale.
+
+Torch-free on purpose (``zoo/__init__.py`` imports torch): it reads the manifest by path.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+MANIFEST = Path(__file__).parent / "pretrained_models" / "manifest.json"
+README = Path(__file__).parent.parent / "README.md"
+START = "<!-- zoo-table:start -->"
+END = "<!-- zoo-table:end -->"
+
+# Entries written before tasks had names store the class name of the task's LightningModule
+# (``zoo.tasks.get`` accepts both); the table shows the task's name.
+TASK_NAMES = {
+    "LanguageModelTask": "language_model",
+    "ClassificationTask": "classification",
+    "TaggingTask": "tagging",
+    "TranslationTask": "translation",
+}
+TASK_ORDER = ("language_model", "classification", "tagging", "translation")
+
+# How ``task_from_pretrained(name)`` is used for each task.
+USAGE = {
+    "language_model": '.generate_text("the company said")',
+    "classification": ".classify([...])",
+    "tagging": ".tag([...])",
+    "translation": ".translate([...])",
+}
+
+# Metric key -> (label, format); the first metric an entry has in this order is its headline, the
+# others follow in parentheses. Fractions (accuracy, F1, precision, recall) are shown as percentages.
+METRICS = {
+    "test_bpc": ("{} bits per character", lambda v: f"{v:g}"),
+    "test_ppl": ("perplexity {}", lambda v: f"{v:g}"),
+    "test_acc": ("accuracy {}", lambda v: f"{100 * v:.2f}%"),
+    "test_macro_f1": ("macro F1 {}", lambda v: f"{100 * v:.2f}"),
+    "test_f1": ("entity F1 {}", lambda v: f"{100 * v:.2f}"),
+    "test_precision": ("P {}", lambda v: f"{100 * v:.2f}"),
+    "test_recall": ("R {}", lambda v: f"{100 * v:.2f}"),
+    "test_bleu": ("BLEU {}", lambda v: f"{v:.2f}"),
+    "test_chrf": ("chrF {}", lambda v: f"{v:.2f}"),
+}
+
+COLUMNS = ("entry", "task", "architecture", "params", "test metric", "anchor", "size", "usage")
+RIGHT_ALIGNED = ("params", "size")
+
+
+def task_name(entry: dict) -> str:
+    task = entry.get("task", "")
+    return TASK_NAMES.get(task, task)
+
+
+def metric_text(metrics: dict) -> str:
+    """``{"test_acc": 0.8916, "test_macro_f1": 0.8915}`` -> ``accuracy 89.16% (macro F1 89.15)``."""
+    known = [key for key in METRICS if key in metrics]
+    others = sorted(key for key in metrics if key not in METRICS)
+    parts = [METRICS[key][0].format(METRICS[key][1](metrics[key])) for key in known]
+    parts += [f"{key} {metrics[key]:g}" for key in others]
+    if not parts:
+        return "-"
+    return parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
+
+
+def cell(text: str) -> str:
+    """A table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def row(entry: dict) -> list[str]:
+    name = entry["name"]
+    task = task_name(entry)
+    # descriptions read "<data and task>: <architecture>"
+    what, _, architecture = entry.get("description", "").partition(": ")
+    if not architecture:
+        what, architecture = task, what
+    size = sum(f["size"] for f in entry.get("files", {}).values()) / 1e6
+    params = f"{entry['parameters'] / 1e6:.1f} M" if "parameters" in entry else ""
+    usage = f'`task_from_pretrained("{name}"){USAGE[task]}`' if task in USAGE else ""
+    cells = [f"`{name}`", what, architecture, params, metric_text(entry.get("metrics", {}))]
+    cells += [entry.get("anchor", ""), f"{size:.1f} MB", usage]
+    return [cell(c) for c in cells]
+
+
+def zoo_table(manifest: dict) -> str:
+    """The Markdown table of the manifest's entries, one row each, grouped by task."""
+
+    def order(entry: dict) -> tuple:
+        task = task_name(entry)
+        rank = TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+        return rank, entry["name"]
+
+    entries = sorted(manifest["entries"].values(), key=order)
+    lines = ["| " + " | ".join(COLUMNS) + " |"]
+    lines.append("| " + " | ".join("---:" if c in RIGHT_ALIGNED else "---" for c in COLUMNS) + " |")
+    lines += ["| " + " | ".join(row(entry)) + " |" for entry in entries]
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, table: str) -> str:
+    """``text`` with the block between the markers replaced by ``table``."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md has no {START} ... {END} block to hold the zoo table")
+    return text[: start + len(START)] + "\n" + table + text[end:]
+
+
+def main() -> None:
+    if not README.is_file():
+        raise SystemExit(f"{README} not found: run `python -m zoo.zoo_table` in a source checkout of rnnzoo")
+    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    text = README.read_text(encoding="utf-8")
+    try:
+        new = replace_block(text, zoo_table(manifest))
+    except ValueError as err:
+        raise SystemExit(f"{README}: {err}") from None
+    if new == text:
+        print(f"{README.name}: the zoo table is up to date")
+        return
+    # a temporary file in the same folder, renamed over the README: never a half-written README
+    fd, tmp = tempfile.mkstemp(dir=README.parent, prefix=".README.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(new)
+        os.chmod(tmp, README.stat().st_mode & 0o777)
+        os.replace(tmp, README)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"{README.name}: rewrote the zoo table ({len(manifest['entries'])} entries)")
+
+
+if __name__ == "__main__":
+    main()
