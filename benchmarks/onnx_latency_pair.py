@@ -20,7 +20,7 @@ import datasets
 
 import deploy
 from deploy.export import export
-from lightning_modules.pretrained import as_pretrained_folder
+from lightning_modules.task_io import as_pretrained_folder
 from zoo.hub import resolve
 from zoo.pretrained import load_pretrained
 

@@ -22,7 +22,7 @@ import torch
 
 import deploy
 from deploy.export import export, load_source
-from lightning_modules.pretrained import as_pretrained_folder
+from lightning_modules.task_io import as_pretrained_folder
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
 from zoo.pretrained import save_pretrained
 

@@ -1,7 +1,7 @@
 """``rnnzoo export``: a pretrained folder or zoo entry -> a self-contained ONNX folder, verified.
 
 A ``.ckpt`` is made a pretrained folder first (``rnnzoo export`` does it with
-``lightning_modules.pretrained.publish``): this module reads pretrained folders only, so ``deploy``
+``lightning_modules.task_io.publish``): this module reads pretrained folders only, so ``deploy``
 never imports the training code.
 
 The folder holds the ONNX graph(s), the tokenizer JSON file(s) and ``config.json`` (task, labels,

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.distillation import distillation_from
+from lightning_modules.task_module import TaskModule
 from lightning_modules.transfer import transfer_from
 from zoo import text
 from zoo.classifier import SequenceClassifier
 
 
-class ClassificationTask(DataStateInCheckpoint):
+class ClassificationTask(TaskModule):
     """Trains a ``zoo.SequenceClassifier``; ``vocab_size`` and ``labels`` are linked from the datamodule.
 
     At test time the confusion matrix is written as ``confusion_matrix.png`` in the logger's folder.

@@ -61,7 +61,7 @@ def translate_main(argv: list[str]) -> None:
 
 
 def distill_data_main(argv: list[str]) -> None:
-    from lightning_modules.distillation import sequence_level_data
+    from lightning_modules.distillation_data import sequence_level_data
     from zoo.hub import ZooError
 
     parser = argparse.ArgumentParser(
@@ -89,7 +89,7 @@ def distill_data_main(argv: list[str]) -> None:
 
 def load_task_or_exit(parser: argparse.ArgumentParser, source: str, expected):
     """The task in ``source`` (.ckpt, zoo entry, pretrained folder or URL), or a usage error."""
-    from lightning_modules.pretrained import load_task
+    from lightning_modules.task_io import load_task
     from zoo.hub import ZooError
 
     try:
@@ -106,7 +106,7 @@ def zoo_main(argv: list[str]) -> None:
 
 def export_main(argv: list[str]) -> None:
     from deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export
-    from lightning_modules.pretrained import as_pretrained_folder
+    from lightning_modules.task_io import as_pretrained_folder
     from zoo.hub import ZooError
 
     parser = argparse.ArgumentParser(

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torchmetrics import MeanMetric
 
-from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.distillation import distillation_from
+from lightning_modules.task_module import TaskModule
 from zoo import decoding, text
 from zoo.language_model import RNNLanguageModel, generate
 from zoo.recurrent import detach_state
@@ -20,7 +20,7 @@ from zoo.text import IGNORE_INDEX
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-class LanguageModelTask(DataStateInCheckpoint):
+class LanguageModelTask(TaskModule):
     """Trains a ``zoo.RNNLanguageModel``.
 
     Args:

@@ -8,8 +8,8 @@ from lightning.pytorch.cli import LightningCLI
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from datamodules.loading import DataError
-from lightning_modules.data_state import NonFiniteLoss
 from lightning_modules.distillation import TeacherError
+from lightning_modules.task_module import NonFiniteLoss
 from lightning_modules.transfer import TransferError
 from zoo import tasks
 
@@ -106,7 +106,7 @@ class RnnzooCLI(LightningCLI):
         holds weights only, so fitting starts a fresh optimizer, schedule and epoch count."""
         if self._pretrained_folder is None:
             return False
-        from lightning_modules.pretrained import load_pretrained_weights
+        from lightning_modules.task_io import load_pretrained_weights
         from zoo.ensemble import Ensemble
 
         try:
@@ -170,7 +170,7 @@ class RnnzooCLI(LightningCLI):
         last = Path(callback.dirpath) / "last.ckpt"
         if not last.is_file():
             raise SystemExit(f"--ckpt_path best: no {last} to read the best checkpoint from; train first")
-        from lightning_modules.pretrained import read_checkpoint
+        from lightning_modules.task_io import read_checkpoint
 
         try:
             states = read_checkpoint(last).get("callbacks", {})
@@ -192,7 +192,7 @@ class RnnzooCLI(LightningCLI):
 
 
 def check_checkpoint_file(subcommand: str, path: str) -> None:
-    from lightning_modules.pretrained import read_checkpoint
+    from lightning_modules.task_io import read_checkpoint
 
     try:
         read_checkpoint(path)

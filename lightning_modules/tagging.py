@@ -8,8 +8,8 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from seqeval.scheme import IOB2
 
 from datamodules.conll import CoNLLDataModule
-from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.distillation import distillation_from, kl_per_position
+from lightning_modules.task_module import TaskModule
 from lightning_modules.transfer import transfer_from
 from zoo import text
 from zoo.tagger import SequenceTagger
@@ -19,7 +19,7 @@ def is_iob2(labels: list[str]) -> bool:
     return all(label == "O" or label[:2] in ("B-", "I-") for label in labels)
 
 
-class TaggingTask(DataStateInCheckpoint):
+class TaggingTask(TaskModule):
     """Trains a ``zoo.SequenceTagger``; ``vocab_size``, ``char_vocab_size`` and ``labels`` come from the data.
 
     Validation/test report token accuracy and, for IOB2 tag sets (NER, chunking), the CoNLL

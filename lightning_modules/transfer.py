@@ -11,8 +11,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
+from lightning_modules.task_io import load_task
 from zoo import tasks
 from zoo.embeddings import EmbeddingFileError, read_aligned_embeddings
+from zoo.hub import ZooError
+from zoo.text import vocabulary_difference
 
 
 class TransferError(ValueError):
@@ -75,10 +78,6 @@ def transfer_from(
 def load_encoder(task, source: str) -> str:
     """Copy the word embedding and recurrent stack of the language model ``source`` into ``task.net``;
     returns what was copied as one line. Raises ``TransferError`` naming both sizes when they differ."""
-    from lightning_modules.data_state import vocabulary_difference
-    from lightning_modules.pretrained import load_task
-    from zoo.hub import ZooError
-
     try:
         language_model = load_task(source, expected=tasks.get("language_model").load("lightning_module"))
     except (ZooError, OSError, ValueError) as err:

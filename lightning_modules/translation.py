@@ -11,13 +11,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from lightning_modules.data_state import DataStateInCheckpoint
 from lightning_modules.distillation import distillation_from
+from lightning_modules.task_module import TaskModule
 from zoo import decoding, text
 from zoo.seq2seq import Seq2Seq, translate_ids
 
 
-class TranslationTask(DataStateInCheckpoint):
+class TranslationTask(TaskModule):
     """Trains a ``zoo.Seq2Seq``; vocabulary sizes and ``language_pair`` come from the datamodule.
 
     Validation reports token-weighted loss/perplexity and greedy BLEU; test decodes with

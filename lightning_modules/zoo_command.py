@@ -67,14 +67,14 @@ def zoo_main(argv: list[str]) -> None:
         elif args.command == "ensemble":
             import torch
 
-            from lightning_modules.pretrained import write_ensemble
+            from lightning_modules.task_io import write_ensemble
 
             folder = write_ensemble(args.members, args.out, getattr(torch, args.dtype))
             print(f"wrote {folder} ({len(args.members)} members)")
         elif args.command == "average":
             import torch
 
-            from lightning_modules.pretrained import average_checkpoints
+            from lightning_modules.task_io import average_checkpoints
 
             folder = average_checkpoints(args.checkpoints, args.out, getattr(torch, args.dtype))
             print(f"wrote {folder} (the mean of {len(args.checkpoints)})")
@@ -87,7 +87,7 @@ def zoo_main(argv: list[str]) -> None:
 def predict_texts(source: str, texts: list[str]) -> list[dict]:
     """What the entry's task does with raw text: a label, tags, a translation (the model's beam) or
     a greedy continuation of up to 30 tokens."""
-    from lightning_modules.pretrained import task_from_pretrained
+    from lightning_modules.task_io import task_from_pretrained
 
     task = task_from_pretrained(source)
     if hasattr(task, "classify"):
@@ -114,7 +114,7 @@ def print_table(entries: dict[str, EntryInfo]) -> None:
 def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     import torch
 
-    from lightning_modules.pretrained import publish
+    from lightning_modules.task_io import publish
     from zoo.formats import read_pretrained_config
     from zoo.pretrained import load_pretrained
 

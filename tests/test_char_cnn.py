@@ -83,7 +83,7 @@ def test_the_small_config_has_at_most_five_million_parameters():
 def test_fit_export_and_generate_read_the_same_words(tmp_path, synthetic_corpus):
     import deploy
     from deploy.export import export
-    from lightning_modules.pretrained import as_pretrained_folder, load_task
+    from lightning_modules.task_io import as_pretrained_folder, load_task
     from tests.conftest import REPO, rnnzoo
 
     config = REPO / "zoo" / "configs" / "ptb_char_cnn_lstm_small.yaml"

@@ -8,7 +8,7 @@ import torch
 from datamodules import DataError, IMDBDataModule
 from datamodules.batching import BucketedBatches, bucket_batches
 from lightning_modules import ClassificationTask
-from lightning_modules.pretrained import publish, task_from_pretrained
+from lightning_modules.task_io import publish, task_from_pretrained
 from zoo import SequenceClassifier
 from zoo.pooling import POOLINGS, AttentionPooling, pool, valid_mask
 

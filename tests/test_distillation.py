@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from datamodules import CoNLLDataModule, IMDBDataModule, PTBDataModule, TranslationDataModule
 from lightning_modules import ClassificationTask, LanguageModelTask, TaggingTask, TranslationTask
-from lightning_modules.distillation import Distillation, sequence_level_data, soft_target_loss
-from lightning_modules.pretrained import task_from_pretrained
+from lightning_modules.distillation import Distillation, soft_target_loss
+from lightning_modules.distillation_data import sequence_level_data
+from lightning_modules.task_io import task_from_pretrained
 from tests.test_classification import synthetic_reviews
 from tests.test_tagging import synthetic_ner
 from tests.test_translation import synthetic_pairs

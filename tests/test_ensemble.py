@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.pretrained import average_checkpoints, task_from_pretrained, write_ensemble
+from lightning_modules.task_io import average_checkpoints, task_from_pretrained, write_ensemble
 from tests.conftest import rnnzoo
 from tests.test_distillation import CASES, classification_case, tagging_case, teacher_folder
 from zoo.crf import viterbi

@@ -12,7 +12,7 @@ import deploy
 from deploy.export import export
 from deploy.service import create_app
 from lightning_modules.cli import main as rnnzoo
-from lightning_modules.pretrained import task_from_pretrained
+from lightning_modules.task_io import task_from_pretrained
 from tests.conftest import REPO, shared_dataset
 from zoo import text
 

@@ -17,7 +17,7 @@ import pytest
 
 import deploy
 from deploy.export import DEFAULT_TOLERANCE, export
-from lightning_modules.pretrained import task_from_pretrained
+from lightning_modules.task_io import task_from_pretrained
 from zoo import tasks
 from zoo.hub import MANIFEST, PACKAGE_DIR, load_manifest
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from deploy.graphs import Interface
 from deploy.runtime import Predictor
 from deploy.service import TaskAPI
-from lightning_modules.data_state import DataStateInCheckpoint
+from lightning_modules.task_module import TaskModule
 from zoo import tasks
 
 
@@ -19,7 +19,7 @@ def test_every_part_a_task_names_exists_and_is_what_it_says(task):
     from torch import nn
 
     assert issubclass(task.load("architecture"), nn.Module)
-    assert issubclass(task.load("lightning_module"), DataStateInCheckpoint)
+    assert issubclass(task.load("lightning_module"), TaskModule)
     assert issubclass(task.load("datamodule"), L.LightningDataModule)
     assert inspect.signature(task.load("graphs")).return_annotation is Interface
     assert issubclass(task.load("predictor"), Predictor)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lightning_modules.pretrained import read_checkpoint
+from lightning_modules.task_io import read_checkpoint
 from tests.conftest import PTB_CONFIG, QUICK, REPO, rnnzoo
 
 STEP_CHECKPOINTS = (

@@ -3,7 +3,7 @@
 Like Hugging Face ``save_pretrained``: weights are safetensors (never a pickle, so loading a
 downloaded model runs no code) and everything else is JSON. ``config.json`` names the zoo
 architecture and its arguments (enough to rebuild the network here, without Lightning) and the
-Lightning task with its hyperparameters (enough for ``lightning_modules.pretrained`` to rebuild the
+Lightning task with its hyperparameters (enough for ``lightning_modules.task_io`` to rebuild the
 task for prediction or fine-tuning).
 """
 

@@ -171,3 +171,13 @@ def labelled(texts: list[str], probabilities: np.ndarray, labels: list[str]) -> 
         }
         for t, i, p in zip(texts, best, probabilities, strict=True)
     ]
+
+
+def vocabulary_difference(theirs: dict[str, str], ours: dict[str, str]) -> str | None:
+    """Which tokenizer two sets of tokenizer JSONs (by name) share with different vocabularies
+    (token -> id), with both sizes; None when all they share are the same."""
+    for name in sorted(theirs.keys() & ours.keys()):
+        a, b = Tokenizer.from_str(theirs[name]).get_vocab(), Tokenizer.from_str(ours[name]).get_vocab()
+        if a != b:
+            return f"another {name} vocabulary ({len(a)} tokens, not {len(b)})"
+    return None

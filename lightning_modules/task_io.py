@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.data_state import DataStateInCheckpoint, vocabulary_difference
+from lightning_modules.task_module import TaskModule
 from zoo import tasks
 from zoo.checkpoint import read_checkpoint
 from zoo.ensemble import Ensemble
 from zoo.hub import resolve, sha256_of
 from zoo.pretrained import load_pretrained, save_pretrained
+from zoo.text import vocabulary_difference
 
 
 def task_of_checkpoint(checkpoint: dict, ckpt_path) -> tasks.Task:
@@ -27,7 +28,7 @@ def task_of_checkpoint(checkpoint: dict, ckpt_path) -> tasks.Task:
     return tasks.get(name, str(ckpt_path))
 
 
-def load_task_checkpoint(ckpt_path: str | os.PathLike) -> DataStateInCheckpoint:
+def load_task_checkpoint(ckpt_path: str | os.PathLike) -> TaskModule:
     """Any rnnzoo task from its ``.ckpt`` (see ``read_checkpoint``)."""
     task_class = task_of_checkpoint(read_checkpoint(ckpt_path), ckpt_path).load("lightning_module")
     return task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
@@ -56,7 +57,7 @@ def as_pretrained_folder(source: str | os.PathLike) -> Iterator[tuple[str | os.P
 
 
 def save_task(
-    task: DataStateInCheckpoint,
+    task: TaskModule,
     out_dir: str | os.PathLike,
     metrics: dict | None = None,
     dtype: torch.dtype | None = None,
@@ -73,7 +74,7 @@ def save_task(
     )
 
 
-def load_task(source: str | os.PathLike, expected: type[DataStateInCheckpoint] | None = None) -> DataStateInCheckpoint:
+def load_task(source: str | os.PathLike, expected: type[TaskModule] | None = None) -> TaskModule:
     """A task from a ``.ckpt`` or from a pretrained source (folder, zoo entry name, URL, ``hf://``),
     refused unless it is an ``expected`` task when one is given."""
     if str(source).endswith(".ckpt") or Path(source).is_file():
@@ -87,7 +88,7 @@ def load_task(source: str | os.PathLike, expected: type[DataStateInCheckpoint] |
     return task
 
 
-def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
+def task_from_pretrained(directory: str | os.PathLike) -> TaskModule:
     """The Lightning task of a pretrained folder (or zoo entry name, URL, ``hf://``; see ``zoo.hub``),
     ready to predict, test or fine-tune."""
     directory = resolve(directory)
@@ -102,7 +103,7 @@ def task_from_pretrained(directory: str | os.PathLike) -> DataStateInCheckpoint:
     return task.eval()
 
 
-def load_pretrained_weights(task: DataStateInCheckpoint, directory: str | os.PathLike) -> None:
+def load_pretrained_weights(task: TaskModule, directory: str | os.PathLike) -> None:
     """Copy a pretrained folder's weights into ``task`` (built from a config) to fine-tune or
     evaluate it; an ensemble folder's network replaces the task's."""
     pretrained = load_pretrained(directory)
@@ -163,7 +164,7 @@ def average_checkpoints(sources: list[str], out_dir: str | os.PathLike, dtype: t
     return save_task(last, out_dir, dtype=dtype)
 
 
-def _same_task_and_data(members: list[DataStateInCheckpoint], sources: list[str]) -> list[DataStateInCheckpoint]:
+def _same_task_and_data(members: list[TaskModule], sources: list[str]) -> list[TaskModule]:
     """``members``, refused unless they are models of one task with the same vocabularies and labels."""
     if not members:
         raise ValueError("name at least one model")

@@ -2,21 +2,25 @@
 and refuse a checkpoint whose vocabulary or labels differ from the data it is used with."""
 
 import math
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from tokenizers import Tokenizer
 
-from lightning_modules.distillation import Distillation
-from lightning_modules.transfer import Transfer
 from zoo import tasks, text
+from zoo.text import vocabulary_difference
+
+if TYPE_CHECKING:  # the tasks set these; importing them here would run an import circle
+    from lightning_modules.distillation import Distillation
+    from lightning_modules.transfer import Transfer
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class DataStateInCheckpoint(L.LightningModule):
+class TaskModule(L.LightningModule):
     """Base for tasks: copies the datamodule's tokenizers, saves them with the task's name
     (``zoo.tasks``), restores and checks them.
 
@@ -28,8 +32,8 @@ class DataStateInCheckpoint(L.LightningModule):
     # The arguments of the zoo architecture in ``self.net``. Each task still calls the architecture
     # with ``**architecture`` spelled out: LightningCLI reads that call to learn the accepted options.
     network_arguments: dict
-    distillation: Distillation | None = None  # soft targets from a ``teacher`` (lightning_modules.distillation)
-    transfer: Transfer | None = None  # first weights from a language model or vectors (lightning_modules.transfer)
+    distillation: "Distillation | None" = None  # soft targets from a ``teacher`` (lightning_modules.distillation)
+    transfer: "Transfer | None" = None  # first weights from a language model or vectors (lightning_modules.transfer)
 
     def __init__(self):
         super().__init__()
@@ -109,13 +113,3 @@ class DataStateInCheckpoint(L.LightningModule):
     @property
     def tokenizer(self) -> Tokenizer:
         return self.get_tokenizer("tokenizer")
-
-
-def vocabulary_difference(theirs: dict[str, str], ours: dict[str, str]) -> str | None:
-    """Which tokenizer two sets of tokenizer JSONs (by name) share with different vocabularies
-    (token -> id), with both sizes; None when all they share are the same."""
-    for name in sorted(theirs.keys() & ours.keys()):
-        a, b = Tokenizer.from_str(theirs[name]).get_vocab(), Tokenizer.from_str(ours[name]).get_vocab()
-        if a != b:
-            return f"another {name} vocabulary ({len(a)} tokens, not {len(b)})"
-    return None
