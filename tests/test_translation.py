@@ -68,6 +68,8 @@ def test_tokenizers_from_a_pretrained_model_replace_fitting(tmp_path):
         json.dumps(
             {
                 "format_version": 2,
+                "architecture": "Seq2Seq",
+                "arguments": {},
                 "task": "translation",
                 "task_arguments": {},
                 "tokenizers": {"source_tokenizer": "s.json", "target_tokenizer": "t.json"},

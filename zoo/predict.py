@@ -1,0 +1,172 @@
+"""One way to predict per task: items and typed options in, result records out.
+
+Every entry point calls the task's function here: the PyTorch tasks (``task.predict``), the
+onnxruntime predictors (``deploy.load(folder).predict``), the HTTP service, ``rnnzoo zoo predict``,
+``rnnzoo translate`` and ``rnnzoo generate``. So an option has one default, resolved in one place
+(the options class, then the model's own settings), and an answer has one shape wherever it comes
+from (the records below, which are plain dicts and so JSON as they are).
+
+A function sees the model only through a few primitives, which the PyTorch task and the exported
+folder each implement under the same names: ``labels``, ``decoding`` (a ``zoo.formats.DecodingSpec``),
+``get_tokenizer(name)``, and per task ``logits(texts)`` (classifier), ``tag_ids(sentences)``
+(tagger), ``translate_ids(sources, beam_size, max_new_tokens)``, ``has_attention``, ``name`` and
+``attention_weights(sources, targets)`` (translator, on source ids ending in ``<eos>``), and
+``continue_ids(prompt_ids, options)`` (language model). Torch-free.
+"""
+
+from dataclasses import dataclass, fields
+from typing import NotRequired, TypedDict
+
+import numpy as np
+
+from zoo import decoding, tasks, text
+
+# -- result records --------------------------------------------------------------------------------------------
+
+
+class Classification(TypedDict):
+    text: str
+    label: str  # the most probable label
+    probability: float  # its probability (4 decimals)
+    probabilities: dict[str, float]  # every label's
+
+
+class Tagging(TypedDict):
+    words: list[str]  # the sentence's words, split on whitespace
+    tags: list[str]  # one per word
+
+
+class Translation(TypedDict):
+    source: str
+    translation: str
+    # With ``TranslationOptions(attention=True)``: the tokens on both sides and the decoder's
+    # attention, a row per target token (and one for the ``<eos>`` step) over the source tokens.
+    source_tokens: NotRequired[list[str]]
+    target_tokens: NotRequired[list[str]]
+    attention: NotRequired[list[list[float]]]
+
+
+class Continuation(TypedDict):
+    prompt: str
+    continuation: str  # the prompt followed by the generated text
+
+
+# -- options ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassificationOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class TaggingOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class TranslationOptions:
+    beam_size: int | None = None  # 1 is greedy; None: the model's (``decoding.beam_size``), else 5
+    max_new_tokens: int | None = None  # target tokens; None: the model's, else 2 x the longest source + 10
+    attention: bool = False  # add the tokens and the attention weights to each record
+
+    def __post_init__(self):
+        for name in ("beam_size", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = decoding.MAX_NEW_TOKENS  # stop after this many tokens (or at ``<eos>``)
+    temperature: float = decoding.TEMPERATURE  # 0 is greedy
+    top_k: int | None = None  # sample among the k most likely tokens
+    seed: int | None = None  # the same seed gives the same text
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        decoding.check_sampling(self.temperature, self.top_k)
+
+
+Options = ClassificationOptions | TaggingOptions | TranslationOptions | GenerationOptions
+
+
+def options_for(task: str, **values) -> Options:
+    """The options of ``task`` (a ``zoo.tasks`` name) from keyword values, unknown names refused."""
+    options = tasks.get(task).load("options")
+    known = {field.name for field in fields(options)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{task} takes the options {sorted(known) or 'none'}, not {', '.join(unknown)}")
+    return options(**values)
+
+
+def predict(model, items: list, options: Options | None = None, **limits) -> list[dict]:
+    """``model``'s answer for each item, by its task (``model.task``, a ``zoo.tasks`` name); ``limits``
+    go to the model's primitive (the exported predictors' ``budget`` of padded cells per call)."""
+    task = tasks.get(model.task)
+    options = task.load("options")() if options is None else options
+    if not isinstance(options, task.load("options")):
+        raise TypeError(f"a {task.name} model takes {task.load('options').__name__}, not {type(options).__name__}")
+    return task.load("predict")(model, items, options, **limits)
+
+
+# -- the tasks -------------------------------------------------------------------------------------------------
+
+
+def classify(model, texts: list[str], options: ClassificationOptions, **limits) -> list[Classification]:
+    texts = text.check_texts(texts)
+    return text.labelled(texts, decoding.softmax(model.logits(texts, **limits)), model.labels)
+
+
+def tag(model, sentences: list[str] | list[list[str]], options: TaggingOptions, **limits) -> list[Tagging]:
+    """A sentence is a string (its words split on whitespace) or its list of words."""
+    sentences = text.split_words(sentences)
+    labels = model.labels
+    return [
+        {"words": words, "tags": [labels[t] for t in ids]}
+        for words, ids in zip(sentences, model.tag_ids(sentences, **limits), strict=True)
+    ]
+
+
+def translate(model, texts: list[str], options: TranslationOptions, **limits) -> list[Translation]:
+    settings = model.decoding
+    beam_size = options.beam_size or settings.beam_size or decoding.BEAM_SIZE
+    source_tokenizer, target_tokenizer = model.get_tokenizer("source_tokenizer"), model.get_tokenizer("target_tokenizer")
+    sources = text.encode(source_tokenizer, texts, end=text.EOS)
+    max_new_tokens = (
+        options.max_new_tokens or settings.max_new_tokens or decoding.default_max_new_tokens(map(len, sources))
+    )
+    if options.attention and not model.has_attention:
+        raise ValueError(f"{model.name} has no attention weights to return: its decoder reads no attention")
+    targets = model.translate_ids(sources, beam_size, max_new_tokens, **limits)
+    records = [
+        {"source": source, "translation": translation}
+        for source, translation in zip(texts, target_tokenizer.decode_batch(targets), strict=True)
+    ]
+    if not options.attention:
+        return records
+    for record, source, target, weights in zip(
+        records, sources, targets, model.attention_weights(sources, targets, **limits), strict=True
+    ):
+        target_tokens = [target_tokenizer.id_to_token(i) for i in target]
+        target_tokens += [text.EOS] if len(target) < max_new_tokens else []  # else it ran out of tokens
+        record["source_tokens"] = [source_tokenizer.id_to_token(i) for i in source]
+        record["target_tokens"] = target_tokens
+        record["attention"] = np.round(weights[: len(target_tokens)], 4).tolist()
+    return records
+
+
+def generate(model, prompts: list[str], options: GenerationOptions) -> list[Continuation]:
+    """Continue each prompt (an empty one starts a new sentence) until ``<eos>`` or ``max_new_tokens``."""
+    if isinstance(prompts, str) or not all(isinstance(prompt, str) for prompt in prompts):
+        raise ValueError("give a list of prompts (strings, which may be empty)")
+    tokenizer = model.get_tokenizer("tokenizer")
+    records = []
+    for prompt in prompts:
+        prompt_ids = text.prompt_ids(tokenizer, prompt)
+        new = model.continue_ids(prompt_ids, options)
+        records.append({"prompt": prompt, "continuation": text.continuation_text(tokenizer, prompt_ids, new)})
+    return records
