@@ -18,8 +18,8 @@ from tokenizers import Tokenizer
 
 from deploy import signatures as names
 from zoo import decoding, tasks, text
-from zoo.decoding import softmax
 from zoo.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
+from zoo.predict import GenerationOptions, TranslationOptions, predict
 
 # Padded cells per onnxruntime call. A batch is split into calls under these, similar lengths
 # together, so that one long text neither pads the others nor multiplies a call's memory: with the
@@ -77,6 +77,22 @@ class Predictor:
     def task(self) -> str:
         return self.config.task
 
+    @property
+    def labels(self) -> list[str] | None:
+        return self.config.labels
+
+    @property
+    def decoding(self):
+        return self.config.decoding
+
+    def get_tokenizer(self, name: str) -> Tokenizer:
+        return self.tokenizers[name]
+
+    def predict(self, items: list, options=None, **limits) -> list[dict]:
+        """The task's records for ``items`` (``zoo.predict``: the same at every entry point);
+        ``limits`` bound the work per onnxruntime call (``budget``)."""
+        return predict(self, items, options, **limits)
+
     def encode(self, texts: list[str], tokenizer: str = "tokenizer", end: str | None = None):
         """Right-padded ids ``(B, T)`` and lengths ``(B,)`` of raw texts (``zoo.text``)."""
         tokenizer = self.tokenizers[tokenizer]
@@ -97,9 +113,9 @@ class ClassifierPredictor(Predictor):
                 logits[row] = values
         return np.stack(logits)
 
-    def classify(self, texts: list[str]) -> list[dict]:
-        """``[{"text", "label", "probability", "probabilities"}]`` per text, as ``rnnzoo predict`` prints them."""
-        return text.labelled(texts, softmax(self.logits(texts)), self.config.labels)
+    def classify(self, texts: list[str], budget: int = CLASSIFIER_TOKENS) -> list[dict]:
+        """``[{"text", "label", "probability", "probabilities"}]`` per text (``zoo.predict.Classification``)."""
+        return self.predict(texts, budget=budget)
 
 
 class LanguageModelPredictor(Predictor):
@@ -115,6 +131,13 @@ class LanguageModelPredictor(Predictor):
         outputs = self.sessions["model.onnx"].run([names.LOGITS, *spec.outputs], feed)
         return outputs[0], dict(zip(spec.inputs, outputs[1:], strict=True))
 
+    def continue_ids(self, prompt_ids: list[int], options: GenerationOptions) -> list[int]:
+        eos = self.special_tokens["tokenizer"][text.EOS]
+        return decoding.continue_ids(
+            self.step, self.zero_state(1), prompt_ids, eos,
+            options.max_new_tokens, options.temperature, options.top_k, options.seed,
+        )  # fmt: skip
+
     def generate(
         self,
         prompt: str = "",
@@ -123,32 +146,31 @@ class LanguageModelPredictor(Predictor):
         top_k: int | None = None,
         seed: int | None = None,
     ) -> str:
-        """Continue ``prompt`` as a new sentence (``zoo.decoding.continue_ids``)."""
-        tokenizer = self.tokenizers["tokenizer"]
-        prompt_ids = text.prompt_ids(tokenizer, prompt)
-        eos = self.special_tokens["tokenizer"][text.EOS]
-        new = decoding.continue_ids(
-            self.step, self.zero_state(1), prompt_ids, eos, max_new_tokens, temperature, top_k, seed
-        )
-        return text.continuation_text(tokenizer, prompt_ids, new)
+        """``prompt`` and its continuation (``zoo.predict.generate``), to ``<eos>`` or ``max_new_tokens``."""
+        options = GenerationOptions(max_new_tokens, temperature, top_k, seed)
+        (record,) = self.predict([prompt], options)
+        return record["continuation"]
 
 
 class TaggerPredictor(Predictor):
     needs_labels = True
 
     def tag(self, sentences: list[str] | list[list[str]], budget: int = TAGGER_CHARACTERS) -> list[dict]:
-        """``[{"words", "tags"}]`` per sentence; a sentence is a string (split on whitespace) or its words.
-        Calls pad at most ``budget`` cells (sentences x words, x characters per word if the model reads
-        them); a sentence over it runs alone."""
-        sentences = text.split_words(sentences)
+        """``[{"words", "tags"}]`` per sentence (``zoo.predict.Tagging``); a sentence is a string (split on
+        whitespace) or its words."""
+        return self.predict(sentences, budget=budget)
+
+    def tag_ids(self, sentences: list[list[str]], budget: int = TAGGER_CHARACTERS) -> list[list[int]]:
+        """Each sentence's tag ids, in calls that pad at most ``budget`` cells (sentences x words, x
+        characters per word if the model reads them); a sentence over it runs alone."""
         chars = "char_tokenizer" in self.tokenizers
         sizes = [(len(w), min(max(map(len, w)), text.MAX_WORD_CHARACTERS) if chars else 1) for w in sentences]
-        labels, results = self.config.labels, [None] * len(sentences)
+        results = [None] * len(sentences)
         for rows in sub_batches(sizes, budget):
             words, feed = self.features([sentences[i] for i in rows])
             tags = self.sessions["model.onnx"].run([names.TAGS], feed)[0]
             for row, i in enumerate(rows):
-                results[i] = {"words": words[row], "tags": [labels[t] for t in tags[row, : len(words[row])]]}
+                results[i] = tags[row, : len(words[row])].tolist()
         return results
 
     def features(self, sentences: list[str] | list[list[str]]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
@@ -183,6 +205,11 @@ class TranslatorPredictor(Predictor):
         self.has_attention = all(
             names.ATTENTION in config.graphs[member.decoder].output_names() for member in self.members
         )
+
+    def require_attention(self) -> None:
+        if not self.has_attention:
+            reads = "its decoder reads" if len(self.members) == 1 else "not every member's decoder reads"
+            raise ValueError(f"{self.folder.name} has no attention weights to return: {reads} attention")
 
     def encode_sources(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Padded source ids ending in ``<eos>`` and their lengths."""
@@ -221,55 +248,39 @@ class TranslatorPredictor(Predictor):
         budget: int = TRANSLATOR_TOKEN_BEAMS,
         attention: bool = False,
     ) -> list[str] | list[dict]:
-        """Translate raw sentences; ``beam_size`` 1 is greedy (default: the model's). Each call
-        decodes at most ``budget`` source tokens x beams, since every beam reads its own copy of the
-        encoder's memory; a text that alone needs more raises ``TooLarge``. With ``attention`` each
-        result is ``{"translation", "source_tokens", "target_tokens", "attention"}``, the attention
-        weights being a list of rows (target token x source token)."""
-        settings = self.config.decoding
-        beam_size = (settings.beam_size or decoding.BEAM_SIZE) if beam_size is None else beam_size
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        if attention and not self.has_attention:
-            reads = "its decoder reads" if len(self.members) == 1 else "not every member's decoder reads"
-            raise ValueError(f"{self.folder.name} has no attention weights to return: {reads} attention")
-        source, lengths = self.encode_sources(texts)
+        """Translations of raw sentences; ``beam_size`` 1 is greedy (default: the model's). With
+        ``attention``, the records of ``zoo.predict.Translation`` with the tokens and weights."""
+        records = self.predict(texts, TranslationOptions(beam_size, max_new_tokens, attention), budget=budget)
+        return records if attention else [record["translation"] for record in records]
+
+    def translate_ids(
+        self, sources: list[list[int]], beam_size: int, max_new_tokens: int, budget: int = TRANSLATOR_TOKEN_BEAMS
+    ) -> list[list[int]]:
+        """Target ids of source ids (ending in ``<eos>``). Each call decodes at most ``budget`` source
+        tokens x beams, since every beam reads its own copy of the encoder's memory; a text that alone
+        needs more raises ``TooLarge``."""
+        source, lengths = text.pad(sources, text.pad_id(self.tokenizers["source_tokenizer"]))
         too_long = [i for i, n in enumerate(lengths) if n * beam_size > budget]
         if too_long:
             raise TooLarge(
                 f"texts {too_long} have up to {lengths[too_long].max()} source tokens; at beam {beam_size} a text "
                 f"may have {budget // beam_size} (a budget of {budget} tokens x beams): split it or lower beam_size"
             )
-        max_new_tokens = max_new_tokens or settings.max_new_tokens or decoding.default_max_new_tokens(lengths)
-        ids = [None] * len(texts)
+        ids = [None] * len(sources)
         for rows in sub_batches([(int(n),) for n in lengths], budget // beam_size):
             decoded = self.decode(source[rows, : lengths[rows].max()], lengths[rows], beam_size, max_new_tokens)
             for row, sequence in zip(rows, decoded, strict=True):
                 ids[row] = sequence
-        translations = self.tokenizers["target_tokenizer"].decode_batch(ids)
-        if not attention:
-            return translations
-        weights = self.attention_weights(source, lengths, ids, budget)
-        source_tokenizer, target_tokenizer = self.tokenizers["source_tokenizer"], self.tokenizers["target_tokenizer"]
-        results = []
-        for row, translation in enumerate(translations):
-            target_tokens = [target_tokenizer.id_to_token(i) for i in ids[row]]
-            target_tokens += [text.EOS] if len(ids[row]) < max_new_tokens else []  # else it ran out of tokens
-            results.append({
-                "translation": translation,
-                "source_tokens": [source_tokenizer.id_to_token(int(i)) for i in source[row, : lengths[row]]],
-                "target_tokens": target_tokens,
-                "attention": np.round(weights[row][: len(target_tokens)], 4).tolist(),
-            })  # fmt: skip
-        return results
+        return ids
 
     def attention_weights(
-        self, source: np.ndarray, lengths: np.ndarray, targets: list[list[int]], budget: int = TRANSLATOR_TOKEN_BEAMS
+        self, sources: list[list[int]], targets: list[list[int]], budget: int = TRANSLATOR_TOKEN_BEAMS
     ) -> list[np.ndarray]:
         """Per text, the attention ``(target tokens + 1, source tokens)`` of the decoder reading its
         target back (teacher forcing), the last row being the step after it (that predicted ``<eos>``):
         a step depends only on the tokens before it, so these are the weights the search saw along the
         translation it chose. An ensemble's are the mean of its members'."""
+        source, lengths = text.pad(sources, text.pad_id(self.tokenizers["source_tokenizer"]))
         weights = [None] * len(targets)
         for rows in sub_batches([(int(n),) for n in lengths], budget):
             memory, state = self.encode_graph(source[rows, : lengths[rows].max()], lengths[rows])

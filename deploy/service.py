@@ -36,6 +36,7 @@ from pydantic import AliasChoices, BaseModel, Field
 
 from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Predictor, TooLarge, load
 from zoo import decoding, tasks
+from zoo.predict import GenerationOptions, options_for
 from zoo.text import check_texts
 
 log = logging.getLogger(__name__)
@@ -97,43 +98,54 @@ class TranslateRequest(TextsRequest):
 
 
 class GenerateRequest(BaseModel):
+    # Defaults are ``zoo.predict.GenerationOptions``', as at every entry point.
     prompts: list[str] = Field(min_length=1, description="texts to continue (may be empty strings)")
-    max_new_tokens: int = Field(
-        decoding.MAX_NEW_TOKENS, ge=1, le=1000, description="(``max_tokens``: its old name, still accepted)",
-        validation_alias=AliasChoices("max_new_tokens", "max_tokens"),
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=1000, validation_alias=AliasChoices("max_new_tokens", "max_tokens"),
+        description=f"default {GenerationOptions.max_new_tokens} (``max_tokens``: its old name, still accepted)",
     )  # fmt: skip
-    temperature: float = Field(decoding.TEMPERATURE, ge=0.0, le=10.0, allow_inf_nan=False)
+    temperature: float | None = Field(
+        None, ge=0.0, le=10.0, allow_inf_nan=False, description=f"default {GenerationOptions.temperature}; 0 is greedy"
+    )
     top_k: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0)
 
 
 @dataclass
 class TaskAPI:
-    """How one task is served (``zoo.tasks`` names it): its request schema, which field holds the
-    texts, the predictor call on a batch of texts with shared parameters (and the service's limits),
-    and the response key."""
+    """How one task is served (``zoo.tasks`` names it): its request schema and which field holds the
+    items; the other fields are the task's options (``zoo.predict``). Every task answers
+    ``{"model", "predictions"}``, the records ``predictor.predict`` gives at every entry point."""
 
     request: type[BaseModel]
     items_field: str
-    run: Callable[[Predictor, list[str], dict, Limits], list]
-    response_key: str
+    limits: Callable[[Limits], dict] = lambda limits: {}  # the predictor's bounds on work per call
+    # The response's key and shape before ``predictions`` (kept beside it for one release).
+    legacy_key: str | None = None
+    legacy: Callable[[dict], object] | None = None
     allow_empty: bool = False
 
+    def run(self, predictor: Predictor, items: list[str], params: dict, limits: Limits) -> list[dict]:
+        return predictor.predict(items, options_for(predictor.task, **params), **self.limits(limits))
 
-CLASSIFICATION_API = TaskAPI(TextsRequest, "texts", lambda p, texts, *_: p.classify(texts), "predictions")
-TAGGING_API = TaskAPI(TagRequest, "sentences", lambda p, texts, *_: p.tag(texts), "predictions")
+    def response(self, name: str, records: list[dict]) -> dict:
+        answer = {"model": name, "predictions": records}
+        if self.legacy_key is not None:
+            answer[self.legacy_key] = [self.legacy(record) for record in records]
+        return answer
+
+
+CLASSIFICATION_API = TaskAPI(TextsRequest, "texts")
+TAGGING_API = TaskAPI(TagRequest, "sentences")
 TRANSLATION_API = TaskAPI(
     TranslateRequest,
     "texts",
-    lambda p, texts, params, limits: p.translate(texts, **params, budget=limits.max_beam_tokens),
-    "translations",
+    limits=lambda limits: {"budget": limits.max_beam_tokens},
+    legacy_key="translations",  # the text alone, or with attention the record
+    legacy=lambda record: record if "attention" in record else record["translation"],
 )
 GENERATION_API = TaskAPI(
-    GenerateRequest,
-    "prompts",
-    lambda p, prompts, params, _: [p.generate(prompt, **params) for prompt in prompts],
-    "generations",
-    allow_empty=True,
+    GenerateRequest, "prompts", legacy_key="generations", legacy=lambda record: record["continuation"], allow_empty=True
 )
 
 
@@ -343,7 +355,7 @@ def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: L
             except Exception:
                 log.exception(f"model {name!r} failed")  # a bug, not bad input: answered, the server goes on
                 raise HTTPException(500, f"model {name!r} failed; the server log has the details") from None
-            return {"model": name, api.response_key: results}
+            return api.response(name, results)
         except HTTPException as err:
             status = err.status_code
             raise

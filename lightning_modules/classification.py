@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -93,20 +94,17 @@ class ClassificationTask(TaskModule):
             save_confusion_matrix(matrix.cpu(), self.hparams.labels, folder / "confusion_matrix.png")
 
     def predict_step(self, batch, batch_idx):
-        probabilities = self(batch["input_ids"], batch["lengths"]).float().softmax(-1)
-        return text.labelled(batch["texts"], probabilities.cpu().numpy(), self.hparams.labels)
+        return self.predict(batch["texts"])
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """Label and probabilities of raw texts (``zoo.predict.Classification``)."""
+        return self.predict(texts)
 
     @torch.no_grad()
-    def classify(self, texts: list[str]) -> list[dict]:
-        """Label and probability of raw texts, encoded by ``zoo.text`` as at every entry point."""
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """``(B, classes)`` for raw texts, encoded by ``zoo.text`` as at every entry point."""
         ids, lengths = text.pad(text.encode(self.tokenizer, texts), text.pad_id(self.tokenizer))
-        self.eval()
-        batch = {
-            "input_ids": torch.from_numpy(ids).to(self.device),
-            "lengths": torch.from_numpy(lengths),
-            "texts": texts,
-        }
-        return self.predict_step(batch, 0)
+        return self(torch.from_numpy(ids).to(self.device), torch.from_numpy(lengths)).float().cpu().numpy()
 
 
 def save_confusion_matrix(matrix: torch.Tensor, labels: list[str], path: Path) -> None:

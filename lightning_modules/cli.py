@@ -5,6 +5,7 @@ the base install (``pip install rnnzoo``) serves exported models; the others nee
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -15,44 +16,70 @@ TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "onnx", "saf
 
 def generate_main(argv: list[str]) -> None:
     from lightning_modules.language_model import LanguageModelTask
+    from zoo.predict import GenerationOptions
 
     parser = argparse.ArgumentParser(
-        prog="rnnzoo generate", description="Sample text from a language-model checkpoint."
+        prog="rnnzoo generate",
+        description="Sample text from a language model: one JSON line {prompt, continuation} per sample.",
     )
     parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`, a zoo entry or a folder")
     parser.add_argument("--prompt", default="", help="text to continue (a new sentence when empty)")
-    parser.add_argument(
-        "--max_new_tokens", "--max_tokens", type=int, default=50, help="stop after this many new tokens"
-    )
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--num_samples", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=None)
+    add_options(parser, GenerationOptions, max_new_tokens="--max_tokens")
+    parser.add_argument("--num_samples", type=int, default=1, help="samples, with seeds seed, seed + 1, ...")
     args = parser.parse_args(argv)
     task = load_task_or_exit(parser, args.ckpt, LanguageModelTask)
     for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
         try:
-            print(task.generate_text(args.prompt, args.max_new_tokens, args.temperature, args.top_k, seed))
+            options = options_of(args, GenerationOptions)
+            seed = None if options.seed is None else options.seed + i
+            (record,) = task.predict([args.prompt], dataclasses.replace(options, seed=seed))
         except ValueError as err:
             parser.error(str(err))
+        print(json.dumps(record, ensure_ascii=False))
+
+
+def add_options(parser: argparse.ArgumentParser, options: type, **old_names: str) -> None:
+    """A flag per field of a ``zoo.predict`` options class, its default the class's (``old_names``:
+    a field's earlier flag, still accepted)."""
+    for field in dataclasses.fields(options):
+        flags = [f"--{field.name}", *([old_names[field.name]] if field.name in old_names else [])]
+        if field.type is bool or field.type == "bool":
+            parser.add_argument(*flags, action="store_true", help=f"(default {field.default})")
+        else:
+            kind = float if "float" in str(field.type) else int
+            parser.add_argument(*flags, type=kind, default=None, help=f"(default {field.default})")
+
+
+def options_of(args: argparse.Namespace, options: type):
+    """The options the flags of ``add_options`` gave; unset flags keep the class's defaults."""
+    names = [f.name for f in dataclasses.fields(options)]
+    try:
+        return options(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    except ValueError as err:  # "beam_size must be >= 1": name the flag
+        message = str(err)
+        raise ValueError(f"--{message}" if message.split()[0] in names else message) from None
 
 
 def translate_main(argv: list[str]) -> None:
     from lightning_modules.translation import TranslationTask
+    from zoo.predict import TranslationOptions
 
-    parser = argparse.ArgumentParser(prog="rnnzoo translate", description="Translate sentences with a checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="rnnzoo translate", description="Translate sentences: one JSON line {source, translation} each."
+    )
     parser.add_argument("--ckpt", required=True, help="a translation .ckpt, zoo entry or pretrained folder")
     parser.add_argument("--text", action="append", required=True, help="a source sentence (repeat for several)")
-    parser.add_argument("--beam_size", type=int, default=None, help="1 = greedy (default: the model's, 5)")
+    add_options(parser, TranslationOptions)
     parser.add_argument("--attention_png", default=None, help="save the first sentence's attention heatmap here")
     args = parser.parse_args(argv)
-    if args.beam_size is not None and args.beam_size < 1:
-        parser.error(f"--beam_size must be >= 1, got {args.beam_size}")
+    try:
+        options = options_of(args, TranslationOptions)
+    except ValueError as err:
+        parser.error(str(err))
     task = load_task_or_exit(parser, args.ckpt, TranslationTask)
     try:
-        for source, translation in zip(args.text, task.translate(args.text, args.beam_size), strict=True):
-            print(json.dumps({"source": source, "translation": translation}, ensure_ascii=False))
+        for record in task.predict(args.text, options):
+            print(json.dumps(record, ensure_ascii=False))
         if args.attention_png:
             task.plot_attention(args.text[0], args.attention_png)
             print(f"attention heatmap: {args.attention_png}", file=sys.stderr)

@@ -3,6 +3,7 @@
 import ctypes
 import math
 import sys
+import warnings
 from typing import Literal
 
 import torch
@@ -13,7 +14,9 @@ from torchmetrics import MeanMetric
 from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
 from zoo import decoding, text
-from zoo.language_model import RNNLanguageModel, generate
+from zoo.language_model import RNNLanguageModel
+from zoo.language_model import generate as generate_ids
+from zoo.predict import GenerationOptions
 from zoo.recurrent import detach_state
 from zoo.text import IGNORE_INDEX
 
@@ -176,7 +179,7 @@ class LanguageModelTask(TaskModule):
         self._log_split(self.test_nll, "test")
 
     # -- inference -------------------------------------------------------------------------------
-    def generate_text(
+    def generate(
         self,
         prompt: str = "",
         max_new_tokens: int = decoding.MAX_NEW_TOKENS,
@@ -184,13 +187,21 @@ class LanguageModelTask(TaskModule):
         top_k: int | None = None,
         seed: int | None = None,
     ) -> str:
-        """Continue ``prompt`` as a new sentence; stops at ``<eos>`` or after ``max_new_tokens``
-        (``zoo.text`` and ``zoo.decoding``, as at every entry point)."""
-        tokenizer = self.tokenizer
-        prompt_ids = text.prompt_ids(tokenizer, prompt)
-        eos = text.special_id(tokenizer, text.EOS)
-        new_ids = generate(self.net, prompt_ids, max_new_tokens, temperature, top_k, eos, seed)
-        return text.continuation_text(tokenizer, prompt_ids, new_ids)
+        """``prompt`` and its continuation (a new sentence when empty): stops at ``<eos>`` or after
+        ``max_new_tokens``; ``predict`` gives the records (``zoo.predict.Continuation``)."""
+        (record,) = self.predict([prompt], GenerationOptions(max_new_tokens, temperature, top_k, seed))
+        return record["continuation"]
+
+    def generate_text(self, *args, **kwargs) -> str:
+        """Deprecated: ``generate`` (the same arguments), the name the exported model has too."""
+        warnings.warn("generate_text is deprecated, use generate", DeprecationWarning, stacklevel=2)
+        return self.generate(*args, **kwargs)
+
+    @torch.no_grad()
+    def continue_ids(self, prompt_ids: list[int], options: GenerationOptions) -> list[int]:
+        eos = text.special_id(self.tokenizer, text.EOS)
+        o = options
+        return generate_ids(self.net, prompt_ids, o.max_new_tokens, o.temperature, o.top_k, eos, o.seed)
 
 
 def keep_freed_heap_memory() -> None:

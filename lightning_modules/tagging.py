@@ -147,21 +147,18 @@ class TaggingTask(TaskModule):
         self._report("test")
 
     def predict_step(self, batch, batch_idx):
-        mask = self._mask(batch)
-        predicted = self.net.decode(self(batch), mask)
-        labels = self.hparams.labels
-        return [
-            {"words": words, "tags": [labels[t] for t in predicted[row, : len(words)].tolist()]}
-            for row, words in enumerate(batch["words"])
-        ]
+        return self.predict(batch["words"])
+
+    def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
+        """Tags of raw sentences, a string split on whitespace (``zoo.predict.Tagging``)."""
+        return self.predict(sentences)
 
     @torch.no_grad()
-    def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
-        """Tags of raw sentences (a string is split on whitespace), encoded by ``zoo.text`` as at every
-        entry point."""
-        sentences = text.split_words(sentences)
+    def tag_ids(self, sentences: list[list[str]]) -> list[list[int]]:
+        """Each sentence's tag ids, its words encoded by ``zoo.text`` as at every entry point."""
         chars = self.get_tokenizer("char_tokenizer") if "char_tokenizer" in self.tokenizer_jsons else None
         encoded = text.encode_words(self.tokenizer, chars, sentences)
         batch = CoNLLDataModule.collate([(ids, word_chars, [0] * len(ids)) for ids, word_chars in encoded])
-        self.eval()
-        return self.predict_step({**{k: v.to(self.device) for k, v in batch.items()}, "words": sentences}, 0)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        predicted = self.net.decode(self(batch), self._mask(batch))
+        return [predicted[row, : len(words)].tolist() for row, words in enumerate(sentences)]

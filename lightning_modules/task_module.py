@@ -9,6 +9,8 @@ import torch
 from tokenizers import Tokenizer
 
 from zoo import tasks, text
+from zoo.formats import DecodingSpec
+from zoo.predict import predict
 from zoo.text import vocabulary_difference
 
 if TYPE_CHECKING:  # the tasks set these; importing them here would run an import circle
@@ -42,6 +44,26 @@ class TaskModule(L.LightningModule):
     @property
     def tokenizer_names(self) -> tuple[str, ...]:
         return tasks.of_class(type(self)).tokenizers
+
+    @property
+    def task(self) -> str:
+        """The ``zoo.tasks`` name."""
+        return tasks.of_class(type(self)).name
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.hparams.get("labels")
+
+    @property
+    def decoding(self) -> DecodingSpec:
+        return DecodingSpec.model_validate(dict(self.hparams))
+
+    @torch.no_grad()
+    def predict(self, items: list, options=None) -> list[dict]:
+        """The task's records for raw ``items`` (``zoo.predict``: the same at every entry point, the
+        exported model's included)."""
+        self.eval()
+        return predict(self, items, options)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
 from zoo import decoding, text
+from zoo.predict import TranslationOptions
 from zoo.seq2seq import Seq2Seq, translate_ids
 
 
@@ -153,9 +154,7 @@ class TranslationTask(TaskModule):
         self._report("test", self.test_nll)
 
     def predict_step(self, batch, batch_idx):
-        tokenizer = self.get_tokenizer("target_tokenizer")
-        translations = tokenizer.decode_batch(self.decode(batch["source"], batch["lengths"], self.hparams.beam_size))
-        return [{"source": s, "translation": t} for s, t in zip(batch["texts"], translations, strict=True)]
+        return self.predict(batch["texts"])
 
     # -- inference outside the trainer ------------------------------------------------------------
     def encode_sources(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,13 +163,45 @@ class TranslationTask(TaskModule):
         source, lengths = text.pad(text.encode(tokenizer, texts, end=text.EOS), text.pad_id(tokenizer))
         return torch.from_numpy(source).to(self.device), torch.from_numpy(lengths)
 
-    @torch.no_grad()
     def translate(self, texts: list[str], beam_size: int | None = None) -> list[str]:
-        """Translate raw sentences (``beam_size`` defaults to the task's)."""
-        self.eval()
-        source, lengths = self.encode_sources(texts)
-        ids = self.decode(source, lengths, beam_size or self.hparams.beam_size)
-        return self.get_tokenizer("target_tokenizer").decode_batch(ids)
+        """Translations of raw sentences (``beam_size`` defaults to the task's); ``predict`` gives the
+        records (``zoo.predict.Translation``)."""
+        return [record["translation"] for record in self.predict(texts, TranslationOptions(beam_size=beam_size))]
+
+    def require_attention(self) -> None:
+        if self.net.attention is None:
+            raise ValueError("this model has no attention weights to return: its decoder reads no attention")
+
+    def _padded(self, sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        source, lengths = text.pad(sources, text.pad_id(self.get_tokenizer("source_tokenizer")))
+        return torch.from_numpy(source).to(self.device), torch.from_numpy(lengths)
+
+    @torch.no_grad()
+    def translate_ids(self, sources: list[list[int]], beam_size: int, max_new_tokens: int) -> list[list[int]]:
+        """Target ids of source ids ending in ``<eos>`` (``zoo.seq2seq.translate_ids``)."""
+        bos, eos = self._special_ids
+        source, lengths = self._padded(sources)
+        hp = self.hparams
+        return translate_ids(self.net, source, lengths, bos, eos, beam_size, max_new_tokens, hp.length_penalty)
+
+    @torch.no_grad()
+    def attention_weights(self, sources: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
+        """Per text, the attention ``(target tokens + 1, source tokens)`` of the decoder reading its
+        target back (teacher forcing), as ``deploy.runtime.TranslatorPredictor.attention_weights``."""
+        bos, eos = self._special_ids
+        source, lengths = self._padded(sources)
+        memory, state = self.net.encode(source, lengths)
+        steps = 1 + max(map(len, targets))
+        previous = torch.full((len(targets), steps), eos, dtype=torch.long, device=self.device)
+        previous[:, 0] = bos
+        for row, target in enumerate(targets):
+            previous[row, 1 : 1 + len(target)] = torch.tensor(target, dtype=torch.long)
+        seen = []
+        for t in range(steps):
+            _, state, weights = self.net.decode_step(previous[:, t], state, memory)
+            seen.append(weights.float().cpu().numpy())
+        seen = np.stack(seen, 1)
+        return [seen[row, : 1 + len(target), : len(sources[row])] for row, target in enumerate(targets)]
 
     @torch.no_grad()
     def plot_attention(self, source_text: str, path: str | Path) -> str:

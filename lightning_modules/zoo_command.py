@@ -9,6 +9,14 @@ from zoo import tasks
 from zoo.formats import EntryInfo, Manifest, parse, read_json, write_json
 from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
+# ``rnnzoo zoo predict``'s flags: the options of the translator and the language model (``zoo.predict``).
+PREDICT_OPTIONS = (
+    ("beam_size", int, "translation: 1 is greedy"),
+    ("max_new_tokens", int, "translation and language models: tokens to generate"),
+    ("temperature", float, "language models: 0 is greedy"),
+    ("top_k", int, "language models: sample among the k most likely"),
+    ("seed", int, "language models: the same seed, the same text"),
+)
 DTYPE = {
     "choices": ["float32", "float16", "int8"],
     "default": "float32",
@@ -27,6 +35,8 @@ def zoo_main(argv: list[str]) -> None:
     predict = commands.add_parser("predict", help="run an entry on raw texts (JSON lines)")
     predict.add_argument("name", help="a zoo entry, pretrained folder, URL or hf://org/repo")
     predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
+    for name, kind, what in PREDICT_OPTIONS:
+        predict.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: zoo.predict's)")
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
     publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`, or a pretrained folder or entry to store again")
     publish.add_argument(
@@ -62,7 +72,8 @@ def zoo_main(argv: list[str]) -> None:
         elif args.command == "download":
             print(resolve(args.name))
         elif args.command == "predict":
-            for row in predict_texts(args.name, args.text):
+            options = {name: getattr(args, name) for name, *_ in PREDICT_OPTIONS if getattr(args, name) is not None}
+            for row in predict_texts(args.name, args.text, **options):
                 print(json.dumps(row, ensure_ascii=False))
         elif args.command == "ensemble":
             import torch
@@ -84,19 +95,13 @@ def zoo_main(argv: list[str]) -> None:
         parser.error(str(err))
 
 
-def predict_texts(source: str, texts: list[str]) -> list[dict]:
-    """What the entry's task does with raw text: a label, tags, a translation (the model's beam) or
-    a greedy continuation of up to 30 tokens."""
+def predict_texts(source: str, texts: list[str], **options) -> list[dict]:
+    """The records of the entry's task for raw texts (``zoo.predict``), with the task's ``options``."""
     from lightning_modules.task_io import task_from_pretrained
+    from zoo.predict import options_for
 
     task = task_from_pretrained(source)
-    if hasattr(task, "classify"):
-        return task.classify(texts)
-    if hasattr(task, "tag"):
-        return task.tag(texts)
-    if hasattr(task, "translate"):
-        return [{"source": t, "translation": out} for t, out in zip(texts, task.translate(texts), strict=True)]
-    return [{"prompt": t, "continuation": task.generate_text(t, 30, temperature=0.0)} for t in texts]
+    return task.predict(texts, options_for(task.task, **options))
 
 
 def print_table(entries: dict[str, EntryInfo]) -> None:

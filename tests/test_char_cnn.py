@@ -95,4 +95,4 @@ def test_fit_export_and_generate_read_the_same_words(tmp_path, synthetic_corpus)
     with as_pretrained_folder(checkpoint) as (folder, _):
         export(folder, tmp_path / "onnx")
     onnx = deploy.load(tmp_path / "onnx")
-    assert onnx.generate("w1 w2", max_new_tokens=6, seed=0) == task.generate_text("w1 w2", 6, seed=0)
+    assert onnx.generate("w1 w2", max_new_tokens=6, seed=0) == task.generate("w1 w2", 6, seed=0)

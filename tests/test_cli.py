@@ -43,8 +43,9 @@ def test_fit_test_resume_and_generate(tmp_path, ptb_dir):
         *prompt,
         *"--max_new_tokens 8 --top_k 10 --seed 0 --num_samples 2".split(),
     )
-    lines = sampled.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("the company") for line in lines)
+    records = [json.loads(line) for line in sampled.stdout.strip().splitlines()]
+    assert len(records) == 2 and all(r["prompt"] == "the company" for r in records)
+    assert all(r["continuation"].startswith("the company") for r in records)
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, ptb_dir):

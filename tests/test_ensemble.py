@@ -13,7 +13,7 @@ from zoo.pretrained import load_pretrained
 
 PREDICT = {
     "classification": lambda task: task.classify(["A movie. It was good", "It was bad filler filler"]),
-    "language_model": lambda task: [task.generate_text("w1 w2", 8, temperature=0.0), task.generate_text("", 8, seed=3)],
+    "language_model": lambda task: [task.generate("w1 w2", 8, temperature=0.0), task.generate("", 8, seed=3)],
     "tagging": lambda task: task.tag(["Bob Smith went to Paris", "the cat saw Alice"]),
     "translation": lambda task: [task.translate(["g1 g2 g3.", "g4 g5."], beam_size=b) for b in (1, 5)],
 }

@@ -1,6 +1,6 @@
-"""Every entry point treats the same input the same way: `rnnzoo predict`, the task API, `rnnzoo translate`/
-`generate`, the onnxruntime predictor and HTTP give the same ids and the same outputs for the shipped
-entries, over-long inputs included (they all go through ``zoo.text`` and ``zoo.decoding``)."""
+"""Every entry point treats the same input the same way: `rnnzoo predict`, `rnnzoo zoo predict`, `rnnzoo
+translate`/`generate`, the task's ``predict`` in Python, the onnxruntime predictor's and HTTP's ``/v1`` give the
+same ids and the same records (``zoo.predict``) for the shipped entries, over-long inputs included."""
 
 import json
 
@@ -15,6 +15,7 @@ from lightning_modules.cli import main as rnnzoo
 from lightning_modules.task_io import task_from_pretrained
 from tests.conftest import REPO, shared_dataset
 from zoo import text
+from zoo.predict import GenerationOptions
 
 LONG_REVIEW = " ".join(["a fine film , but far too long ."] * 80)  # 720 tokens: over imdb-bilstm's 400
 LONG_SENTENCE = " ".join(["Peter", "lives", "in", "Berlin", "."] * 50)  # 250 words: over CoNLL's max_length 200
@@ -80,11 +81,14 @@ def test_classification_is_the_same_everywhere(capsys, exported, http):
         "rnnzoo predict": lightning_predict(
             capsys, "imdb_bilstm.yaml", "imdb", "imdb-bilstm", "predict_texts", texts, "--data.val_size", "10"
         ),
-        "task": task.classify(texts),
-        "onnxruntime": onnx.classify(texts),
+        "rnnzoo zoo predict": cli_lines(capsys, "zoo", "predict", "imdb-bilstm", *(f"--text={t}" for t in texts)),
+        "task": task.predict(texts),
+        "task.classify": task.classify(texts),
+        "onnxruntime": onnx.predict(texts),
         "http": http.post("/v1/models/imdb-bilstm/predict", json={"texts": texts}).json()["predictions"],
     }
     for where, rows in answers.items():
+        assert [set(row) for row in rows] == [{"text", "label", "probability", "probabilities"}] * 3, where
         assert [row["text"] for row in rows] == texts, where
         assert [row["label"] for row in rows] == [row["label"] for row in answers["task"]], where
         np.testing.assert_allclose(
@@ -99,8 +103,12 @@ def test_tagging_is_the_same_everywhere(capsys, exported, http):
         "rnnzoo predict": lightning_predict(
             capsys, "conll_bilstm_crf.yaml", "conll2003", "conll-bilstm-crf", "predict_sentences", sentences
         ),
-        "task": task.tag(sentences),
-        "onnxruntime": onnx.tag(sentences),
+        "rnnzoo zoo predict": cli_lines(
+            capsys, "zoo", "predict", "conll-bilstm-crf", *(f"--text={t}" for t in sentences)
+        ),
+        "task": task.predict(sentences),
+        "task.tag": task.tag(sentences),
+        "onnxruntime": onnx.predict(sentences),
         "http": http.post("/v1/models/conll-bilstm-crf/predict", json={"sentences": sentences}).json()["predictions"],
     }
     assert [len(row["tags"]) for row in answers["task"]] == [9, 250]  # every word is tagged
@@ -115,21 +123,23 @@ def test_translation_is_the_same_everywhere(capsys, exported, http):
     onnx_source, onnx_lengths = onnx.encode_sources(texts)
     np.testing.assert_array_equal(source.numpy(), onnx_source)
     assert lengths.tolist() == onnx_lengths.tolist() and lengths[-1] > 100
-    translate = ["translate", "--ckpt", "multi30k-bahdanau", *(f"--text={t}" for t in texts)]
+    flags = [f"--text={t}" for t in texts]
+    response = http.post("/v1/models/multi30k-bahdanau/predict", json={"texts": texts}).json()
     answers = {
-        "rnnzoo predict": [
-            row["translation"]
-            for row in lightning_predict(
-                capsys, "multi30k_bahdanau.yaml", "multi30k", "multi30k-bahdanau", "predict_texts", texts
-            )
-        ],
-        "rnnzoo translate": [row["translation"] for row in cli_lines(capsys, *translate)],
-        "task": task.translate(texts),
-        "onnxruntime": onnx.translate(texts),
-        "http": http.post("/v1/models/multi30k-bahdanau/predict", json={"texts": texts}).json()["translations"],
+        "rnnzoo predict": lightning_predict(
+            capsys, "multi30k_bahdanau.yaml", "multi30k", "multi30k-bahdanau", "predict_texts", texts
+        ),
+        "rnnzoo translate": cli_lines(capsys, "translate", "--ckpt", "multi30k-bahdanau", *flags),
+        "rnnzoo zoo predict": cli_lines(capsys, "zoo", "predict", "multi30k-bahdanau", *flags),
+        "task": task.predict(texts),
+        "onnxruntime": onnx.predict(texts),
+        "http": response["predictions"],
     }
-    for where, translations in answers.items():
-        assert translations == answers["task"], where
+    assert [set(row) for row in answers["task"]] == [{"source", "translation"}] * 2
+    for where, records in answers.items():
+        assert records == answers["task"], where
+    translations = [row["translation"] for row in answers["task"]]
+    assert task.translate(texts) == onnx.translate(texts) == response["translations"] == translations  # the text alone
 
 
 def test_generation_is_the_same_everywhere(capsys, exported, http):
@@ -137,13 +147,25 @@ def test_generation_is_the_same_everywhere(capsys, exported, http):
     assert len(text.prompt_ids(task.tokenizer, LONG_PROMPT)) > 256
     for temperature, seed in ((0.0, None), (1.0, 3)):
         settings = {"max_new_tokens": 12, "temperature": temperature, "top_k": 50, "seed": seed}
+        flags = ["--max_new_tokens", "12", "--temperature", str(temperature), "--top_k", "50"]
+        flags += ["--seed", str(seed)] if seed else []
         for prompt in INPUTS["ptb-lstm-small-tied"]:
-            expected = task.generate_text(prompt, **settings)
-            command = ["generate", "--ckpt", "ptb-lstm-small-tied", f"--prompt={prompt}", "--max_new_tokens", "12"]
-            command += ["--temperature", str(temperature), "--top_k", "50"] + (["--seed", str(seed)] if seed else [])
-            capsys.readouterr()
-            rnnzoo(command)
-            assert capsys.readouterr().out.strip() == expected
-            assert onnx.generate(prompt, **settings) == expected
+            (expected,) = task.predict([prompt], GenerationOptions(**settings))
+            assert set(expected) == {"prompt", "continuation"} and expected["prompt"] == prompt
             request = {"prompts": [prompt], **{k: v for k, v in settings.items() if v is not None}}
-            assert http.post("/v1/models/ptb-lstm-small-tied/predict", json=request).json()["generations"] == [expected]
+            response = http.post("/v1/models/ptb-lstm-small-tied/predict", json=request).json()
+            answers = {
+                "rnnzoo generate": cli_lines(
+                    capsys, "generate", "--ckpt", "ptb-lstm-small-tied", f"--prompt={prompt}", *flags
+                ),
+                "rnnzoo zoo predict": cli_lines(
+                    capsys, "zoo", "predict", "ptb-lstm-small-tied", f"--text={prompt}", *flags
+                ),
+                "onnxruntime": onnx.predict([prompt], GenerationOptions(**settings)),
+                "http": response["predictions"],
+            }
+            for where, records in answers.items():
+                assert records == [expected], where
+            continuation = expected["continuation"]
+            assert task.generate(prompt, **settings) == onnx.generate(prompt, **settings) == continuation
+            assert response["generations"] == [continuation]

@@ -111,7 +111,7 @@ def test_checkpoint_carries_the_tokenizer_and_refuses_another_vocabulary(tmp_pat
 
     restored = LanguageModelTask.load_from_checkpoint(ckpt, map_location="cpu")
     assert restored.tokenizer.get_vocab() == dm.tokenizer.get_vocab()
-    text = restored.generate_text("w1 w2", max_new_tokens=5, temperature=0)
+    text = restored.generate("w1 w2", max_new_tokens=5, temperature=0)
     assert text.startswith("w1 w2")
 
     other = PTBDataModule(data_dir=str(synthetic_corpus), max_samples=3, batch_size=4, bptt=5)

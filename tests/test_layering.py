@@ -22,7 +22,15 @@ ALLOWED = {
     "deploy": {"zoo"},
     "lightning_modules": {"zoo", "datamodules", "deploy"},  # the CLI is the composition root
 }
-TORCH_FREE = ("deploy.runtime", "deploy.service", "deploy.signatures", "zoo.tasks", "zoo.text", "zoo.formats")
+TORCH_FREE = (
+    "deploy.runtime",
+    "deploy.service",
+    "deploy.signatures",
+    "zoo.tasks",
+    "zoo.text",
+    "zoo.formats",
+    "zoo.predict",
+)
 TRAINING_STACK = ("torch", "lightning", "datasets", "torchmetrics", "onnx", "safetensors")
 
 

@@ -147,11 +147,11 @@ class Gate:
     def __getattr__(self, name: str):
         return getattr(self.predictor, name)  # task, config...: the real predictor's
 
-    def classify(self, texts: list[str], **options) -> list[dict]:
+    def predict(self, texts: list[str], *options, **limits) -> list[dict]:
         self.calls.append(list(texts))
         self.entered.set()
         assert self.opened.wait(HANG), "the test never opened the gate"
-        return self.predictor.classify(texts, **options)
+        return self.predictor.predict(texts, *options, **limits)
 
 
 class Arrivals:

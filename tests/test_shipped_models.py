@@ -125,12 +125,12 @@ def test_ptb_language_models_continue_a_sentence_greedily(name):
     known = GREEDY_CONTINUATIONS.get(name, {})
     if "level" in known:
         assert task.hparams.level == known["level"]
-    continuation = task.generate_text(PROMPT, known.get("steps", 8), temperature=0.0)
+    continuation = task.generate(PROMPT, known.get("steps", 8), temperature=0.0)
     if "continuation" in known:
         assert continuation == known["continuation"]
     else:  # an entry without a recorded continuation: greedy decoding continues the prompt, the same each time
         assert continuation.startswith(PROMPT) and len(continuation) > len(PROMPT)
-        assert task.generate_text(PROMPT, known.get("steps", 8), temperature=0.0) == continuation
+        assert task.generate(PROMPT, known.get("steps", 8), temperature=0.0) == continuation
 
 
 REVIEWS = [*CLEAR_REVIEWS, "Not bad, but the ending was a letdown."]
@@ -164,7 +164,7 @@ def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
         assert exported.translate(texts) == task.translate(texts)
     else:
         continuations = [exported.generate(prompt, 8, 0.0) for prompt in texts]  # greedy
-        assert continuations == [task.generate_text(prompt, 8, 0.0) for prompt in texts]
+        assert continuations == [task.generate(prompt, 8, 0.0) for prompt in texts]
 
 
 # `rnnzoo zoo predict NAME --text TEXT`: the text, the output field and what it must be (a

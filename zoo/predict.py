@@ -9,7 +9,7 @@ from (the records below, which are plain dicts and so JSON as they are).
 A function sees the model only through a few primitives, which the PyTorch task and the exported
 folder each implement under the same names: ``labels``, ``decoding`` (a ``zoo.formats.DecodingSpec``),
 ``get_tokenizer(name)``, and per task ``logits(texts)`` (classifier), ``tag_ids(sentences)``
-(tagger), ``translate_ids(sources, beam_size, max_new_tokens)``, ``has_attention``, ``name`` and
+(tagger), ``translate_ids(sources, beam_size, max_new_tokens)``, ``require_attention()`` and
 ``attention_weights(sources, targets)`` (translator, on source ids ending in ``<eos>``), and
 ``continue_ids(prompt_ids, options)`` (language model). Torch-free.
 """
@@ -72,9 +72,7 @@ class TranslationOptions:
 
     def __post_init__(self):
         for name in ("beam_size", "max_new_tokens"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_count(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,16 @@ class GenerationOptions:
     seed: int | None = None  # the same seed gives the same text
 
     def __post_init__(self):
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        check_count("max_new_tokens", self.max_new_tokens)
         decoding.check_sampling(self.temperature, self.top_k)
+
+
+def check_count(name: str, value) -> None:
+    """Refuse a count option that is not an integer >= 1 (``None``, the default, passes)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 Options = ClassificationOptions | TaggingOptions | TranslationOptions | GenerationOptions
@@ -99,7 +104,8 @@ def options_for(task: str, **values) -> Options:
     known = {field.name for field in fields(options)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{task} takes the options {sorted(known) or 'none'}, not {', '.join(unknown)}")
+        takes = f"the options {', '.join(sorted(known))}" if known else "no options"
+        raise ValueError(f"{task} takes {takes}, not {', '.join(unknown)}")
     return options(**values)
 
 
@@ -134,13 +140,16 @@ def tag(model, sentences: list[str] | list[list[str]], options: TaggingOptions, 
 def translate(model, texts: list[str], options: TranslationOptions, **limits) -> list[Translation]:
     settings = model.decoding
     beam_size = options.beam_size or settings.beam_size or decoding.BEAM_SIZE
-    source_tokenizer, target_tokenizer = model.get_tokenizer("source_tokenizer"), model.get_tokenizer("target_tokenizer")
+    source_tokenizer, target_tokenizer = (
+        model.get_tokenizer("source_tokenizer"),
+        model.get_tokenizer("target_tokenizer"),
+    )
     sources = text.encode(source_tokenizer, texts, end=text.EOS)
     max_new_tokens = (
         options.max_new_tokens or settings.max_new_tokens or decoding.default_max_new_tokens(map(len, sources))
     )
-    if options.attention and not model.has_attention:
-        raise ValueError(f"{model.name} has no attention weights to return: its decoder reads no attention")
+    if options.attention:
+        model.require_attention()  # before the decoding, which may take a while
     targets = model.translate_ids(sources, beam_size, max_new_tokens, **limits)
     records = [
         {"source": source, "translation": translation}
@@ -155,7 +164,7 @@ def translate(model, texts: list[str], options: TranslationOptions, **limits) ->
         target_tokens += [text.EOS] if len(target) < max_new_tokens else []  # else it ran out of tokens
         record["source_tokens"] = [source_tokenizer.id_to_token(i) for i in source]
         record["target_tokens"] = target_tokens
-        record["attention"] = np.round(weights[: len(target_tokens)], 4).tolist()
+        record["attention"] = np.round(np.asarray(weights[: len(target_tokens)], dtype=np.float64), 4).tolist()
     return records
 
 

@@ -5,8 +5,9 @@ path, so that reading the record imports nothing: the torch-free runtime and ser
 records as training (Hugging Face ``transformers`` keeps its auto-class mappings as names for the
 same reason). The task's ``name`` is what every checkpoint, pretrained folder and export stores.
 
-Adding a task: write its parts (a zoo architecture, a LightningModule, a datamodule, the export
-graphs, a runtime predictor, the service API and a parity check) and add one ``Task`` to ``TASKS``.
+Adding a task: write its parts (its predict function and options, a zoo architecture, a
+LightningModule, a datamodule, the export graphs, a runtime predictor, the service API and a parity
+check) and add one ``Task`` to ``TASKS``.
 """
 
 import importlib
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Task:
     name: str  # stored in checkpoints (``"task"``), pretrained folders and exports (``config.json``)
+    predict: str  # ``zoo.predict``: items and options in, result records out, at every entry point
+    options: str  # ``zoo.predict``: the options ``predict`` takes, with their defaults
     architecture: str  # the zoo network (``torch.nn.Module``)
     ensemble: str  # ``zoo.ensemble``: several trained networks that predict as one
     lightning_module: str  # trains, evaluates and predicts with the network
@@ -41,6 +44,8 @@ TASKS: dict[str, Task] = {
     for task in (
         Task(
             "language_model",
+            predict="zoo.predict.generate",
+            options="zoo.predict.GenerationOptions",
             architecture="zoo.language_model.RNNLanguageModel",
             ensemble="zoo.ensemble.LanguageModelEnsemble",
             lightning_module="lightning_modules.language_model.LanguageModelTask",
@@ -52,6 +57,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "classification",
+            predict="zoo.predict.classify",
+            options="zoo.predict.ClassificationOptions",
             architecture="zoo.classifier.SequenceClassifier",
             ensemble="zoo.ensemble.ClassifierEnsemble",
             lightning_module="lightning_modules.classification.ClassificationTask",
@@ -63,6 +70,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "tagging",
+            predict="zoo.predict.tag",
+            options="zoo.predict.TaggingOptions",
             architecture="zoo.tagger.SequenceTagger",
             ensemble="zoo.ensemble.TaggerEnsemble",
             lightning_module="lightning_modules.tagging.TaggingTask",
@@ -75,6 +84,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "translation",
+            predict="zoo.predict.translate",
+            options="zoo.predict.TranslationOptions",
             architecture="zoo.seq2seq.Seq2Seq",
             ensemble="zoo.ensemble.Seq2SeqEnsemble",
             lightning_module="lightning_modules.translation.TranslationTask",

@@ -1,7 +1,7 @@
 """The text pipeline every entry point shares: raw text -> checked, truncated, padded ids, with numpy
 and ``tokenizers`` only.
 
-The datamodules' predict path, the tasks' ``classify``/``tag``/``translate``/``generate_text`` and the
+The datamodules' predict path, the tasks' ``classify``/``tag``/``translate``/``generate`` and the
 onnxruntime predictors all call these functions, so the same input gives the same ids everywhere. How
 far a text is truncated is a setting of its tokenizer (``Tokenizer.enable_truncation``, set by the
 datamodule that fits it), and every checkpoint, pretrained folder and export carries the tokenizer.

@@ -29,7 +29,7 @@ TASK_ORDER = ("language_model", "classification", "tagging", "translation")
 
 # How ``task_from_pretrained(name)`` is used for each task.
 USAGE = {
-    "language_model": '.generate_text("the company said")',
+    "language_model": '.generate("the company said")',
     "classification": ".classify([...])",
     "tagging": ".tag([...])",
     "translation": ".translate([...])",

@@ -168,8 +168,8 @@ function translatorForm(model) {
   }
   const body = () => ({ texts: [text.value], beam_size: numberOrNull(beam), attention: attention.checked });
   return modelForm(model, fields, body, (answer) => {
-    const result = answer.translations[0];
-    if (typeof result === "string") return element("p", { class: "translation", text: result });
+    const result = answer.predictions[0];
+    if (!result.attention) return element("p", { class: "translation", text: result.translation });
     return element(
       "div", {}, element("p", { class: "translation", text: result.translation }),
       heatmap(result.source_tokens, result.target_tokens, result.attention),
@@ -190,7 +190,7 @@ function languageModelForm(model) {
     max_new_tokens: numberOrNull(maxTokens),
   });
   // The answer is the prompt, as the model's tokenizer reads it, and its continuation.
-  return modelForm(model, fields, body, (answer) => element("p", { class: "continuation", text: answer.generations[0] }));
+  return modelForm(model, fields, body, (answer) => element("p", { class: "continuation", text: answer.predictions[0].continuation }));
 }
 
 const FORMS = {
