@@ -180,3 +180,27 @@ def test_onnx_export_path_matches_the_training_path(cell, bidirectional, monkeyp
     torch.testing.assert_close(out, expected_out)
     for actual, expected in zip(state_tensors(state), state_tensors(expected_state), strict=True):
         torch.testing.assert_close(actual, expected)
+
+
+def test_every_model_passes_its_stack_options_to_its_stack():
+    """The models build their stacks from one ``StackConfig`` picked from their own arguments."""
+    from zoo.classifier import SequenceClassifier
+    from zoo.language_model import RNNLanguageModel
+    from zoo.recurrent import StackConfig
+    from zoo.seq2seq import Seq2Seq
+    from zoo.tagger import SequenceTagger
+
+    options = {"num_layers": 2, "cell": "gru", "dropout": 0.3, "recurrent_init": "orthogonal"}
+    words = {"locked_dropout": True, "residual": True, **options}
+    stacks = {
+        "classifier": (SequenceClassifier(20, 2, 8, 6, bidirectional=False, **words).rnn, False, words),
+        "language model": (RNNLanguageModel(20, 8, 6, **words).rnn, False, words),
+        "tagger": (SequenceTagger(20, ["O", "B-X"], 8, 6, **words).rnn, True, words),
+        "encoder": (Seq2Seq(20, 20, 8, 6, bidirectional_encoder=True, **options).encoder, True, options),
+        "decoder": (Seq2Seq(20, 20, 8, 6, bidirectional_encoder=True, **options).decoder, False, options),
+    }
+    for where, (stack, bidirectional, given) in stacks.items():
+        expected = StackConfig(**given, bidirectional=bidirectional)
+        assert (stack.num_layers, stack.cell, stack.num_directions) == (2, "gru", 1 + bidirectional), where
+        assert (stack.residual, stack.recurrent_init) == (expected.residual, "orthogonal"), where
+        assert type(stack.inter_layer_dropout).__name__ == ("LockedDropout" if expected.locked_dropout else "Dropout")

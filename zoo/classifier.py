@@ -5,7 +5,7 @@ from torch import nn
 
 from zoo.dropout import make_dropout
 from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool, pooled_size
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, StackConfig
 
 
 class SequenceClassifier(nn.Module):
@@ -46,18 +46,7 @@ class SequenceClassifier(nn.Module):
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.embedding_dropout = make_dropout(dropout, locked_dropout)
-        self.rnn = RecurrentStack(
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            cell,
-            bidirectional,
-            dropout,
-            locked_dropout,
-            residual,
-            recurrent_init,
-            nonlinearity,
-        )
+        self.rnn = StackConfig.pick(locals()).build(embedding_dim, hidden_size)
         self.attention = AttentionPooling(self.rnn.output_size) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(pooled_size(pooling, self.rnn.output_size), num_classes)

@@ -9,7 +9,7 @@ from torch import nn
 from zoo import decoding
 from zoo.char_cnn import CharCNN
 from zoo.dropout import make_dropout
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, State
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, StackConfig, State
 from zoo.text import word_bytes
 
 
@@ -78,17 +78,7 @@ class RNNLanguageModel(nn.Module):
             embedding_dim = self.char_cnn.output_size
         else:
             self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = RecurrentStack(
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            cell,
-            dropout=dropout,
-            locked_dropout=locked_dropout,
-            residual=residual,
-            recurrent_init=recurrent_init,
-            nonlinearity=nonlinearity,
-        )
+        self.rnn = StackConfig.pick(locals()).build(embedding_dim, hidden_size)
         self.dropout = make_dropout(dropout, locked_dropout)
         self.embedding_dropout = (
             self.dropout if embedding_dropout is None else make_dropout(embedding_dropout, locked_dropout)

@@ -7,6 +7,7 @@ Layers are kept as separate modules so that dropout (standard or locked) and res
 can sit between them.
 """
 
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from typing import Literal
 
@@ -57,6 +58,31 @@ def recurrences(module: nn.Module) -> list[tuple[nn.Parameter, list[nn.Parameter
         elif hasattr(m, "recurrence"):
             found.append(m.recurrence())
     return found
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """A ``RecurrentStack``'s options but its sizes. The models take them as flat arguments of the
+    same names (LightningCLI flags and stored arguments), and build their stacks from one of these
+    instead of passing the list along again."""
+
+    num_layers: int = 1
+    cell: CellType = "lstm"
+    bidirectional: bool = False
+    dropout: float = 0.0
+    locked_dropout: bool = False
+    residual: bool = False
+    recurrent_init: RecurrentInit = "default"
+    nonlinearity: Nonlinearity = "tanh"
+
+    @classmethod
+    def pick(cls, arguments: dict, **changes) -> "StackConfig":
+        """The options among ``arguments`` (a model's constructor arguments: its ``locals()``), with ``changes``."""
+        names = {field.name for field in fields(cls)}
+        return replace(cls(**{name: value for name, value in arguments.items() if name in names}), **changes)
+
+    def build(self, input_size: int, hidden_size: int) -> "RecurrentStack":
+        return RecurrentStack(input_size, hidden_size, **asdict(self))
 
 
 class RecurrentStack(nn.Module):

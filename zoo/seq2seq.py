@@ -4,6 +4,7 @@ step graph) all drive the same function.
 """
 
 import warnings
+from dataclasses import replace
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 from zoo import decoding
 from zoo.attention import Attention, AttentionType
 from zoo.pooling import last_layer_state, valid_mask
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, State, map_state
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, StackConfig, State, map_state
 
 Context = Literal["initial", "every_step", "attention"]
 CONTEXTS = ("initial", "every_step", "attention")
@@ -85,10 +86,8 @@ class Seq2Seq(nn.Module):
         self.source_embedding = nn.Embedding(source_vocab_size, embedding_dim)
         self.target_embedding = nn.Embedding(target_vocab_size, embedding_dim)
         self.dropout = nn.Dropout(dropout)
-        stack_options = {"recurrent_init": recurrent_init, "nonlinearity": nonlinearity}
-        self.encoder = RecurrentStack(
-            embedding_dim, hidden_size, num_layers, cell, bidirectional_encoder, dropout, **stack_options
-        )
+        stack = StackConfig.pick(locals())
+        self.encoder = replace(stack, bidirectional=bidirectional_encoder).build(embedding_dim, hidden_size)
         memory_size = self.encoder.output_size
         decoder_size = memory_size
         self.num_layers, self.decoder_size = num_layers, decoder_size
@@ -103,7 +102,7 @@ class Seq2Seq(nn.Module):
         if uses_luong:
             self.combine = nn.Linear(memory_size + decoder_size, decoder_size)
             decoder_input += decoder_size if input_feeding else 0
-        self.decoder = RecurrentStack(decoder_input, decoder_size, num_layers, cell, dropout=dropout, **stack_options)
+        self.decoder = stack.build(decoder_input, decoder_size)
         self.pre_output = nn.Linear(features, embedding_dim)
         self.output = nn.Linear(embedding_dim, target_vocab_size)
         if tie_weights:

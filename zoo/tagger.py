@@ -9,7 +9,7 @@ from torch import nn
 from zoo.crf import CRF, bio_constraints
 from zoo.dropout import make_dropout
 from zoo.pooling import last_layer_state
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack
+from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, StackConfig
 from zoo.text import IGNORE_INDEX
 
 
@@ -102,18 +102,7 @@ class SequenceTagger(nn.Module):
             self.chars = CharConvWordEncoder(char_vocab_size, char_embedding_dim, char_filters, char_width)
         input_size = embedding_dim + (self.chars.output_size if self.chars else 0)
         self.dropout = make_dropout(dropout, locked_dropout)
-        self.rnn = RecurrentStack(
-            input_size,
-            hidden_size,
-            num_layers,
-            cell,
-            True,
-            dropout,
-            locked_dropout,
-            residual,
-            recurrent_init,
-            nonlinearity,
-        )
+        self.rnn = StackConfig.pick(locals(), bidirectional=True).build(input_size, hidden_size)
         self.emissions = nn.Linear(self.rnn.output_size, len(labels))
         self.crf = CRF(len(labels), *bio_constraints(self.labels)) if output == "crf" else None
 
