@@ -16,6 +16,7 @@ TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "onnx", "saf
 
 def generate_main(argv: list[str]) -> None:
     from lightning_modules.language_model import LanguageModelTask
+    from lightning_modules.option_flags import add_option_flags, options_from_flags
     from zoo.predict import GenerationOptions
 
     parser = argparse.ArgumentParser(
@@ -24,13 +25,13 @@ def generate_main(argv: list[str]) -> None:
     )
     parser.add_argument("--ckpt", required=True, help="a .ckpt written by `rnnzoo fit`, a zoo entry or a folder")
     parser.add_argument("--prompt", default="", help="text to continue (a new sentence when empty)")
-    add_options(parser, GenerationOptions, max_new_tokens="--max_tokens")
+    add_option_flags(parser, GenerationOptions, old_names={"max_new_tokens": "--max_tokens"})
     parser.add_argument("--num_samples", type=int, default=1, help="samples, with seeds seed, seed + 1, ...")
     args = parser.parse_args(argv)
     task = load_task_or_exit(parser, args.ckpt, LanguageModelTask)
     for i in range(args.num_samples):
         try:
-            options = options_of(args, GenerationOptions)
+            options = options_from_flags(args, GenerationOptions)
             seed = None if options.seed is None else options.seed + i
             (record,) = task.predict([args.prompt], dataclasses.replace(options, seed=seed))
         except ValueError as err:
@@ -38,29 +39,8 @@ def generate_main(argv: list[str]) -> None:
         print(json.dumps(record, ensure_ascii=False))
 
 
-def add_options(parser: argparse.ArgumentParser, options: type, **old_names: str) -> None:
-    """A flag per field of a ``zoo.predict`` options class, its default the class's (``old_names``:
-    a field's earlier flag, still accepted)."""
-    for field in dataclasses.fields(options):
-        flags = [f"--{field.name}", *([old_names[field.name]] if field.name in old_names else [])]
-        if field.type is bool or field.type == "bool":
-            parser.add_argument(*flags, action="store_true", help=f"(default {field.default})")
-        else:
-            kind = float if "float" in str(field.type) else int
-            parser.add_argument(*flags, type=kind, default=None, help=f"(default {field.default})")
-
-
-def options_of(args: argparse.Namespace, options: type):
-    """The options the flags of ``add_options`` gave; unset flags keep the class's defaults."""
-    names = [f.name for f in dataclasses.fields(options)]
-    try:
-        return options(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
-    except ValueError as err:  # "beam_size must be >= 1": name the flag
-        message = str(err)
-        raise ValueError(f"--{message}" if message.split()[0] in names else message) from None
-
-
 def translate_main(argv: list[str]) -> None:
+    from lightning_modules.option_flags import add_option_flags, options_from_flags
     from lightning_modules.translation import TranslationTask
     from zoo.predict import TranslationOptions
 
@@ -69,11 +49,11 @@ def translate_main(argv: list[str]) -> None:
     )
     parser.add_argument("--ckpt", required=True, help="a translation .ckpt, zoo entry or pretrained folder")
     parser.add_argument("--text", action="append", required=True, help="a source sentence (repeat for several)")
-    add_options(parser, TranslationOptions)
+    add_option_flags(parser, TranslationOptions)
     parser.add_argument("--attention_png", default=None, help="save the first sentence's attention heatmap here")
     args = parser.parse_args(argv)
     try:
-        options = options_of(args, TranslationOptions)
+        options = options_from_flags(args, TranslationOptions)
     except ValueError as err:
         parser.error(str(err))
     task = load_task_or_exit(parser, args.ckpt, TranslationTask)

@@ -5,18 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
+from lightning_modules.option_flags import add_option_flags, given_options
 from zoo import tasks
 from zoo.formats import EntryInfo, Manifest, parse, read_json, write_json
 from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
-# ``rnnzoo zoo predict``'s flags: the options of the translator and the language model (``zoo.predict``).
-PREDICT_OPTIONS = (
-    ("beam_size", int, "translation: 1 is greedy"),
-    ("max_new_tokens", int, "translation and language models: tokens to generate"),
-    ("temperature", float, "language models: 0 is greedy"),
-    ("top_k", int, "language models: sample among the k most likely"),
-    ("seed", int, "language models: the same seed, the same text"),
-)
+TASK_OPTIONS = tuple(task.load("options") for task in tasks.TASKS.values())  # ``zoo.predict``'s
 DTYPE = {
     "choices": ["float32", "float16", "int8"],
     "default": "float32",
@@ -35,8 +29,7 @@ def zoo_main(argv: list[str]) -> None:
     predict = commands.add_parser("predict", help="run an entry on raw texts (JSON lines)")
     predict.add_argument("name", help="a zoo entry, pretrained folder, URL or hf://org/repo")
     predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
-    for name, kind, what in PREDICT_OPTIONS:
-        predict.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: zoo.predict's)")
+    add_option_flags(predict, *TASK_OPTIONS)  # an entry takes those of its task
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
     publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`, or a pretrained folder or entry to store again")
     publish.add_argument(
@@ -72,8 +65,7 @@ def zoo_main(argv: list[str]) -> None:
         elif args.command == "download":
             print(resolve(args.name))
         elif args.command == "predict":
-            options = {name: getattr(args, name) for name, *_ in PREDICT_OPTIONS if getattr(args, name) is not None}
-            for row in predict_texts(args.name, args.text, **options):
+            for row in predict_texts(args.name, args.text, **given_options(args, *TASK_OPTIONS)):
                 print(json.dumps(row, ensure_ascii=False))
         elif args.command == "ensemble":
             import torch
