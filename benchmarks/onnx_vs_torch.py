@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import deploy
+from deploy import signatures as names
 from deploy.export import export, load_source
 from lightning_modules.task_io import as_pretrained_folder
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
@@ -74,7 +75,7 @@ def cases(network, exported: dict):
             tokens = rng.integers(1, vocab, (batch, 200))
             lengths = np.full(batch, 200)
             torch_inputs = (torch.from_numpy(tokens), torch.from_numpy(lengths))
-            feed = {"tokens": tokens, "lengths": lengths}
+            feed = dict(zip(names.CLASSIFIER_INPUTS, (tokens, lengths), strict=True))
             calls = {
                 variant: lambda p=p, f=feed: p.sessions["model.onnx"].run(None, f) for variant, p in exported.items()
             }
@@ -88,10 +89,10 @@ def cases(network, exported: dict):
             mask = torch.ones(batch, 14, dtype=torch.bool)
 
             def torch_call(i=inputs, m=mask):
-                return network.decode(network(i["tokens"], i["lengths"], i.get("chars"), i.get("char_lengths")), m)
+                return network.decode(network(*(i.get(name) for name in names.tagger_inputs(characters=True))), m)
 
             calls = {
-                variant: lambda p=p, f=feed: p.sessions["model.onnx"].run(["tags"], f)
+                variant: lambda p=p, f=feed: p.sessions["model.onnx"].run([names.TAGS], f)
                 for variant, p in exported.items()
             }
             yield name, torch_call, calls

@@ -253,16 +253,14 @@ def _seq2seq_ensemble_graphs(ensemble: Seq2SeqEnsemble) -> Interface:
 
 _SOURCE = {0: "batch", 1: "source_time"}
 SEQ2SEQ_AXES = {
-    "source": _SOURCE,
-    "lengths": {0: "batch"},
-    "memory": _SOURCE,
-    "memory_mask": _SOURCE,
-    "keys": _SOURCE,
-    "summary": {0: "batch"},
+    names.SOURCE: _SOURCE,
+    names.LENGTHS: {0: "batch"},
+    **{name: _SOURCE for name in names.MEMORY["attention"].values()},
+    **{name: {0: "batch"} for name in names.MEMORY["every_step"].values()},
     "h": {1: "batch"},
     "c": {1: "batch"},
     "feed": {0: "batch"},
-    "tokens": {0: "batch"},
-    "logits": {0: "batch"},
-    "attention": _SOURCE,
+    names.TOKENS: {0: "batch"},
+    names.LOGITS: {0: "batch"},
+    names.ATTENTION: _SOURCE,
 }

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import deploy
+from deploy import signatures as names
 from zoo import decoding, tasks
 from zoo.seq2seq import translate_ids
 
@@ -55,10 +56,11 @@ def tagging_parity(predictor, network, rows, batch_size) -> dict:
     same = total = 0
     for sentences in _batches([words for words in rows["tokens"] if words], batch_size):
         words, feed = predictor.features(sentences)
-        from_onnx = predictor.sessions["model.onnx"].run(["tags"], feed)[0]
+        from_onnx = predictor.sessions["model.onnx"].run([names.TAGS], feed)[0]
         inputs = {name: torch.from_numpy(value) for name, value in feed.items()}
-        emissions = network(inputs["tokens"], inputs["lengths"], inputs.get("chars"), inputs.get("char_lengths"))
-        mask = torch.arange(emissions.size(1)).unsqueeze(0) < inputs["lengths"].unsqueeze(1)
+        features = [inputs.get(name) for name in names.tagger_inputs(characters=True)]
+        emissions = network(*features)
+        mask = torch.arange(emissions.size(1)).unsqueeze(0) < inputs[names.LENGTHS].unsqueeze(1)
         from_torch = network.decode(emissions, mask).numpy()
         valid = mask.numpy()
         same, total = same + int(((from_onnx == from_torch) & valid).sum()), total + int(valid.sum())
