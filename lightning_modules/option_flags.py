@@ -4,11 +4,20 @@ and HTTP entry points take, with the same defaults (an unset flag leaves the cla
 
 import argparse
 import dataclasses
+import sys
+
+
+class DeprecatedFlag(argparse.Action):
+    """An option's old flag: it sets the option and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated: use --{self.dest}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_option_flags(parser: argparse.ArgumentParser, *options: type, old_names: dict[str, str] | None = None) -> None:
     """A flag per field of the ``options`` classes (a field they share, once); ``old_names``: a
-    field's earlier flag, still accepted."""
+    field's earlier flag, still accepted for one release with a warning."""
     old_names = old_names or {}
     defaults: dict[str, list[str]] = {}  # a field -> "Class: default" of each class that has it
     kinds = {}
@@ -17,12 +26,14 @@ def add_option_flags(parser: argparse.ArgumentParser, *options: type, old_names:
             defaults.setdefault(field.name, []).append(f"{cls.__name__} {field.default}")
             kinds[field.name] = field.type
     for name, kind in kinds.items():
-        flags = [f"--{name}", *([old_names[name]] if name in old_names else [])]
         help = f"default: {'; '.join(defaults[name])}"
         if kind is bool:
-            parser.add_argument(*flags, action="store_true", default=None, help=help)
-        else:
-            parser.add_argument(*flags, type=float if "float" in str(kind) else int, default=None, help=help)
+            parser.add_argument(f"--{name}", action="store_true", default=None, help=help)
+            continue
+        kind = float if "float" in str(kind) else int
+        parser.add_argument(f"--{name}", type=kind, default=None, help=help)
+        if name in old_names:
+            parser.add_argument(old_names[name], dest=name, type=kind, action=DeprecatedFlag, help=argparse.SUPPRESS)
 
 
 def given_options(args: argparse.Namespace, *options: type) -> dict:

@@ -169,3 +169,17 @@ def test_generation_is_the_same_everywhere(capsys, exported, http):
             continuation = expected["continuation"]
             assert task.generate(prompt, **settings) == onnx.generate(prompt, **settings) == continuation
             assert response["generations"] == [continuation]
+
+
+def test_old_names_still_work_and_say_they_are_deprecated(capsys):
+    task = task_from_pretrained("ptb-lstm-small-tied")
+    with pytest.warns(DeprecationWarning, match="use generate"):
+        old = task.generate_text("the company", 4, temperature=0.0)
+    assert old == task.generate("the company", 4, temperature=0.0)
+    capsys.readouterr()
+    rnnzoo(
+        ["generate", "--ckpt", "ptb-lstm-small-tied", "--prompt=the company", "--max_tokens", "4", "--temperature", "0"]
+    )
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"prompt": "the company", "continuation": old}
+    assert "--max_tokens is deprecated: use --max_new_tokens" in err
