@@ -139,6 +139,22 @@ def with_entry(published, monkeypatch, tmp_path, **changes) -> None:
     monkeypatch.setenv("RNNZOO_MANIFEST", str(manifest))
 
 
+def test_an_entry_with_a_crafted_size_or_digest_is_refused_before_any_download(published):
+    entry_path = published["folder"] / "entry.json"
+    entry = json.loads(entry_path.read_text())
+    weights = entry["files"]["model.safetensors"]
+    for bad in ({"size": 10**15}, {"size": "big"}, {"size": -1}, {"sha256": "not hex"}):
+        entry_path.write_text(
+            json.dumps({**entry, "files": {**entry["files"], "model.safetensors": {**weights, **bad}}})
+        )
+        with pytest.raises(ZooError, match="entry.json: missing or malformed files"):
+            from_pretrained(published["url"])
+        assert CountingHandler.served.get("/tiny-clf/model.safetensors") is None
+    entry_path.write_text(json.dumps({**entry, "urls": "http://elsewhere"}))
+    with pytest.raises(ZooError, match="missing or malformed urls"):
+        from_pretrained(published["url"])
+
+
 def test_download_stops_at_the_size_the_entry_states(published, monkeypatch, tmp_path):
     files = json.loads(json.dumps(published["entry"]["files"]))
     files["model.safetensors"]["size"] = 10
