@@ -113,7 +113,8 @@ class CoNLLDataModule(BucketedDataModule):
         sentences, tags = dataset[self.hparams.tokens_column], dataset[self.hparams.tag_column]
         too_long = sum(len(words) > self.hparams.max_length for words in sentences)
         if too_long:
-            log.warning(f"{too_long} {split} sentences exceed max_length={self.hparams.max_length} words; truncated")
+            limit = self.hparams.max_length
+            log.warning(f"{too_long} {split} sentences exceed max_length={limit} tokens (words); truncated")
         examples = [
             (ids, chars, sentence_tags[: len(ids)])
             for (ids, chars), sentence_tags in zip(

@@ -42,7 +42,8 @@ class TranslationDataModule(BucketedDataModule):
         streaming: read the training split as a stream (corpora that do not fit on disk); the
             stream is sharded across DDP ranks and the tokenizers are fitted on its first
             ``tokenizer_sample`` pairs.
-        max_length: tokens of a side, ``<eos>`` included.
+        max_length: tokens of a side's text, as for every datamodule (``<eos>``, and the target's
+            ``<bos>``, come on top).
         predict_texts: source sentences for ``rnnzoo predict``.
     """
 
@@ -157,7 +158,7 @@ class TranslationDataModule(BucketedDataModule):
                 vocab_size=hp.vocab_size,
                 min_frequency=hp.min_frequency,
             )
-            tokenizer.enable_truncation(hp.max_length - 1)  # <eos> (and <bos>) come after
+            tokenizer.enable_truncation(hp.max_length)  # <eos> (and <bos>) come after
             return tokenizer
 
         if hp.joint_vocabulary:
@@ -188,7 +189,7 @@ class TranslationDataModule(BucketedDataModule):
         eos = self.source_tokenizer.token_to_id(EOS)
         # A pretrained tokenizer may not truncate: the length limit is checked here as well.
         over = [
-            bool(s.overflowing or t.overflowing) or len(s.ids) >= limit or len(t.ids) >= limit
+            bool(s.overflowing or t.overflowing) or len(s.ids) > limit or len(t.ids) > limit
             for s, t in zip(sources, targets, strict=True)
         ]
         if split == "train":
@@ -205,7 +206,7 @@ class TranslationDataModule(BucketedDataModule):
         if any(over):
             log.warning(f"{sum(over)} {split} pairs exceed max_length={limit} tokens; truncated")
         return [
-            (source.ids[: limit - 1] + [eos], target.ids[: limit - 1], text_pair[1], row)
+            (source.ids[:limit] + [eos], target.ids[:limit], text_pair[1], row)
             for row, (source, target, text_pair) in enumerate(zip(sources, targets, pairs, strict=True))
         ]
 

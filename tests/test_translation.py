@@ -108,9 +108,10 @@ def test_long_pairs_dropped_in_training_truncated_in_evaluation(tmp_path, caplog
         dm.setup("fit")
         dm.setup("test")
     assert "dropped" in caplog.text and "truncated" in caplog.text
-    assert all(len(source) <= 5 and len(target) < 5 for source, target, _, _ in dm.examples["train"])
+    # max_length counts a side's text tokens, as in every datamodule: a source has <eos> on top
+    assert all(len(source) <= 5 + 1 and len(target) <= 5 for source, target, _, _ in dm.examples["train"])
     assert len(dm.examples["test"]) == 40  # every test pair is kept, so every reference is scored
-    assert max(len(source) for source, _, _, _ in dm.examples["test"]) == 5
+    assert max(len(source) for source, _, _, _ in dm.examples["test"]) == 5 + 1
 
 
 def test_streaming_shards_are_disjoint_across_ranks(tmp_path):
