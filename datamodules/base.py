@@ -9,10 +9,16 @@ import lightning as L
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from datamodules.batching import bucketed_loader, pad_sequences
+from datamodules.batching import bucketed_loader
 from datamodules.loading import DataError, require_positive
 from datamodules.tokenization import pretrained_tokenizers
 from zoo import text
+
+
+def items_loader(items: list, key: str, batch_size: int) -> DataLoader:
+    """Batches ``{key: [item, ...]}`` of raw items, for ``rnnzoo predict``."""
+    return DataLoader(items, batch_size=batch_size, collate_fn=lambda batch: {key: list(batch)})
+
 
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
 
@@ -52,19 +58,15 @@ class TextDataModule(L.LightningDataModule):
     def prepare_data(self):
         _ = self.splits  # download (or check the local files) before any process sets up
 
-    def text_loader(self, texts: list[str], tokenizer: Tokenizer, inputs: str, end: str | None = None) -> DataLoader:
-        """``rnnzoo predict``'s batches of raw ``texts``, encoded by ``zoo.text`` as at every entry point:
-        the padded ids under ``inputs``, ``lengths`` and the ``texts``."""
+    def text_loader(self, texts: list[str], tokenizer: Tokenizer, end: str | None = None) -> DataLoader:
+        """``rnnzoo predict``'s batches of raw ``texts`` (``{"texts": [...]}``), which the task encodes
+        with ``zoo.text`` (``task.predict``, as at every entry point); a text it would refuse is a
+        ``DataError`` here, before the run starts."""
         try:
-            rows = list(zip(text.encode(tokenizer, texts, "predict_texts", end=end), texts, strict=True))
+            text.encode(tokenizer, texts, "predict_texts", end=end)
         except ValueError as err:
             raise DataError(str(err)) from None
-
-        def collate(batch):
-            ids, lengths = pad_sequences([ids for ids, _ in batch], text.pad_id(tokenizer))
-            return {inputs: ids, "lengths": lengths, "texts": [row_text for _, row_text in batch]}
-
-        return DataLoader(rows, batch_size=self.hparams.eval_batch_size, collate_fn=collate)
+        return items_loader(texts, "texts", self.hparams.eval_batch_size)
 
     def first_rows(self, dataset):
         """``dataset`` cut to ``max_samples`` rows (a stream: its first rows)."""

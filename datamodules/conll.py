@@ -4,9 +4,8 @@ from functools import cached_property
 
 import datasets
 import torch
-from torch.utils.data import DataLoader
 
-from datamodules.base import BucketedDataModule
+from datamodules.base import BucketedDataModule, items_loader
 from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column
 from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, text_normalizer
@@ -146,11 +145,5 @@ class CoNLLDataModule(BucketedDataModule):
             sentences = text.split_words(self.hparams.predict_sentences)
         except ValueError as err:
             raise DataError(f"predict_sentences: {err}") from None
-        rows = [(ids, chars, [0] * len(ids)) for ids, chars in self.encode_sentences(sentences)]
-
-        def collate(batch_indices):
-            batch = self.collate([rows[i] for i in batch_indices])
-            batch["words"] = [sentences[i] for i in batch_indices]
-            return batch
-
-        return DataLoader(range(len(rows)), batch_size=self.hparams.eval_batch_size, collate_fn=collate)
+        self.encode_sentences(sentences)  # a sentence the tagger would refuse is a DataError before the run
+        return items_loader(sentences, "words", self.hparams.eval_batch_size)

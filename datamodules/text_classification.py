@@ -150,4 +150,4 @@ class IMDBDataModule(BucketedDataModule):
         texts = self.hparams.predict_texts
         if not texts:
             raise DataError('nothing to predict: pass texts with --data.init_args.predict_texts \'["...", "..."]\'')
-        return self.text_loader(texts, self.tokenizer, "input_ids")
+        return self.text_loader(texts, self.tokenizer)

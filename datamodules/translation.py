@@ -252,7 +252,7 @@ class TranslationDataModule(BucketedDataModule):
         texts = self.hparams.predict_texts
         if not texts:
             raise DataError("nothing to translate: pass --data.init_args.predict_texts '[\"Ein Hund läuft.\"]'")
-        return self.text_loader(texts, self.source_tokenizer, "source", end=EOS)
+        return self.text_loader(texts, self.source_tokenizer, end=EOS)
 
 
 class StreamedPairBatches(IterableDataset):
