@@ -119,7 +119,7 @@ def export(
             state=interface.state,
             memory=interface.memory,
             members=interface.members,  # a translator ensemble's
-            decoding=DecodingSpec.model_validate(task_arguments),
+            decoding=DecodingSpec.of(task_arguments),
             opset=opset,
             quantization=quantize,
             rnnzoo_version=version("rnnzoo"),

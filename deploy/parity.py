@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import deploy
 from deploy import signatures as names
-from zoo import decoding, tasks
+from zoo import tasks
 from zoo.seq2seq import translate_ids
 
 
@@ -73,8 +73,7 @@ def translation_parity(predictor, network, rows, batch_size) -> dict:
     source_lang, target_lang = predictor.config.language_pair.split("-")
     sources, references = rows[source_lang], rows[target_lang]
     settings = predictor.config.decoding
-    beam = settings.beam_size or decoding.BEAM_SIZE
-    length_penalty = decoding.LENGTH_PENALTY if settings.length_penalty is None else settings.length_penalty
+    beam, length_penalty = settings.beam_size, settings.length_penalty
     from_onnx, from_torch = [], []
     for texts in _batches(sources, batch_size):
         from_onnx += predictor.translate(texts)

@@ -310,7 +310,6 @@ class TranslatorPredictor(Predictor):
         memory = tuple({name: value[rows] for name, value in member.items()} for member in memory)
         state = self._select(state, rows)
         length_penalty = self.config.decoding.length_penalty
-        length_penalty = decoding.LENGTH_PENALTY if length_penalty is None else length_penalty
         return decoding.beam_search(
             lambda t, s: self.step(t, s, memory), self._select, state, batch, beam_size,
             self.bos, self.eos, max_new_tokens, length_penalty,

@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import AliasChoices, BaseModel, Field
 
 from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Predictor, TooLarge, load
-from zoo import decoding, tasks
+from zoo import tasks
 from zoo.predict import GenerationOptions, options_for
 from zoo.text import check_texts
 
@@ -311,7 +311,7 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
         model = {"name": name, "task": predictor.task, "labels": predictor.config.labels}
         model["request"] = apis[name].request.__name__
         if predictor.task == "translation":
-            model["beam_size"] = predictor.config.decoding.beam_size or decoding.BEAM_SIZE
+            model["beam_size"] = predictor.config.decoding.beam_size
             model["attention"] = predictor.has_attention
         return model
 

@@ -56,7 +56,7 @@ class TaskModule(L.LightningModule):
 
     @property
     def decoding(self) -> DecodingSpec:
-        return DecodingSpec.model_validate(dict(self.hparams))
+        return DecodingSpec.of(dict(self.hparams))
 
     @torch.no_grad()
     def predict(self, items: list, options=None) -> list[dict]:
@@ -102,7 +102,7 @@ class TaskModule(L.LightningModule):
         return {**batch, "input_ids": ids.masked_fill(torch.rand(ids.shape, device=ids.device) < p, unk)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["task"] = tasks.of_class(type(self)).name
+        checkpoint["task"] = self.task
         for name in self.tokenizer_names:
             checkpoint[name] = self.tokenizer_jsons.get(name)
 

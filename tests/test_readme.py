@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from zoo.zoo_table import END, MANIFEST, START, zoo_table
+from zoo.zoo_table import END, MANIFEST, START, read_manifest, zoo_table
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -66,16 +66,15 @@ def table_block(text: str) -> str:
 
 
 def test_zoo_table_is_generated_from_the_manifest():
-    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
     block = table_block(README.read_text(encoding="utf-8"))
-    assert block == zoo_table(manifest).strip("\n"), (
+    assert block == zoo_table(read_manifest()).strip("\n"), (
         "README.md's zoo table differs from zoo/pretrained_models/manifest.json: run `python -m zoo.zoo_table`"
     )
 
 
 def test_zoo_table_has_one_row_per_entry():
     manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    rows = zoo_table(manifest).strip("\n").splitlines()[2:]  # below the header and its rule
+    rows = zoo_table(read_manifest()).strip("\n").splitlines()[2:]  # below the header and its rule
     assert sorted(row.split(" | ")[0].strip("| `") for row in rows) == sorted(manifest["entries"])
     for name, entry in manifest["entries"].items():
         (row,) = [row for row in rows if row.startswith(f"| `{name}` |")]

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zoo import tasks
+from zoo import decoding, tasks
 
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
 ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha256 (``zoo.hub``)
@@ -104,9 +104,16 @@ class MemberSpec(Schema):
 
 
 class DecodingSpec(Schema):
-    beam_size: int | None = None
-    length_penalty: float | None = None
-    max_new_tokens: int | None = None
+    """A translator's decoding settings, the library's defaults where the model sets none."""
+
+    beam_size: int = decoding.BEAM_SIZE
+    length_penalty: float = decoding.LENGTH_PENALTY
+    max_new_tokens: int | None = None  # None: from the source's length (``decoding.default_max_new_tokens``)
+
+    @classmethod
+    def of(cls, settings: dict) -> "DecodingSpec":
+        """The settings among ``settings`` (a task's hyperparameters); a ``None`` one keeps the default."""
+        return cls.model_validate({k: v for k, v in settings.items() if k in cls.model_fields and v is not None})
 
 
 class ExportConfig(Schema):
@@ -162,7 +169,7 @@ class EntryInfo(Schema):
     READS: ClassVar[tuple[int, ...]] = (1,)
 
     format_version: int = FORMAT_VERSION
-    name: str
+    name: str = ""  # a remote entry without one is named after its URL
     task: str | None = None
     architecture: str | None = None
     parameters: int | None = None  # counted over parameters, not buffers or int8 scales
@@ -222,12 +229,13 @@ def write_json(path: Path, value) -> None:
     Path(path).write_text(json.dumps(value.to_json() if isinstance(value, Schema) else value, indent=2) + "\n")
 
 
-def read_pretrained_config(folder: Path) -> PretrainedConfig:
-    """The checked ``config.json`` of a pretrained folder, version 1 read as version 2."""
+def read_pretrained_config(folder: Path, listed: set[str] | None = None) -> PretrainedConfig:
+    """The checked ``config.json`` of a pretrained folder, version 1 read as version 2; ``listed``:
+    its ``listed_files`` when the caller has read them."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a pretrained folder: it has no {CONFIG_FILE}")
-    folder_file(Path(folder), CONFIG_FILE, listed_files(folder))
+    folder_file(Path(folder), CONFIG_FILE, listed_files(folder) if listed is None else listed)
     value = read_json(path)
     if isinstance(value, dict) and value.get("format_version") == 1:
         for arguments in (value.get("task_arguments"), value.get("arguments")):

@@ -172,7 +172,7 @@ def _read_entry(data: bytes, source: str) -> EntryInfo:
 def _checked_entry(entry: dict, where: str) -> EntryInfo:
     """``entry`` typed: every size an integer under ``zoo.formats.MAX_FILE_BYTES``, every sha256 64 hex digits."""
     try:
-        return parse(EntryInfo, {"name": "", **entry}, where)
+        return parse(EntryInfo, entry, where)
     except FormatError as err:
         raise ZooError(str(err)) from None
 

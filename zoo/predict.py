@@ -139,7 +139,7 @@ def tag(model, sentences: list[str] | list[list[str]], options: TaggingOptions, 
 
 def translate(model, texts: list[str], options: TranslationOptions, **limits) -> list[Translation]:
     settings = model.decoding
-    beam_size = options.beam_size or settings.beam_size or decoding.BEAM_SIZE
+    beam_size = options.beam_size or settings.beam_size
     source_tokenizer = model.get_tokenizer("source_tokenizer")
     target_tokenizer = model.get_tokenizer("target_tokenizer")
     sources = text.encode(source_tokenizer, texts, end=text.EOS)

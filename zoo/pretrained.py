@@ -177,7 +177,8 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     Only the files ``config.json`` names are read, each a plain name inside the folder and, where the
     folder holds ``entry.json`` (every published or downloaded folder does), one that it lists."""
     folder = Path(directory)
-    config = read_pretrained_config(folder)
+    listed = listed_files(folder)
+    config = read_pretrained_config(folder, listed)
     task = tasks.get(config.task)
     architecture = task.load("architecture")
     if config.architecture == task.load("ensemble").__name__:
@@ -185,7 +186,6 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     elif config.architecture != architecture.__name__:
         raise ValueError(f"{folder / CONFIG_FILE}: a {config.task} network is a {architecture.__name__}")
     network = architecture(**config.arguments)
-    listed = listed_files(folder)
     weights_path = folder_file(folder, WEIGHTS_FILE, listed)
     try:
         weights = load_file(weights_path)
@@ -216,8 +216,8 @@ def load_tokenizers(
 ) -> dict[str, Tokenizer]:
     """The tokenizers of a pretrained folder by name (``tokenizer``, ``source_tokenizer``...);
     ``listed``: its ``listed_files`` when the caller has read them."""
-    config = read_pretrained_config(folder) if config is None else config
     listed = listed_files(folder) if listed is None else listed
+    config = read_pretrained_config(folder, listed) if config is None else config
     tokenizers = {}
     for name, file_name in config.tokenizers.items():
         path = folder_file(Path(folder), file_name, listed)

@@ -4,28 +4,22 @@ The manifest is the one record of what each entry is and what it reached; the RE
 generated from it, so the two cannot drift apart. ``python -m zoo.zoo_table`` rewrites the block
 between the markers in ``README.md``; ``tests/test_readme.py`` fails when the block is stale.
 
-Torch-free on purpose (``zoo/__init__.py`` imports torch): it reads the manifest by path.
+Torch-free: it reads the manifest with ``zoo.formats``.
 """
 
-import json
 import os
 import tempfile
 from pathlib import Path
+
+from zoo import tasks
+from zoo.formats import EntryInfo, Manifest, parse, read_json
 
 MANIFEST = Path(__file__).parent / "pretrained_models" / "manifest.json"
 README = Path(__file__).parent.parent / "README.md"
 START = "<!-- zoo-table:start -->"
 END = "<!-- zoo-table:end -->"
 
-# Entries written before tasks had names store the class name of the task's LightningModule
-# (``zoo.tasks.get`` accepts both); the table shows the task's name.
-TASK_NAMES = {
-    "LanguageModelTask": "language_model",
-    "ClassificationTask": "classification",
-    "TaggingTask": "tagging",
-    "TranslationTask": "translation",
-}
-TASK_ORDER = ("language_model", "classification", "tagging", "translation")
+TASK_ORDER = tuple(tasks.TASKS)
 
 # How ``task_from_pretrained(name)`` is used for each task.
 USAGE = {
@@ -53,9 +47,9 @@ COLUMNS = ("entry", "task", "architecture", "params", "test metric", "anchor", "
 RIGHT_ALIGNED = ("params", "size")
 
 
-def task_name(entry: dict) -> str:
-    task = entry.get("task", "")
-    return TASK_NAMES.get(task, task)
+def task_name(entry: EntryInfo) -> str:
+    """The task's name; entries written before tasks had names store its LightningModule's class name."""
+    return tasks.get(entry.task).name if entry.task else ""
 
 
 def metric_text(metrics: dict) -> str:
@@ -74,34 +68,36 @@ def cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def row(entry: dict) -> list[str]:
-    name = entry["name"]
-    task = task_name(entry)
+def row(entry: EntryInfo) -> list[str]:
+    name, task = entry.name, task_name(entry)
     # descriptions read "<data and task>: <architecture>"
-    what, _, architecture = entry.get("description", "").partition(": ")
+    what, _, architecture = entry.description.partition(": ")
     if not architecture:
         what, architecture = task, what
-    size = sum(f["size"] for f in entry.get("files", {}).values()) / 1e6
-    params = f"{entry['parameters'] / 1e6:.1f} M" if "parameters" in entry else ""
+    params = f"{entry.parameters / 1e6:.1f} M" if entry.parameters is not None else ""
     usage = f'`task_from_pretrained("{name}"){USAGE[task]}`' if task in USAGE else ""
-    cells = [f"`{name}`", what, architecture, params, metric_text(entry.get("metrics", {}))]
-    cells += [entry.get("anchor", ""), f"{size:.1f} MB", usage]
+    cells = [f"`{name}`", what, architecture, params, metric_text(entry.metrics)]
+    cells += [entry.anchor, f"{entry.size() / 1e6:.1f} MB", usage]
     return [cell(c) for c in cells]
 
 
-def zoo_table(manifest: dict) -> str:
+def zoo_table(manifest: Manifest) -> str:
     """The Markdown table of the manifest's entries, one row each, grouped by task."""
 
-    def order(entry: dict) -> tuple:
+    def order(entry: EntryInfo) -> tuple:
         task = task_name(entry)
         rank = TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
-        return rank, entry["name"]
+        return rank, entry.name
 
-    entries = sorted(manifest["entries"].values(), key=order)
+    entries = sorted(manifest.entries.values(), key=order)
     lines = ["| " + " | ".join(COLUMNS) + " |"]
     lines.append("| " + " | ".join("---:" if c in RIGHT_ALIGNED else "---" for c in COLUMNS) + " |")
     lines += ["| " + " | ".join(row(entry)) + " |" for entry in entries]
     return "\n".join(lines) + "\n"
+
+
+def read_manifest(path: Path = MANIFEST) -> Manifest:
+    return parse(Manifest, read_json(path), str(path))
 
 
 def replace_block(text: str, table: str) -> str:
@@ -115,7 +111,7 @@ def replace_block(text: str, table: str) -> str:
 def main() -> None:
     if not README.is_file():
         raise SystemExit(f"{README} not found: run `python -m zoo.zoo_table` in a source checkout of rnnzoo")
-    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    manifest = read_manifest()
     text = README.read_text(encoding="utf-8")
     try:
         new = replace_block(text, zoo_table(manifest))
@@ -134,7 +130,7 @@ def main() -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    print(f"{README.name}: rewrote the zoo table ({len(manifest['entries'])} entries)")
+    print(f"{README.name}: rewrote the zoo table ({len(manifest.entries)} entries)")
 
 
 if __name__ == "__main__":
