@@ -113,6 +113,7 @@ def export(
             architecture=pretrained.config.architecture,
             labels=task_arguments.get("labels"),
             language_pair=task_arguments.get("language_pair"),
+            columns=task_arguments.get("columns"),
             tokenizers=tokenizer_files,
             special_tokens=_special_tokens(pretrained),
             graphs={graph.file: _describe(staging / graph.file) for graph in graphs},

@@ -3,6 +3,7 @@
 Language model: one graph (tokens + state -> logits + state). Classifier: one graph (tokens,
 lengths -> logits). Tagger: one graph (-> emissions and Viterbi tag ids). Translator: an encoder
 graph and an incremental decoder-step graph; for an ensemble, a pair per member (``member0.encoder.onnx``...).
+Forecaster: one graph (a window in the data's units -> the forecast in the same units).
 
 A classifier or tagger ensemble (``zoo.ensemble``) is one graph with a single network's inputs and
 outputs, so its export runs where a single network's does.
@@ -17,6 +18,7 @@ from torch import nn
 from deploy import signatures as names
 from zoo.classifier import SequenceClassifier
 from zoo.ensemble import Ensemble, Seq2SeqEnsemble
+from zoo.forecaster import Forecaster
 from zoo.formats import MemberSpec, StateSpec
 from zoo.language_model import RNNLanguageModel
 from zoo.pooling import valid_mask
@@ -264,3 +266,26 @@ SEQ2SEQ_AXES = {
     names.LOGITS: {0: "batch"},
     names.ATTENTION: _SOURCE,
 }
+
+
+class ForecasterGraph(nn.Module):
+    """series ``(B, L, C)`` in the data's units -> forecast ``(B, H, C)``: the scaling is in the graph."""
+
+    def __init__(self, network: Forecaster):
+        super().__init__()
+        self.network = network
+
+    def forward(self, series):
+        return self.network.forecast(series)
+
+
+def forecaster_graphs(network: Forecaster) -> Interface:
+    """``L`` and ``C`` are fixed by the network, the batch is free."""
+    shape = (network.input_length, network.channels)
+
+    def make_inputs(batch, time, generator):  # ``time`` is the network's own ``input_length``
+        return (torch.randn((batch, *shape), generator=generator) * network.std + network.mean,)
+
+    axes = {names.SERIES: {0: "batch"}, names.FORECAST: {0: "batch"}}
+    graph = Graph("model.onnx", ForecasterGraph(network), make_inputs, [names.SERIES], [names.FORECAST], axes)
+    return Interface([graph])

@@ -2,7 +2,7 @@
 
 Both sides get the same ids from the exported folder's own tokenizers, so any difference comes
 from the graph. Reported per task: the fraction of identical predictions and the task metric of
-each side (accuracy, tag accuracy, sacreBLEU, perplexity).
+each side (accuracy, tag accuracy, sacreBLEU, perplexity, forecast MSE and MAE).
 """
 
 import math
@@ -107,3 +107,21 @@ def language_model_parity(predictor, network, rows, batch_size) -> dict:
             nll[side] += float(F.cross_entropy(value.flatten(0, 1), targets, reduction="sum"))
         count += len(targets)
     return {f"{side}_perplexity": math.exp(total / count) for side, total in nll.items()} | {"tokens": count}
+
+
+def forecasting_parity(predictor, network, rows, batch_size) -> dict:
+    """``rows``: held-out windows, ``series`` and ``target`` in the data's units (``ETTDataModule.parity_rows``);
+    the errors are on the scaled values, as the benchmark reports them."""
+    columns = rows.with_format("numpy")[:]
+    series, target = columns["series"].astype(np.float32), columns["target"].astype(np.float64)
+    from_onnx = np.concatenate([predictor.forecast_values(batch) for batch in _batches(series, batch_size)])
+    from_torch = np.concatenate(
+        [network.forecast(torch.from_numpy(batch)).numpy() for batch in _batches(series, batch_size)]
+    )
+    std = network.std.double().numpy()
+    errors = {side: (values - target) / std for side, values in (("onnx", from_onnx), ("torch", from_torch))}
+    return {
+        "max_abs_diff": float(np.abs(from_onnx.astype(np.float64) - from_torch).max()),
+        **{f"{side}_mse": float((error**2).mean()) for side, error in errors.items()},
+        **{f"{side}_mae": float(np.abs(error).mean()) for side, error in errors.items()},
+    }

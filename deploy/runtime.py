@@ -28,6 +28,7 @@ from zoo.predict import GenerationOptions, TranslationOptions, predict
 CLASSIFIER_TOKENS = 4096  # texts x tokens
 TAGGER_CHARACTERS = 32_768  # sentences x words x characters per word
 TRANSLATOR_TOKEN_BEAMS = 8192  # texts x source tokens x beam; one text over it is refused (TooLarge)
+FORECASTER_WINDOWS = 256  # windows per call (a 720 x 7 window is 20 KB; SegRNN's state per window ~14 KB)
 
 
 class TooLarge(ValueError):
@@ -321,6 +322,34 @@ class TranslatorPredictor(Predictor):
             {name: np.take(value, rows, axis=axes[name]) for name, value in member_state.items()}
             for member_state, axes in zip(state, self.batch_axis, strict=True)
         )
+
+
+class ForecasterPredictor(Predictor):
+    """The forecast of windows in the data's units (the graph scales them as the network was trained)."""
+
+    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None):
+        super().__init__(folder, config, threads)
+        graph = config.graphs["model.onnx"]
+        shapes = [value.shape for value in (*graph.inputs, *graph.outputs)]
+        fixed = all(len(shape) == 3 and all(isinstance(size, int) for size in shape[1:]) for shape in shapes)
+        if not config.columns or len(shapes) != 2 or not fixed or shapes[0][2] != len(config.columns):
+            raise FormatError(f"{folder / CONFIG_FILE}: a forecasting export needs its columns, one per input column")
+        self.input_length, self.horizon = shapes[0][1], shapes[1][1]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.config.columns
+
+    def forecast(self, series: list, budget: int = FORECASTER_WINDOWS) -> list[dict]:
+        """``[{"columns", "forecast"}]`` per window (``zoo.predict.Forecast``); a window is ``input_length``
+        rows of one number per column, in the data's units."""
+        return self.predict(series, budget=budget)
+
+    def forecast_values(self, windows: np.ndarray, budget: int = FORECASTER_WINDOWS) -> np.ndarray:
+        """``(B, H, C)`` for windows ``(B, L, C)``, in calls of at most ``budget`` windows."""
+        session = self.sessions["model.onnx"]
+        calls = [windows[start : start + budget] for start in range(0, len(windows), budget)]
+        return np.concatenate([session.run([names.FORECAST], {names.SERIES: call})[0] for call in calls])
 
 
 def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:

@@ -3,8 +3,9 @@
 Endpoints: ``GET /v1/models``, ``POST /v1/models/{name}/predict`` (the request schema depends on
 the model's task; see ``/docs``), ``GET /healthz``, ``GET /readyz``, Prometheus ``GET /metrics`` and
 a demo page to try the models in a browser, ``GET /``.
-Bad input is a 4xx with a message: 422 for a wrong type, an empty text or a lone surrogate, 413 for
-too many texts, a text over the size limit, a body over ``max_body_bytes`` (refused before it is
+Bad input is a 4xx with a message: 422 for a wrong type, an empty text, a lone surrogate or a forecast
+window of the wrong shape or with a value that is not a finite number, 413 for
+too many texts (or windows), a text over the size limit, a body over ``max_body_bytes`` (refused before it is
 parsed) or a text too long to translate at the beam asked for, 408 for a body slower than
 ``body_timeout_s``, 404 for an unknown model. 503 says the model's queue is full, 504 that the
 answer took longer than ``request_timeout_s``. A client that disconnects drops its queued texts.
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
@@ -97,6 +99,15 @@ class TranslateRequest(TextsRequest):
     )
 
 
+FiniteNumber = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+
+
+class ForecastRequest(BaseModel):
+    series: list[list[list[FiniteNumber]]] = Field(
+        min_length=1, description="windows, each the model's input_length rows of one number per column"
+    )
+
+
 class GenerateRequest(BaseModel):
     # Defaults are ``zoo.predict.GenerationOptions``', as at every entry point.
     prompts: list[str] = Field(min_length=1, description="texts to continue (may be empty strings)")
@@ -124,6 +135,7 @@ class TaskAPI:
     legacy_key: str | None = None
     legacy: Callable[[dict], object] | None = None
     allow_empty: bool = False
+    texts: bool = True  # the items are texts: checked for size, emptiness and encoding before they queue
 
     def run(self, predictor: Predictor, items: list[str], params: dict, limits: Limits) -> list[dict]:
         return predictor.predict(items, options_for(predictor.task, **params), **self.limits(limits))
@@ -147,6 +159,8 @@ TRANSLATION_API = TaskAPI(
 GENERATION_API = TaskAPI(
     GenerateRequest, "prompts", legacy_key="generations", legacy=lambda record: record["continuation"], allow_empty=True
 )
+# A window's shape and values are checked by the task's predict (a 422 that names the window).
+FORECAST_API = TaskAPI(ForecastRequest, "series", texts=False)
 
 
 def task_api(predictor: Predictor) -> TaskAPI:
@@ -313,6 +327,12 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
         if predictor.task == "translation":
             model["beam_size"] = predictor.config.decoding.beam_size
             model["attention"] = predictor.has_attention
+        if predictor.task == "forecasting":
+            model |= {
+                "columns": predictor.columns,
+                "input_length": predictor.input_length,
+                "horizon": predictor.horizon,
+            }
         return model
 
     for name in predictors:
@@ -333,14 +353,16 @@ def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: L
             params = request.model_dump(exclude={api.items_field}, exclude_none=True)
             if len(items) > limits.max_items:
                 raise HTTPException(413, f"{len(items)} {api.items_field}; at most {limits.max_items} per request")
-            too_long = [i for i, text in enumerate(items) if len(text) > limits.max_text_chars]
-            if too_long:
-                raise HTTPException(413, f"{api.items_field} {too_long} exceed {limits.max_text_chars} characters")
-            empty = [i for i, text in enumerate(items) if not text.strip()]
-            if empty and not api.allow_empty:
-                raise HTTPException(422, f"{api.items_field} {empty} are empty")
+            if api.texts:
+                too_long = [i for i, text in enumerate(items) if len(text) > limits.max_text_chars]
+                if too_long:
+                    raise HTTPException(413, f"{api.items_field} {too_long} exceed {limits.max_text_chars} characters")
+                empty = [i for i, text in enumerate(items) if not text.strip()]
+                if empty and not api.allow_empty:
+                    raise HTTPException(422, f"{api.items_field} {empty} are empty")
             try:
-                check_texts(items, api.items_field)
+                if api.texts:
+                    check_texts(items, api.items_field)
                 results = await asyncio.wait_for(batcher.submit(items, params), limits.request_timeout_s)
             except QueueFull:
                 message = f"model {name!r} is at capacity ({limits.max_queue} queued texts); retry later"

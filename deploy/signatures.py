@@ -28,6 +28,9 @@ MEMORY = {
     "attention": {"outputs": "memory", "mask": "memory_mask", "keys": "keys"},
 }
 
+# Forecaster: series (B, L, C) in the data's units -> forecast (B, H, C), the next H rows.
+SERIES, FORECAST = "series", "forecast"
+
 
 def tagger_inputs(characters: bool) -> list[str]:
     return [TOKENS, LENGTHS, *([CHARS, CHAR_LENGTHS] if characters else [])]

@@ -67,6 +67,33 @@ def translate_main(argv: list[str]) -> None:
         parser.error(str(err))
 
 
+def forecast_main(argv: list[str]) -> None:
+    from lightning_modules.forecasting import ForecastingTask, save_forecast_plot, window_forecast
+
+    parser = argparse.ArgumentParser(
+        prog="rnnzoo forecast",
+        description="Forecast one window of the data a forecaster was trained on: one JSON line {columns, forecast, "
+        "truth, mse, mae} (errors on the scaled values), and with --png a plot of history, truth and forecast.",
+    )
+    parser.add_argument("--ckpt", required=True, help="a forecasting .ckpt, zoo entry or pretrained folder")
+    parser.add_argument("--data_dir", required=True, help="the folder holding the series' CSV (ETTh1.csv)")
+    parser.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    parser.add_argument("--window", type=int, default=0, help="which window of the split (0 is its first)")
+    parser.add_argument("--png", default=None, help="draw the window's history, truth and forecast here")
+    parser.add_argument("--column", default=None, help="the column to draw (default: OT, or the only one)")
+    args = parser.parse_args(argv)
+    task = load_task_or_exit(parser, args.ckpt, ForecastingTask)
+    try:
+        result = window_forecast(task, args.data_dir, args.split, args.window)
+        if args.png:
+            column = args.column or ("OT" if "OT" in result["columns"] else result["columns"][-1])
+            save_forecast_plot(result, column, args.png)
+            print(f"forecast plot: {args.png}", file=sys.stderr)
+    except ValueError as err:
+        parser.error(str(err))
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+
+
 def distill_data_main(argv: list[str]) -> None:
     from lightning_modules.distillation_data import sequence_level_data
     from zoo.hub import ZooError
@@ -126,16 +153,16 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |onnxruntime - torch|")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="onnxruntime dynamic quantization")
-    parser.add_argument("--data_dir", default=None, help="a folder with test.parquet: task parity on its rows")
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="a folder with test.parquet (a forecaster: its series' CSV): parity on its rows",
+    )
     parser.add_argument("--parity_examples", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
-        test = None
-        if args.data_dir:
-            from datamodules.loading import load_splits
-
-            test = load_splits("", args.data_dir, ("test",))["test"]
         with as_pretrained_folder(args.ckpt) as (source, checkpoint_sha256):
+            test = parity_rows(source, args.data_dir) if args.data_dir else None
             config = export(
                 source, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples,
                 source_sha256=checkpoint_sha256,
@@ -149,6 +176,21 @@ def export_main(argv: list[str]) -> None:
     if config.parity is not None:
         print("parity on real test rows:", json.dumps(config.parity))
     print(f"wrote {args.out}")
+
+
+def parity_rows(source, data_dir: str):
+    """The held-out rows of ``data_dir`` that export's parity check reads, in the task's schema: the test
+    split's rows (``test.parquet``), or a forecaster's test windows of its series."""
+    from datamodules.loading import load_splits
+    from zoo import tasks
+    from zoo.formats import read_pretrained_config
+    from zoo.hub import resolve
+
+    config = read_pretrained_config(resolve(source))
+    datamodule = tasks.get(config.task).load("datamodule")
+    if hasattr(datamodule, "test_rows"):
+        return datamodule.test_rows(data_dir, config.task_arguments)
+    return load_splits("", data_dir, ("test",))["test"]
 
 
 def serve_main(argv: list[str]) -> None:
@@ -219,6 +261,7 @@ def plot_main(argv: list[str]) -> None:
 SUBCOMMANDS = {
     "generate": generate_main,
     "translate": translate_main,
+    "forecast": forecast_main,
     "distill-data": distill_data_main,
     "zoo": zoo_main,
     "export": export_main,
@@ -251,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             "rnnzoo fit|validate|test|predict --help: LightningCLI training and evaluation\n"
             "rnnzoo generate --help: sample text from a language-model checkpoint\n"
             "rnnzoo translate --help: translate sentences with a translation checkpoint\n"
+            "rnnzoo forecast --help: forecast a window of a series and plot it\n"
             "rnnzoo distill-data --help: a teacher's translations as training data (sequence-level distillation)\n"
             "rnnzoo zoo --help: pretrained zoo entries (list, info, download, predict, publish)\n"
             "rnnzoo export --help: export a checkpoint to ONNX, verified against PyTorch\n"

@@ -25,6 +25,8 @@ class RnnzooCLI(LightningCLI):
         parser.link_arguments("data.target_vocab_size", "model.init_args.target_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.language_pair", "model.init_args.language_pair", apply_on="instantiate")
         parser.link_arguments("data.level", "model.init_args.level", apply_on="instantiate")
+        for name in ("columns", "input_length", "horizon", "mean", "std", "series"):  # forecasting
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:
         """A value the model's or data's constructor refuses is one line, not jsonargparse's traceback

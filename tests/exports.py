@@ -1,4 +1,4 @@
-"""Tiny exported models (sentiment, translator, tagger with characters, lm) for the service tests.
+"""Tiny exported models (sentiment, translator, tagger with characters, lm, forecaster) for the service tests.
 
 ``python -m tests.exports DIR`` writes them into DIR (this needs torch); with ``RNNZOO_TEST_EXPORTS=DIR``
 the service tests use those folders and run without torch, as the service does.
@@ -10,17 +10,20 @@ from pathlib import Path
 
 import pytest
 
-NAMES = ("sentiment", "translator", "tagger", "lm")
+NAMES = ("sentiment", "translator", "tagger", "lm", "forecaster")
+# The forecaster's window: 8 rows of 2 columns in, 4 rows out.
+FORECASTER = {"input_length": 8, "horizon": 4, "columns": ["load", "OT"], "mean": [5.0, 30.0], "std": [2.0, 4.0]}
 
 
 def export_fixtures(root: Path) -> dict[str, Path]:
-    """Export the four tiny models into ``root``; folders already there are kept."""
+    """Export the tiny models into ``root``; folders already there are kept."""
     import torch
 
     from datamodules.tokenization import fit_char_tokenizer
     from deploy.export import export
     from tests.conftest import WORDS, pretrained_folder, translation_tokenizer, word_tokenizer
     from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
+    from zoo.forecaster import Forecaster
     from zoo.pretrained import save_pretrained
 
     root = Path(root)
@@ -58,6 +61,13 @@ def export_fixtures(root: Path) -> dict[str, Path]:
 
     arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8}
     export(pretrained_folder(sources / "lm", RNNLanguageModel(**arguments), arguments), folders["lm"])
+
+    sizes = {key: FORECASTER[key] for key in ("input_length", "horizon", "mean", "std")}
+    arguments = {**sizes, "channels": 2, "hidden_size": 4, "segment_length": 4}
+    folder = save_pretrained(
+        sources / "forecast", Forecaster(**arguments), arguments=arguments, task_arguments=FORECASTER, tokenizers={}
+    )
+    export(folder, folders["forecaster"])
     return folders
 
 

@@ -93,13 +93,14 @@ def test_every_form_renders_the_answer_of_the_api(server, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server.url + "/")
-    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "section[data-task]")) == 4)
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "section[data-task]")) == 5)
     tasks = {s.get_attribute("id"): s.get_attribute("data-task") for s in browser.find_elements(By.TAG_NAME, "section")}
     assert tasks == {
         "model-sentiment": "classification",
         "model-tagger": "tagging",
         "model-translator": "translation",
         "model-lm": "language_model",
+        "model-forecaster": "forecasting",
     }
 
     # Classifier: one bar per label, the best one marked, widths as the probabilities.
@@ -156,6 +157,70 @@ def test_errors_from_the_api_appear_on_the_page(server, browser):
     assert "422" in message and "empty" in message
     message = run_form(browser, "translator", {"text": "w1", "beam_size": "99"}, ".error").text
     assert "beam_size" in message and "16" in message
+
+
+def test_the_forecast_form_draws_the_answer_and_checks_the_paste_first(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.ID, "model-forecaster"))
+    section = browser.find_element(By.ID, "model-forecaster")
+    hint = section.find_element(By.CSS_SELECTOR, ".hint").text
+    assert "8 rows" in hint and "load, OT" in hint and "next 4 rows" in hint
+    assert Select(section.find_element(By.NAME, "column")).first_selected_option.text == "OT"
+    # The page's requests from here on: a paste the page itself finds wrong must send nothing.
+    browser.execute_script(
+        "window.sent = []; const fetch = window.fetch;"
+        "window.fetch = (...args) => { window.sent.push(String(args[0])); return fetch(...args); };"
+    )
+
+    # Example: a header line, then 8 rows of a date and one number per column.
+    section.find_element(By.NAME, "example").click()
+    lines = section.find_element(By.NAME, "series").get_attribute("value").splitlines()
+    assert lines[0] == "date,load,OT"
+    window = [[float(value) for value in line.split(",")[1:]] for line in lines[1:]]
+    assert len(window) == 8 and all(len(row) == 2 for row in window)
+    _, answer = server.post("/v1/models/forecaster/predict", {"series": [window]})
+    forecast = answer["predictions"][0]["forecast"]
+
+    section.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda _: section.find_elements(By.CSS_SELECTOR, ".result svg polyline"))
+    result = section.find_element(By.CSS_SELECTOR, ".result")
+    assert browser.execute_script("return window.sent") == ["/v1/models/forecaster/predict"]
+
+    def drawn():
+        chart = result.find_element(By.CSS_SELECTOR, "svg.forecast-chart")
+        lines = {line.get_attribute("data-series"): line for line in chart.find_elements(By.TAG_NAME, "polyline")}
+        assert set(lines) == {"history", "forecast"}
+        assert lines["history"].get_attribute("stroke") != lines["forecast"].get_attribute("stroke")
+        # The history's 8 points, then the forecast's 4 from the last of them.
+        points = {name: line.get_attribute("points").split() for name, line in lines.items()}
+        assert [len(points["history"]), len(points["forecast"])] == [8, 5]
+        assert points["forecast"][0] == points["history"][-1]
+        return chart.get_attribute("aria-label")
+
+    assert drawn().startswith("OT")
+    keys = result.find_elements(By.CSS_SELECTOR, ".legend [data-series]")
+    assert [key.get_attribute("data-series") for key in keys] == ["history", "forecast"]
+    rows = result.find_elements(By.CSS_SELECTOR, "table.forecast tbody tr")
+    assert len(rows) == 4
+    shown = [[float(cell.text) for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    assert shown == [pytest.approx(row, abs=1e-4) for row in forecast]
+    Select(section.find_element(By.NAME, "column")).select_by_visible_text("load")
+    assert drawn().startswith("load")
+
+    # Pastes the page refuses: an error in the form's result, no request.
+    message = run_form(browser, "forecaster", {"series": "1,2\n3,4\n5,6"}, ".error").text
+    assert "3 rows" in message and "8 rows of 2 values" in message
+    assert not result.find_elements(By.TAG_NAME, "svg")
+    message = run_form(browser, "forecaster", {"series": "\n".join(["1,2"] * 7 + ["1,two"])}, ".error").text
+    assert "line 8" in message and "OT" in message and "not a number" in message
+    assert browser.execute_script("return window.sent") == ["/v1/models/forecaster/predict"]
+    # One the service refuses (beyond float32): its status and detail.
+    message = run_form(browser, "forecaster", {"series": "\n".join(["1,2"] * 7 + ["1,1e39"])}, ".error").text
+    assert "422" in message and "window 0" in message
+    assert len(browser.execute_script("return window.sent")) == 2
 
 
 def test_the_page_loads_nothing_but_its_own_files(server):

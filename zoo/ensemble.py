@@ -6,7 +6,8 @@ wherever one member does (the task's LightningModule, the decoding loops, the ex
 - classifier: the class probabilities;
 - tagger: the emission scores and the CRF's transition scores, then one Viterbi;
 - language model, translator: every step's next-token probabilities, inside greedy, sampling and
-  beam search.
+  beam search;
+- forecaster: the forecasts.
 
 Averaged probabilities come back as their logarithm, in the place of the logits: a softmax or a
 log-softmax of them gives the averaged distribution back, so the callers need no change. An ensemble
@@ -21,6 +22,7 @@ from torch import nn
 
 from zoo.classifier import SequenceClassifier
 from zoo.crf import CRF
+from zoo.forecaster import Forecaster
 from zoo.language_model import RNNLanguageModel
 from zoo.seq2seq import DecoderState, Memory, Seq2Seq
 from zoo.tagger import SequenceTagger
@@ -137,3 +139,26 @@ class Seq2SeqEnsemble(Ensemble):
 
     def select_memory(self, memory: tuple[Memory, ...], index: torch.Tensor) -> tuple[Memory, ...]:
         return tuple(member.select_memory(m, index) for member, m in zip(self.members, memory, strict=True))
+
+
+class ForecasterEnsemble(Ensemble):
+    """The mean forecast of members trained on the same data (one scaling) that read the same windows."""
+
+    architecture = Forecaster
+
+    def __init__(self, members: list[dict]):
+        super().__init__(members)
+        first = self.members[0]
+        for member in self.members:
+            sizes = (member.input_length, member.horizon, member.channels)
+            if sizes != (first.input_length, first.horizon, first.channels):
+                raise ValueError("forecaster ensemble members must read and forecast the same rows and columns")
+            if not (torch.equal(member.mean, first.mean) and torch.equal(member.std, first.std)):
+                raise ValueError("forecaster ensemble members must be trained on the same data (the same scaling)")
+        self.input_length, self.horizon, self.channels = first.input_length, first.horizon, first.channels
+        self.mean, self.std = first.mean, first.std
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(window) for member in self.members]).mean(0)
+
+    forecast = Forecaster.forecast

@@ -127,6 +127,7 @@ class ExportConfig(Schema):
     architecture: str  # the zoo network it was exported from
     labels: list[str] | None = None  # classifier and tagger
     language_pair: str | None = None  # translator: ``de-en``
+    columns: list[str] | None = None  # forecaster: the series' columns, in the order of each row
     tokenizers: dict[str, str]  # tokenizer name -> file
     special_tokens: dict[str, dict[str, int]]  # tokenizer name -> {token: id}
     graphs: dict[str, GraphSpec]  # graph file -> its inputs and outputs

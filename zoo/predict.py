@@ -11,7 +11,8 @@ folder each implement under the same names: ``labels``, ``decoding`` (a ``zoo.fo
 ``get_tokenizer(name)``, and per task ``logits(texts)`` (classifier), ``tag_ids(sentences)``
 (tagger), ``translate_ids(sources, beam_size, max_new_tokens)``, ``require_attention()`` and
 ``attention_weights(sources, targets)`` (translator, on source ids ending in ``<eos>``), and
-``continue_ids(prompt_ids, options)`` (language model). Torch-free.
+``continue_ids(prompt_ids, options)`` (language model), ``columns``, ``input_length`` and
+``forecast_values(windows)`` (forecaster, in the data's units). Torch-free.
 """
 
 from dataclasses import dataclass, fields
@@ -51,6 +52,11 @@ class Continuation(TypedDict):
     continuation: str  # the prompt followed by the generated text
 
 
+class Forecast(TypedDict):
+    columns: list[str]  # the series' columns, in the order of each row
+    forecast: list[list[float]]  # the next ``horizon`` rows, in the data's units (4 decimals)
+
+
 # -- options ---------------------------------------------------------------------------------------------------
 
 
@@ -87,6 +93,11 @@ class GenerationOptions:
         decoding.check_sampling(self.temperature, self.top_k)
 
 
+@dataclass(frozen=True)
+class ForecastOptions:
+    pass
+
+
 def check_count(name: str, value) -> None:
     """Refuse a count option that is not an integer >= 1 (``None``, the default, passes)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -95,7 +106,7 @@ def check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-Options = ClassificationOptions | TaggingOptions | TranslationOptions | GenerationOptions
+Options = ClassificationOptions | TaggingOptions | TranslationOptions | GenerationOptions | ForecastOptions
 
 
 def options_for(task: str, **values) -> Options:
@@ -177,3 +188,32 @@ def generate(model, prompts: list[str], options: GenerationOptions) -> list[Cont
         new = model.continue_ids(prompt_ids, options)
         records.append({"prompt": prompt, "continuation": text.continuation_text(tokenizer, prompt_ids, new)})
     return records
+
+
+def forecast(model, series: list, options: ForecastOptions, **limits) -> list[Forecast]:
+    """Each window (``input_length`` rows of one number per column, the data's units) -> the next rows."""
+    windows = check_windows(series, model.input_length, model.columns)
+    values = model.forecast_values(windows, **limits)
+    return [{"columns": model.columns, "forecast": np.round(v.astype(np.float64), 4).tolist()} for v in values]
+
+
+def check_windows(series: list, input_length: int, columns: list[str]) -> np.ndarray:
+    """``(B, L, C)`` float32 of the windows, or a ``ValueError`` that says which window is wrong and why."""
+    if isinstance(series, str | bytes | np.ndarray) or not isinstance(series, list | tuple) or not series:
+        raise ValueError("give a list of windows, each a list of rows of numbers")
+    expected = (input_length, len(columns))
+    windows = []
+    for i, window in enumerate(series):
+        try:
+            values = np.asarray(window, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"window {i} is not a table of numbers (rows of the same length)") from None
+        if values.shape != expected:
+            raise ValueError(
+                f"window {i} has shape {list(values.shape)}; this model reads {input_length} rows of "
+                f"{len(columns)} values ({', '.join(columns)})"
+            )
+        if not np.isfinite(values).all() or not (np.abs(values) < np.finfo(np.float32).max).all():
+            raise ValueError(f"window {i} has values that are NaN, infinite or beyond float32")
+        windows.append(values)
+    return np.stack(windows).astype(np.float32)

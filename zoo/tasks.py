@@ -96,6 +96,20 @@ TASKS: dict[str, Task] = {
             parity="deploy.parity.translation_parity",
             tokenizers=("source_tokenizer", "target_tokenizer"),
         ),
+        Task(
+            "forecasting",
+            predict="zoo.predict.forecast",
+            options="zoo.predict.ForecastOptions",
+            architecture="zoo.forecaster.Forecaster",
+            ensemble="zoo.ensemble.ForecasterEnsemble",
+            lightning_module="lightning_modules.forecasting.ForecastingTask",
+            datamodule="datamodules.ett.ETTDataModule",
+            graphs="deploy.graphs.forecaster_graphs",
+            predictor="deploy.runtime.ForecasterPredictor",
+            api="deploy.service.FORECAST_API",
+            parity="deploy.parity.forecasting_parity",
+            tokenizers=(),
+        ),
     )
 }
 

@@ -46,18 +46,20 @@ function withoutEmpty(body) {
   return Object.fromEntries(Object.entries(body).filter(([, value]) => value !== null));
 }
 
-// A form whose submit posts body() to the model and draws the answer with show(); errors appear as messages.
-function modelForm(model, fields, body, show) {
+// A form whose submit posts body() to the model and draws the answer with show(answer, sent); errors
+// appear as messages, those body() throws (input the page can check itself) before anything is sent.
+function modelForm(model, fields, body, show, submit = "Run") {
   const result = element("div", { class: "result", "aria-live": "polite" });
   // novalidate: the service checks every field and its message says what to change.
-  const form = element("form", { novalidate: "" }, ...fields, element("button", { type: "submit", text: "Run" }));
+  const form = element("form", { novalidate: "" }, ...fields, element("button", { type: "submit", text: submit }));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    result.replaceChildren(element("p", { class: "status", text: "Running…" }));
     try {
+      const sent = withoutEmpty(body());
+      result.replaceChildren(element("p", { class: "status", text: "Running…" }));
       const path = `/v1/models/${encodeURIComponent(model.name)}/predict`;
-      const answer = await request(path, withoutEmpty(body()));
-      result.replaceChildren(show(answer));
+      const answer = await request(path, sent);
+      result.replaceChildren(show(answer, sent));
     } catch (error) {
       result.replaceChildren(element("p", { class: "error", text: error.message }));
     }
@@ -193,11 +195,174 @@ function languageModelForm(model) {
   return modelForm(model, fields, body, (answer) => element("p", { class: "continuation", text: answer.predictions[0].continuation }));
 }
 
+// Forecasting: a window pasted as CSV, one row per line, oldest first; the answer drawn as an SVG chart.
+const SVG = "http://www.w3.org/2000/svg";
+const SERIES_COLORS = { history: "#0969da", forecast: "#cf222e" };
+
+function svgElement(tag, attributes = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function isNumber(field) {
+  return field !== "" && Number.isFinite(Number(field));
+}
+
+// CSV text -> the window (input_length rows of one number per column), or an Error that says which
+// line is wrong. A first line without numbers is a header: when it names every column of the model,
+// the columns are read by name; otherwise by position, after a first (date) column of non-numbers.
+function parseWindow(text, model) {
+  const { columns, input_length: length } = model;
+  const shape = `${length} rows of ${columns.length} values (${columns.join(", ")})`;
+  const lines = text.split(/\r?\n/)
+    .map((line, index) => ({ number: index + 1, fields: line.split(/[,\t]/).map((field) => field.trim()) }))
+    .filter((line) => line.fields.some((field) => field !== ""));
+  let positions = null;
+  const header = lines.length && !lines[0].fields.some(isNumber) ? lines.shift().fields : null;
+  if (header && columns.every((column) => header.includes(column))) {
+    positions = columns.map((column) => header.indexOf(column));
+  }
+  if (lines.length !== length) {
+    const rows = `${lines.length} row${lines.length === 1 ? "" : "s"}${header ? " after its header line" : ""}`;
+    throw new Error(`the window has ${rows}; this model reads ${shape}`);
+  }
+  if (positions === null) {
+    const dated = lines.every((line) => line.fields.length === columns.length + 1 && !isNumber(line.fields[0]));
+    const offset = dated ? 1 : 0;
+    const wrong = lines.find((line) => line.fields.length !== columns.length + offset);
+    if (wrong) {
+      const count = `${wrong.fields.length} value${wrong.fields.length === 1 ? "" : "s"}`;
+      throw new Error(`line ${wrong.number} has ${count}; this model reads ${shape}`);
+    }
+    positions = columns.map((_, index) => index + offset);
+  }
+  return lines.map((line) => positions.map((position, index) => {
+    const field = line.fields[position] ?? "";
+    if (!isNumber(field)) throw new Error(`line ${line.number}, ${columns[index]}: ${JSON.stringify(field)} is not a number`);
+    return Number(field);
+  }));
+}
+
+// A synthetic window of the model's shape, hourly from a made-up date: a daily sine wave and a trend per column.
+function exampleWindow(model) {
+  const lines = [["date", ...model.columns].join(",")];
+  for (let t = 0; t < model.input_length; t += 1) {
+    const date = new Date(Date.UTC(2000, 0, 1) + t * 3600e3).toISOString().slice(0, 16).replace("T", " ");
+    const values = model.columns.map((_, c) => 10 + 5 * c + (2 + c) * Math.sin((2 * Math.PI * t) / 24 + c) + 0.05 * (c + 1) * t);
+    lines.push([date, ...values.map((value) => value.toFixed(3))].join(","));
+  }
+  return lines.join("\n");
+}
+
+function formatValue(value) {
+  return String(Number(value.toFixed(4)));
+}
+
+// One column's history and forecast as two polylines; the forecast's starts at the last value known.
+function forecastChart(history, forecast, column) {
+  const [width, height, left, right, top, bottom] = [640, 240, 56, 12, 12, 28];
+  const values = [...history, ...forecast];
+  let [low, high] = [Math.min(...values), Math.max(...values)];
+  if (low === high) [low, high] = [low - 1, high + 1];
+  const pad = 0.05 * (high - low);
+  [low, high] = [low - pad, high + pad];
+  const x = (t) => left + ((width - left - right) * t) / (values.length - 1);
+  const y = (value) => top + ((height - top - bottom) * (high - value)) / (high - low);
+  const points = (series, start) => series.map((value, i) => `${x(start + i).toFixed(1)},${y(value).toFixed(1)}`).join(" ");
+  const now = history.length - 1;
+  const tick = (atX, atY, anchor, text) => svgElement("text", { class: "tick", x: atX, y: atY, "text-anchor": anchor, text });
+  const line = (name, series, start, dashes) => svgElement("polyline", {
+    class: `series ${name}`, "data-series": name, fill: "none", stroke: SERIES_COLORS[name], "stroke-width": 2,
+    "stroke-dasharray": dashes, points: points(series, start),
+  });
+  const chart = svgElement("svg", {
+    class: "forecast-chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${column}: history and forecast`,
+  });
+  chart.append(
+    svgElement("rect", { class: "frame", x: left, y: top, width: width - left - right, height: height - top - bottom }),
+    svgElement("line", { class: "now", x1: x(now), x2: x(now), y1: top, y2: height - bottom }),
+    tick(left - 6, top + 4, "end", String(Number(high.toPrecision(4)))),
+    tick(left - 6, height - bottom, "end", String(Number(low.toPrecision(4)))),
+    tick(left, height - 8, "start", `t-${now}`),
+    tick(x(now), height - 8, "middle", "now"),
+    tick(width - right, height - 8, "end", `t+${forecast.length}`),
+    line("history", history, 0, "none"),
+    line("forecast", [history[now], ...forecast], now, "6 3"),
+  );
+  forecast.forEach((value, i) => {
+    const point = svgElement("circle", { cx: x(now + 1 + i), cy: y(value), r: 3, fill: SERIES_COLORS.forecast });
+    point.append(svgElement("title", { text: `t+${i + 1}: ${formatValue(value)}` }));
+    chart.append(point);
+  });
+  return chart;
+}
+
+// Every column's forecast, one row per step; the column drawn is marked.
+function forecastTable(columns, forecast, column) {
+  const picked = (name) => (name === column ? { class: "picked" } : {});
+  const head = element("tr", {}, element("th", { scope: "col", text: "step" }));
+  for (const name of columns) head.append(element("th", { scope: "col", ...picked(name), text: name }));
+  const body = element("tbody");
+  forecast.forEach((row, step) => {
+    const line = element("tr", {}, element("th", { scope: "row", text: `t+${step + 1}` }));
+    row.forEach((value, index) => line.append(element("td", { ...picked(columns[index]), text: formatValue(value) })));
+    body.append(line);
+  });
+  return element("table", { class: "forecast" }, element("thead", {}, head), body);
+}
+
+function forecasterForm(model) {
+  const { columns, input_length: length, horizon } = model;
+  const options = columns.map((name) => element("option", { value: name, text: name }));
+  const column = element("select", { name: "column" }, ...options);
+  column.value = columns.includes("OT") ? "OT" : columns[columns.length - 1];
+  const series = element("textarea", {
+    name: "series", class: "csv", rows: Math.min(length + 2, 12), spellcheck: "false",
+    placeholder: `${columns.join(",")}\n…`,
+  });
+  const hint = element("p", {
+    class: "hint",
+    text: `Paste ${length} rows of ${columns.length} comma-separated values (${columns.join(", ")}), one row per line, `
+      + `oldest first; a header line and a first date column are skipped. The model forecasts the next ${horizon} rows.`,
+  });
+  const example = element("button", { type: "button", name: "example", text: "Example" });
+  example.addEventListener("click", () => { series.value = exampleWindow(model); });
+  // The column picked is drawn, also in the answer already shown.
+  let redraw = () => {};
+  column.addEventListener("change", () => redraw());
+  const fields = [hint, series, labelled("column", column), example];
+  const body = () => ({ series: [parseWindow(series.value, model)] });
+  return modelForm(model, fields, body, (answer, sent) => {
+    const rows = sent.series[0];
+    const { columns: names, forecast } = answer.predictions[0];
+    const view = element("div", { class: "forecast-view" });
+    redraw = () => {
+      const index = Math.max(names.indexOf(column.value), 0);
+      const legend = element("div", { class: "legend" });
+      for (const [name, color] of Object.entries(SERIES_COLORS)) {
+        const key = element("span", { class: "series-key", "data-series": name, text: `${names[index]} ${name}` });
+        key.style.borderColor = color;
+        legend.append(key);
+      }
+      const chart = forecastChart(rows.map((row) => row[index]), forecast.map((row) => row[index]), names[index]);
+      view.replaceChildren(chart, legend, forecastTable(names, forecast, names[index]));
+    };
+    redraw();
+    return view;
+  }, "Forecast");
+}
+
 const FORMS = {
   classification: classifierForm,
   tagging: taggerForm,
   translation: translatorForm,
   language_model: languageModelForm,
+  forecasting: forecasterForm,
 };
 
 async function main() {
