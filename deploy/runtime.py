@@ -17,6 +17,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from deploy import signatures as names
+from deploy.external_data import check_no_external_data
 from zoo import decoding, tasks, text
 from zoo.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
 from zoo.predict import GenerationOptions, TranslationOptions, predict
@@ -36,6 +37,7 @@ class TooLarge(ValueError):
 
 
 def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    check_no_external_data(path)  # before onnxruntime reads it (deploy.external_data says why)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # The arena keeps its peak size for good, and shapes change with every request: without it a
@@ -88,6 +90,10 @@ class Predictor:
 
     def get_tokenizer(self, name: str) -> Tokenizer:
         return self.tokenizers[name]
+
+    def description(self) -> dict:
+        """What a client needs to know beyond the task and labels (``GET /v1/models``)."""
+        return {}
 
     def predict(self, items: list, options=None, **limits) -> list[dict]:
         """The task's records for ``items`` (``zoo.predict``: the same at every entry point);
@@ -206,6 +212,9 @@ class TranslatorPredictor(Predictor):
         self.has_attention = all(
             names.ATTENTION in config.graphs[member.decoder].output_names() for member in self.members
         )
+
+    def description(self) -> dict:
+        return {"beam_size": self.config.decoding.beam_size, "attention": self.has_attention}
 
     def require_attention(self) -> None:
         if not self.has_attention:
@@ -339,6 +348,9 @@ class ForecasterPredictor(Predictor):
     @property
     def columns(self) -> list[str]:
         return self.config.columns
+
+    def description(self) -> dict:
+        return {"columns": self.columns, "input_length": self.input_length, "horizon": self.horizon}
 
     def forecast(self, series: list, budget: int = FORECASTER_WINDOWS) -> list[dict]:
         """``[{"columns", "forecast"}]`` per window (``zoo.predict.Forecast``); a window is ``input_length``

@@ -51,6 +51,15 @@ DEMO_HEADERS = {
 }
 
 
+class DemoFiles(StaticFiles):
+    """The demo page's files, each with the page's headers (``/demo/index.html`` is the page too)."""
+
+    async def get_response(self, path: str, scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(DEMO_HEADERS)
+        return response
+
+
 @dataclass
 class Limits:
     max_items: int = 64  # texts per request (413 beyond)
@@ -300,7 +309,7 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
     def demo_page() -> FileResponse:
         return FileResponse(DEMO / "index.html", headers=DEMO_HEADERS)
 
-    app.mount("/demo", StaticFiles(directory=DEMO), name="demo")
+    app.mount("/demo", DemoFiles(directory=DEMO), name="demo")
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -324,16 +333,7 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
     def describe(name: str, predictor: Predictor) -> dict:
         model = {"name": name, "task": predictor.task, "labels": predictor.config.labels}
         model["request"] = apis[name].request.__name__
-        if predictor.task == "translation":
-            model["beam_size"] = predictor.config.decoding.beam_size
-            model["attention"] = predictor.has_attention
-        if predictor.task == "forecasting":
-            model |= {
-                "columns": predictor.columns,
-                "input_length": predictor.input_length,
-                "horizon": predictor.horizon,
-            }
-        return model
+        return model | predictor.description()
 
     for name in predictors:
         _add_predict_route(app, name, apis[name], batchers[name], limits, requests_total, latency)

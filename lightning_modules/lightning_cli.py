@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from datamodules.loading import DataError
@@ -12,6 +12,16 @@ from lightning_modules.distillation import TeacherError
 from lightning_modules.task_module import NonFiniteLoss
 from lightning_modules.transfer import TransferError
 from zoo import tasks
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the merged config as ``config.yaml`` in the run's folder (``runs/<name>/version_N``, which
+    rnnzoo made, so replacing it there is safe). A run without a logger has no folder of its own, only
+    the working directory, where a ``config.yaml`` may be the user's: nothing is saved then."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.loggers:
+            super().setup(trainer, pl_module, stage)
 
 
 class RnnzooCLI(LightningCLI):
@@ -227,6 +237,7 @@ def run_lightning_cli(argv: list[str] | None = None) -> None:
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             args=argv,
         )

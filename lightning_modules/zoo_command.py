@@ -26,9 +26,13 @@ def zoo_main(argv: list[str]) -> None:
     info.add_argument("name")
     download = commands.add_parser("download", help="fetch and verify an entry (name, URL or hf://org/repo)")
     download.add_argument("name")
-    predict = commands.add_parser("predict", help="run an entry on raw texts (JSON lines)")
+    predict = commands.add_parser("predict", help="run an entry on raw texts or windows (JSON lines)")
     predict.add_argument("name", help="a zoo entry, pretrained folder, URL or hf://org/repo")
-    predict.add_argument("--text", action="append", required=True, help="a text, sentence or prompt (repeatable)")
+    items = predict.add_mutually_exclusive_group(required=True)
+    items.add_argument("--text", action="append", help="a text, sentence or prompt (repeatable)")
+    items.add_argument(
+        "--series", type=json_windows, help="a forecaster's windows as JSON: [[[row 1], [row 2], ...], ...]"
+    )
     add_option_flags(predict, *TASK_OPTIONS)  # an entry takes those of its task
     publish = commands.add_parser("publish", help="convert a .ckpt into a pretrained folder with its entry.json")
     publish.add_argument("ckpt", help="a .ckpt written by `rnnzoo fit`, or a pretrained folder or entry to store again")
@@ -65,7 +69,8 @@ def zoo_main(argv: list[str]) -> None:
         elif args.command == "download":
             print(resolve(args.name))
         elif args.command == "predict":
-            for row in predict_texts(args.name, args.text, **given_options(args, *TASK_OPTIONS)):
+            items = args.text if args.series is None else args.series
+            for row in predict_texts(args.name, items, **given_options(args, *TASK_OPTIONS)):
                 print(json.dumps(row, ensure_ascii=False))
         elif args.command == "ensemble":
             import torch
@@ -87,13 +92,21 @@ def zoo_main(argv: list[str]) -> None:
         parser.error(str(err))
 
 
-def predict_texts(source: str, texts: list[str], **options) -> list[dict]:
-    """The records of the entry's task for raw texts (``zoo.predict``), with the task's ``options``."""
+def json_windows(value: str) -> list:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+
+
+def predict_texts(source: str, items: list, **options) -> list[dict]:
+    """The records of the entry's task for raw texts (or a forecaster's windows; ``zoo.predict``), with
+    the task's ``options``."""
     from lightning_modules.task_io import task_from_pretrained
     from zoo.predict import options_for
 
     task = task_from_pretrained(source)
-    return task.predict(texts, options_for(task.task, **options))
+    return task.predict(items, options_for(task.task, **options))
 
 
 def print_table(entries: dict[str, EntryInfo]) -> None:

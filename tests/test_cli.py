@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -230,3 +231,24 @@ def test_multi30k_fit_test_predict_and_translate(tmp_path):
     reversed_pair = ["--data.source_lang", "en", "--data.target_lang", "de"]
     wrong = rnnzoo(tmp_path, "test", *common, *small, *reversed_pair, "--ckpt_path", last, check=False)
     assert wrong.returncode != 0 and "language_pair de-en, the data has en-de" in wrong.stderr
+
+
+def test_forecasting_from_the_command_line_and_a_users_config_yaml_is_left_alone(tmp_path):
+    ett = str(shared_dataset("ett"))
+    config = str(REPO / "zoo" / "configs" / "etth1_dlinear_96.yaml")
+    quick = ["--data.data_dir", ett, "--data.max_samples", "64", "--trainer.enable_progress_bar", "false"]
+    users = tmp_path / "config.yaml"
+    users.write_text("my: settings\n")
+    rnnzoo(tmp_path, "fit", "--config", config, *quick, "--trainer.max_epochs", "1")
+    assert (tmp_path / "runs" / "etth1_dlinear_96" / "version_0" / "config.yaml").is_file()
+    tested = rnnzoo(tmp_path, "test", "--config", config, *quick, "--ckpt_path", "best", "--trainer.logger", "false")
+    assert "test_mse" in tested.stdout and "test_mae" in tested.stdout
+    assert users.read_text() == "my: settings\n"  # no logger, no run folder: nothing saved
+    window = json.dumps([[[float(i + c) for c in range(7)] for i in range(336)]])
+    predicted = rnnzoo(
+        tmp_path, "predict", "--config", config, *quick, "--ckpt_path", "best", "--trainer.logger", "false",
+        "--data.predict_series", window,
+    )  # fmt: skip
+    (line,) = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
+    assert line["columns"][-1] == "OT" and np.shape(line["forecast"]) == (96, 7)
+    assert users.read_text() == "my: settings\n"

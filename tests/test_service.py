@@ -68,6 +68,10 @@ class Endpoint:
     def get(self, path: str) -> tuple[int, str]:
         return self.request("GET", path)
 
+    def headers(self, path: str) -> dict[str, str]:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return {name.lower(): value for name, value in response.headers.items()}
+
     def post(self, path: str, payload) -> tuple[int, dict]:
         status, text = self.request("POST", path, encode(payload))
         return status, json.loads(text)
@@ -244,7 +248,13 @@ def test_models_predictions_and_openapi(server):
         ("translator", "translation"),
         ("tagger", "tagging"),
         ("lm", "language_model"),
+        ("forecaster", "forecasting"),
     }
+    forecaster = next(m for m in models if m["name"] == "forecaster")
+    assert (forecaster["columns"], forecaster["input_length"], forecaster["horizon"]) == (["load", "OT"], 8, 4)
+    status, body = server.post("/v1/models/forecaster/predict", {"series": [WINDOW, [[0, 0]] * 8]})
+    assert status == 200 and [np.shape(p["forecast"]) for p in body["predictions"]] == [(4, 2), (4, 2)]
+    assert body["predictions"][0]["columns"] == ["load", "OT"]
     status, body = server.post("/v1/models/sentiment/predict", {"texts": ["w1 w2 w3", "w4"]})
     assert status == 200 and [p["label"] in ("neg", "pos") for p in body["predictions"]] == [True, True]
     status, body = server.post("/v1/models/translator/predict", {"texts": ["w1 w2", "w3"], "beam_size": 1})
@@ -262,6 +272,10 @@ def test_the_demo_page_and_what_it_asks_for(server):
     status, page = server.get("/")
     assert status == 200 and '<script src="/demo/demo.js"' in page
     assert server.get("/demo/demo.js")[0] == 200 and server.get("/demo/nothing.js")[0] == 404
+    for path in ("/", "/demo/index.html", "/demo/demo.js"):  # the page is the page under either path
+        headers = server.headers(path)
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert headers["x-content-type-options"] == "nosniff", path
     translator = next(m for m in json.loads(server.get("/v1/models")[1])["models"] if m["name"] == "translator")
     assert translator["attention"] is True and translator["beam_size"] == 2
     status, body = server.post("/v1/models/sentiment/predict", {"texts": ["w1 w2"]})
@@ -276,6 +290,8 @@ def test_the_demo_page_and_what_it_asks_for(server):
         assert result["source_tokens"] == sources and weights.shape == (len(result["target_tokens"]), len(sources))
         np.testing.assert_allclose(weights.sum(1), 1, atol=1e-3)
 
+
+WINDOW = [[5.0 + i, 30.0 - i] for i in range(8)]  # the tiny forecaster's 8 rows of (load, OT)
 
 BAD_REQUESTS = [
     ("/v1/models/sentiment/predict", {"texts": "w1 w2"}, 422),  # a string, not a list
@@ -301,6 +317,23 @@ BAD_REQUESTS = [
     ("/v1/models/lm/predict", b'{"prompts": ["w1"], "temperature": NaN}', 422),
     ("/v1/models/lm/predict", b'{"prompts": ["w1"], "temperature": Infinity}', 422),
     ("/v1/models/lm/predict", b'{"prompts": ["w1"], "top_k": -Infinity}', 422),
+    # forecast windows: the wrong number of rows or columns, a value that is no finite number, too many
+    ("/v1/models/forecaster/predict", {"series": [WINDOW[:7]]}, 422),
+    ("/v1/models/forecaster/predict", {"series": [WINDOW + WINDOW]}, 422),  # a longer window is not cut
+    ("/v1/models/forecaster/predict", {"series": [[row + [1.0] for row in WINDOW]]}, 422),
+    ("/v1/models/forecaster/predict", {"series": [[[1.0], *WINDOW[1:]]]}, 422),  # a ragged window
+    ("/v1/models/forecaster/predict", {"series": WINDOW}, 422),  # a window, not a list of windows
+    ("/v1/models/forecaster/predict", {"series": []}, 422),
+    ("/v1/models/forecaster/predict", {"series": [[["5", "30"]] * 8]}, 422),
+    ("/v1/models/forecaster/predict", {"series": [[[True, 30.0]] * 8]}, 422),
+    (
+        "/v1/models/forecaster/predict",
+        b'{"series": [[[NaN, 30.0], [5, 30], [5, 30], [5, 30], [5, 30], [5, 30], [5, 30], [5, 30]]]}',
+        422,
+    ),  # fmt: skip
+    ("/v1/models/forecaster/predict", b'{"series": [[[Infinity, 30.0]]]}', 422),
+    ("/v1/models/forecaster/predict", {"series": [[[1e39, 30.0]] * 8]}, 422),  # beyond float32
+    ("/v1/models/forecaster/predict", {"series": [WINDOW] * 9}, 413),
 ]
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,66 @@ def test_an_earlier_rnnzoo_folder_is_replaced_whole(tmp_path, classifier):
         export(other, out)
     with pytest.raises(FileExistsError, match="is not a folder"):
         export(other, out / "notes.txt")
+
+
+@pytest.fixture(scope="module")
+def exported_classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("external")
+    export(pretrained_folder(root / "source", SequenceClassifier(**ARGUMENTS), ARGUMENTS, {"labels": ["n", "p"]}),
+           root / "export")  # fmt: skip
+    return root / "export"
+
+
+def with_external_weights(model_path, location: str, nested: bool = False) -> None:
+    """Rewrite ``model_path`` so that one initializer (in a Loop body when ``nested``) reads its bytes
+    from ``location``, as a crafted folder would."""
+    import onnx
+    from onnx import external_data_helper, helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    weights = model.graph.initializer
+    if nested:
+        body = helper.make_graph([], "body", [], [], initializer=[numpy_helper.from_array(np.ones(3, np.float32), "w")])
+        model.graph.node.append(helper.make_node("Loop", ["", ""], ["out"], body=body))
+        weights = model.graph.node[-1].attribute[0].g.initializer
+    external_data_helper.set_external_data(weights[0], location=location, offset=0, length=12)
+    weights[0].data_location = onnx.TensorProto.EXTERNAL
+    weights[0].ClearField("raw_data")
+    model_path.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("location", "nested"),
+    [("../../secret.bin", False), ("/etc/passwd", False), ("weights.bin", False), ("../secret.bin", True)],
+)
+def test_onnx_external_data_is_refused_before_onnxruntime_reads_it(exported_classifier, tmp_path, location, nested):
+    import deploy
+    from zoo.formats import FormatError
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(exported_classifier, folder)
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    (folder / "weights.bin").write_bytes(b"\0" * 64)  # even a file inside the folder: exports never write one
+    with_external_weights(folder / "model.onnx", location, nested)
+    with pytest.raises(FormatError, match="keeps its values in another file"):
+        deploy.load(folder)
+    assert deploy.load(exported_classifier).classify(["w1 w2"])[0]["label"] in ("n", "p")  # the real export loads
+
+
+def test_a_symlinked_file_in_a_folder_is_refused(exported_classifier, tmp_path):
+    import deploy
+    from zoo.formats import FormatError
+    from zoo.pretrained import load_pretrained
+
+    folder = tmp_path / "linked"
+    shutil.copytree(exported_classifier, folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").symlink_to(exported_classifier / "tokenizer.json")
+    with pytest.raises(FormatError, match="tokenizer.json is a symbolic link"):
+        deploy.load(folder)
+    source = tmp_path / "pretrained"
+    pretrained_folder(source, SequenceClassifier(**ARGUMENTS), ARGUMENTS)
+    (source / "model.safetensors").rename(tmp_path / "weights")
+    (source / "model.safetensors").symlink_to(tmp_path / "weights")
+    with pytest.raises(FormatError, match="model.safetensors is a symbolic link"):
+        load_pretrained(source)

@@ -304,10 +304,14 @@ def listed_files(folder: Path) -> set[str] | None:
 
 def folder_file(folder: Path, file_name, listed: set[str] | None = None) -> Path:
     """The path of a file a folder's config names, refused unless it is a plain name inside the
-    folder and one of ``listed`` (its ``entry.json``'s files; ``None`` without one): an absolute or
-    ``../`` path would read files the folder does not hold, and unlisted files are never read."""
+    folder, one of ``listed`` (its ``entry.json``'s files; ``None`` without one) and not a symbolic
+    link: an absolute or ``../`` path or a link would read files the folder does not hold, and
+    unlisted files are never read."""
     if not is_plain_name(file_name):
         raise FormatError(f"{Path(folder) / CONFIG_FILE}: {file_name!r} is not a plain file name inside the folder")
     if listed is not None and file_name not in listed:
         raise FormatError(f"{folder}: {file_name} is not listed in {ENTRY_FILE}, so it is not read")
-    return Path(folder) / file_name
+    path = Path(folder) / file_name
+    if path.is_symlink():  # it could name any file (/dev/zero, another user's): folders hold their own files
+        raise FormatError(f"{path} is a symbolic link; copy the file itself into the folder")
+    return path

@@ -27,6 +27,7 @@ USAGE = {
     "classification": ".classify([...])",
     "tagging": ".tag([...])",
     "translation": ".translate([...])",
+    "forecasting": ".predict([window])",
 }
 
 # Metric key -> (label, format); the first metric an entry has in this order is its headline, the
@@ -41,6 +42,8 @@ METRICS = {
     "test_recall": ("R {}", lambda v: f"{100 * v:.2f}"),
     "test_bleu": ("BLEU {}", lambda v: f"{v:.2f}"),
     "test_chrf": ("chrF {}", lambda v: f"{v:.2f}"),
+    "test_mse": ("MSE {}", lambda v: f"{v:.3f}"),
+    "test_mae": ("MAE {}", lambda v: f"{v:.3f}"),
 }
 
 COLUMNS = ("entry", "task", "architecture", "params", "test metric", "anchor", "size", "usage")
