@@ -33,6 +33,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import AliasChoices, BaseModel, Field
 
@@ -259,8 +260,15 @@ class MicroBatcher:
             start += len(request_items)
 
 
-def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, threads: int | None = None) -> FastAPI:
-    """The service for exported model ``folders``; a model's name is its folder's name."""
+def create_app(
+    folders: list[str | os.PathLike],
+    limits: Limits | None = None,
+    threads: int | None = None,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The service for exported model ``folders``; a model's name is its folder's name. With
+    ``allowed_hosts``, a request whose ``Host`` header names another host is a 400 (a page on another
+    site that rebinds its DNS name to 127.0.0.1 cannot read the service)."""
     limits = limits or Limits()
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
@@ -295,6 +303,8 @@ def create_app(folders: list[str | os.PathLike], limits: Limits | None = None, t
 
     app = FastAPI(title="rnnzoo", description=__doc__.split("\n\n")[1], lifespan=lifespan)
     app.add_middleware(TransportLimits, limits=limits)
+    if allowed_hosts and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)  # outermost: before any body is read
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, err: RequestValidationError) -> JSONResponse:
@@ -483,8 +493,19 @@ def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8000, **optio
     import uvicorn
 
     limits = Limits(**{k: v for k, v in options.items() if k in Limits.__dataclass_fields__})
+    allowed_hosts = options.get("allowed_hosts") or default_allowed_hosts(host)
     return_large_blocks_to_the_os()
-    uvicorn.run(create_app(folders, limits, options.get("threads")), host=host, port=port, log_level="warning")
+    app = create_app(folders, limits, options.get("threads"), allowed_hosts)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """A service bound to the loopback answers only requests that name it so; one bound to another
+    address answers any name (``--allowed_hosts`` narrows it)."""
+    return LOOPBACK if host in LOOPBACK else ["*"]
 
 
 def return_large_blocks_to_the_os() -> None:

@@ -205,6 +205,11 @@ def serve_main(argv: list[str]) -> None:
     )
     for field, value in vars(Limits()).items():
         parser.add_argument(f"--{field}", type=type(value), default=value)
+    parser.add_argument(
+        "--allowed_hosts", type=lambda value: [host.strip() for host in value.split(",") if host.strip()],
+        default=None, help="comma-separated Host names to answer (default: 127.0.0.1,localhost,::1 when bound "
+        "there, else any); other names get a 400, which stops DNS-rebinding pages",
+    )  # fmt: skip
     ray = parser.add_argument_group("Ray Serve (pip install 'rnnzoo[ray]')")
     ray.add_argument("--ray", action="store_true", help="run the service as a Ray Serve deployment")
     ray.add_argument("--replicas", type=int, default=1, help="replicas of the service, each with its own sessions")

@@ -595,3 +595,14 @@ def test_an_export_of_another_format_or_shape_is_refused_with_what_to_do(exporte
     renamed = altered(lambda config: config["graphs"]["decoder.onnx"]["inputs"][0].update(name="token_ids"))
     assert "decoder.onnx: its inputs/outputs" in renamed and "token_ids" in renamed
     assert "has the graphs ['model.onnx']" in altered(lambda config: config.update(task="classification"))
+
+
+def test_a_request_that_names_another_host_is_refused(server):
+    """A page on another site whose name is rebound to 127.0.0.1 sends its own name as the Host."""
+    for host, status in (("attacker.example", 400), (f"attacker.example:{server.port}", 400),
+                         (f"localhost:{server.port}", 200), (f"127.0.0.1:{server.port}", 200)):  # fmt: skip
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("GET", "/v1/models", headers={"Host": host})
+        assert connection.getresponse().status == status, host
+        connection.close()
+    assert service.default_allowed_hosts("0.0.0.0") == ["*"]
