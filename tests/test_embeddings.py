@@ -143,3 +143,22 @@ def test_an_npy_object_array_is_refused_without_being_unpickled(tmp_path):
     assert not marker.exists()
     np.load(tmp_path / "vectors.npy", allow_pickle=True)  # the test's bite: unpickling would have made it
     assert marker.exists()
+
+
+def test_a_huge_line_in_a_small_gzip_is_refused_as_it_is_read_and_quoted_briefly(tmp_path):
+    """One 8 MB line compresses to a few KB: it is refused after reading 1 MB of it, and the message
+    quotes its first characters only."""
+    path = tmp_path / "vectors.txt.gz"
+    path.write_bytes(gzip.compress(b"the 1 2 3\n" + b"a" * 8_000_000 + b" 1 2 3\n"))
+    assert path.stat().st_size < 50_000
+    with pytest.raises(
+        EmbeddingFileError, match=r"vectors\.txt\.gz:2: this line is longer than 1,048,576 bytes"
+    ) as err:
+        read_aligned_embeddings(path, VOCABULARY)
+    assert len(str(err.value)) < 300
+    long_token = "x" * 5000 + " 1 2\n"
+    with pytest.raises(
+        EmbeddingFileError, match=r"the vector of 'xxxx.*\.\.\. \(5,000 characters\) has 2 numbers"
+    ) as err:
+        read_aligned_embeddings(write(tmp_path / "long.txt", "the 1 2 3\n" + long_token), VOCABULARY)
+    assert len(str(err.value)) < 300

@@ -68,7 +68,7 @@ def test_manifest_lists_the_shipped_entries_with_their_test_metrics():
         assert entries[name].task and task_of(name)  # a task rnnzoo knows: the checks below dispatch on it
         assert sum(f.size for f in entries[name].files.values()) < 15e6
     shipped_bytes = sum(f.size for entry in entries.values() if entry.local for f in entry.files.values())
-    assert shipped_bytes < 60e6, "the entries inside the package stay under 60 MB together"
+    assert shipped_bytes < 90e6, "the entries inside the package stay under 90 MB together"
 
 
 @pytest.mark.parametrize("name", shipped())

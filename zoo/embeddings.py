@@ -92,7 +92,7 @@ def _read_text(path: Path, needed: set[str], dim: int | None) -> tuple[dict[str,
         if not size_from:
             if len(fields) == 1:
                 raise EmbeddingFileError(
-                    f"{path}:{number}: {fields[0]!r} has no numbers after it: each line must be a token "
+                    f"{path}:{number}: {quote(fields[0])} has no numbers after it: each line must be a token "
                     "followed by the numbers of its vector, separated by spaces"
                 )
             size, size_from = len(fields) - 1, f"as the first vector has (line {number})"
@@ -115,7 +115,13 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     number = 0
     try:
         with gzip.open(path, "rb") if zipped else open(path, "rb") as file:
-            for number, raw in enumerate(file, 1):
+            while raw := file.readline(MAX_LINE_BYTES + 1):  # bounded: a line is read up to the limit only
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise EmbeddingFileError(
+                        f"{path}:{number}: this line is longer than {MAX_LINE_BYTES:,} bytes (it starts "
+                        f"{quote(raw.decode('utf-8', 'replace'))}), which no vector file's line is"
+                    )
                 yield number, raw.decode("utf-8")
     except UnicodeDecodeError:
         raise EmbeddingFileError(
@@ -130,6 +136,14 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
+MAX_LINE_BYTES = 1 << 20  # a 300-d vector's line is about 3 KB
+
+
+def quote(text: str, limit: int = 40) -> str:
+    """``text`` for an error message: its repr, cut after ``limit`` characters."""
+    return repr(text[:limit]) + (f"... ({len(text):,} characters)" if len(text) > limit else "")
+
+
 def _split_line(path: Path, number: int, fields: list[str], size: int, size_from: str) -> tuple[str, list[str]]:
     """A line's token and its ``size`` numbers (as text)."""
     extra = len(fields) - 1 - size
@@ -138,7 +152,7 @@ def _split_line(path: Path, number: int, fields: list[str], size: int, size_from
         return " ".join(fields[: extra + 1]), fields[extra + 1 :]
     if extra:
         raise EmbeddingFileError(
-            f"{path}:{number}: the vector of {fields[0]!r} has {len(fields) - 1} numbers, expected {size} "
+            f"{path}:{number}: the vector of {quote(fields[0])} has {len(fields) - 1} numbers, expected {size} "
             f"{size_from}: each line must be a token followed by {size} numbers separated by spaces"
         )
     return fields[0], fields[1:]
@@ -154,7 +168,7 @@ def _parse_vector(path: Path, number: int, token: str, values: list[str]) -> np.
             return vector
         bad = next(value for value in values if not _is_number(value) or not np.isfinite(np.float32(value)))
     raise EmbeddingFileError(
-        f"{path}:{number}: the vector of {token!r} holds {bad!r}, which is not a finite number: "
+        f"{path}:{number}: the vector of {quote(token)} holds {quote(bad)}, which is not a finite number: "
         "each line must be a token followed by numbers separated by spaces"
     )
 
@@ -208,7 +222,7 @@ def _read_npy(path: Path, needed: set[str], dim: int | None) -> tuple[dict[str, 
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         row = sorted(rows.values())[int(np.argmin(finite))]
-        raise EmbeddingFileError(f"{path}: row {row} ({tokens[row]!r}) holds a value that is not a finite number")
+        raise EmbeddingFileError(f"{path}: row {row} ({quote(tokens[row])}) holds a value that is not a finite number")
     by_row = dict(zip(sorted(rows.values()), vectors, strict=True))
     return {token: by_row[row] for token, row in rows.items()}, size
 
