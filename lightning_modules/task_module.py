@@ -102,6 +102,17 @@ class TaskModule(L.LightningModule):
         return {**batch, "input_ids": ids.masked_fill(torch.rand(ids.shape, device=ids.device) < p, unk)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to write non-finite weights: a finite loss can still come with an update that
+        overflows, and the checkpoint would keep it (the file is left as it was)."""
+        parameters = list(self.parameters())
+        if parameters and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
+            bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+            step, epoch = self.trainer.global_step, self.trainer.current_epoch
+            raise NonFiniteLoss(
+                f"training stopped at step {step} (epoch {epoch}): {len(bad)} weight tensors hold NaN or infinite "
+                f"values ({', '.join(bad[:3])}); the checkpoints hold the last finite weights (try a lower learning "
+                "rate or gradient clipping)"
+            )
         checkpoint["task"] = self.task
         for name in self.tokenizer_names:
             checkpoint[name] = self.tokenizer_jsons.get(name)

@@ -27,3 +27,15 @@ class PoisonAtStep(Callback):
         if trainer.global_step == self.step:
             for parameter in pl_module.parameters():
                 parameter.data.fill_(float("nan"))
+
+
+class OverflowAtStep(Callback):
+    """After update ``step`` (its loss finite), set one weight to infinity, as an overflowing update would,
+    just before the checkpoint of that step is written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            next(pl_module.parameters()).data[0] = float("inf")

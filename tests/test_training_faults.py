@@ -53,6 +53,17 @@ def test_a_nan_loss_stops_training_and_keeps_finite_weights(tmp_path, ptb_dir):
     assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
 
 
+def test_an_update_that_overflows_stops_training_before_its_checkpoint(tmp_path, ptb_dir):
+    overflow = json.dumps({"class_path": "tests.callbacks.OverflowAtStep", "init_args": {"step": 6}})
+    result = fit(tmp_path, ptb_dir, "--trainer.max_epochs", "1", f"--trainer.callbacks+={overflow}", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("rnnzoo: training stopped at step 6 (epoch 0): 1 weight tensors hold NaN or infinite")
+    checkpoint = last_checkpoint(tmp_path)
+    assert checkpoint["global_step"] == 3  # the step checkpoint before, not overwritten
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
+
+
 def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, ptb_dir):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
