@@ -3,11 +3,13 @@
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,3 +258,48 @@ def test_a_folder_named_like_an_entry_does_not_replace_it(published, tmp_path, m
     with pytest.warns(UserWarning, match="write ./tiny-clf to load it"):
         assert from_pretrained("tiny-clf").config.arguments == ARGUMENTS  # the verified entry
     assert from_pretrained("./tiny-clf").config.arguments == arguments  # the folder, asked for explicitly
+
+
+class FakeHub:
+    """``huggingface_hub``'s two downloads, served from a local repository folder, recording each call."""
+
+    def __init__(self, repository: Path):
+        self.repository, self.calls = repository, []
+
+    def hf_hub_download(self, repo_id, filename, revision=None, local_files_only=False):
+        self.calls.append(("file", filename))
+        return str(self.repository / filename)
+
+    def snapshot_download(self, repo_id, revision=None, allow_patterns=None, local_files_only=False):
+        import fnmatch
+
+        self.calls.append(("snapshot", sorted(allow_patterns)))
+        snapshot = self.repository.parent / "snapshot"
+        snapshot.mkdir(exist_ok=True)
+        for path in self.repository.iterdir():
+            if any(fnmatch.fnmatchcase(path.name, pattern) for pattern in allow_patterns):
+                shutil.copy(path, snapshot / path.name)
+        return str(snapshot)
+
+
+def test_hf_reads_entry_json_first_and_then_fetches_only_the_files_it_lists(published, monkeypatch):
+    import huggingface_hub
+
+    repository = published["folder"]
+    (repository / "huge-unlisted.bin").write_bytes(b"\0" * 1000)  # in the repository, not in entry.json
+    hub_fake = FakeHub(repository)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_fake.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_fake.snapshot_download)
+    folder = hub.resolve("hf://rnnzoo/tiny-clf@main")
+    listed = sorted(published["entry"]["files"])
+    assert hub_fake.calls == [("file", "entry.json"), ("snapshot", sorted(["entry.json", *listed]))]
+    assert not (folder / "huge-unlisted.bin").exists()
+    assert isinstance(from_pretrained("hf://rnnzoo/tiny-clf").network, SequenceClassifier)
+
+    crafted = json.loads((repository / "entry.json").read_text())
+    crafted["files"]["model.safetensors"]["size"] = 10**15
+    (repository / "entry.json").write_text(json.dumps(crafted))
+    hub_fake.calls.clear()
+    with pytest.raises(ZooError, match="entry.json: missing or malformed files"):
+        hub.resolve("hf://rnnzoo/tiny-clf")
+    assert hub_fake.calls == [("file", "entry.json")]  # refused before any other download

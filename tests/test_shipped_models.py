@@ -133,12 +133,32 @@ def test_ptb_language_models_continue_a_sentence_greedily(name):
         assert task.generate(PROMPT, known.get("steps", 8), temperature=0.0) == continuation
 
 
+def synthetic_windows(name: str, count: int = 2) -> list:
+    """Windows of the entry's shape made here (no data is shipped): daily waves around the train mean."""
+    from zoo.formats import read_pretrained_config
+
+    hparams = read_pretrained_config(PACKAGE_DIR / ENTRIES[name].local).task_arguments
+    mean, std = np.array(hparams["mean"]), np.array(hparams["std"])
+    hours = np.arange(hparams["input_length"])[:, None] + np.arange(len(mean))
+    return [(mean + std * np.sin(2 * np.pi * (hours + 5 * k) / 24)).round(3).tolist() for k in range(count)]
+
+
+@pytest.mark.parametrize("name", shipped("forecasting"))
+def test_ett_forecasters_forecast_the_next_rows_near_the_data(name):
+    task = task_from_pretrained(name)
+    (record,) = task.predict(synthetic_windows(name, 1))
+    forecast = np.array(record["forecast"])
+    assert record["columns"] == task.columns and forecast.shape == (task.hparams.horizon, len(task.columns))
+    assert np.isfinite(forecast).all() and (np.abs(forecast - task.hparams.mean) < 5 * np.array(task.hparams.std)).all()
+
+
 REVIEWS = [*CLEAR_REVIEWS, "Not bad, but the ending was a letdown."]
 EXPORT_INPUTS = {
     "classification": REVIEWS,
     "tagging": ["EU rejects German call to boycott British lamb .", "Peter lives in Berlin ."],
     "translation": ["Ein Hund rennt durch den Schnee.", "Zwei Männer spielen Fußball auf einer Wiese."],
     "language_model": [PROMPT, "stock prices"],
+    "forecasting": None,  # synthetic_windows(name)
 }
 
 
@@ -162,6 +182,10 @@ def test_every_shipped_entry_exports_and_predicts_like_pytorch(tmp_path, name):
         assert [row["tags"] for row in exported.tag(texts)] == [row["tags"] for row in task.tag(texts)]
     elif task_of(name) == "translation":
         assert exported.translate(texts) == task.translate(texts)
+    elif task_of(name) == "forecasting":
+        windows = synthetic_windows(name)
+        got, want = exported.forecast(windows), task.predict(windows)
+        np.testing.assert_allclose([r["forecast"] for r in got], [r["forecast"] for r in want], atol=2e-3)
     else:
         continuations = [exported.generate(prompt, 8, 0.0) for prompt in texts]  # greedy
         assert continuations == [task.generate(prompt, 8, 0.0) for prompt in texts]
@@ -174,6 +198,7 @@ ONE_LINERS = {
     "tagging": ("Peter lives in Berlin .", "tags", ["B-PER", "O", "O", "B-LOC", "O"]),
     "translation": ("Ein Hund rennt durch den Schnee.", "translation", "A dog runs through the snow."),
     "language_model": (PROMPT, "continuation", PROMPT),
+    "forecasting": (None, "forecast", None),  # a synthetic window in, the horizon's rows out
 }
 ONE_LINE_CONTINUATIONS = {
     "ptb-lstm-small-tied": "the company said it will be able to sell the <unk>",
@@ -187,8 +212,9 @@ def test_one_line_cli_prediction_offline(name):
     text, field, expected = by_task(ONE_LINERS, name)
     expected = ONE_LINE_CONTINUATIONS.get(name, expected)
     greedy = ["--temperature", "0", "--max_new_tokens", "30"] if field == "continuation" else []
+    items = ["--text", text] if text is not None else ["--series", json.dumps(synthetic_windows(name, 1))]
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "rnnzoo"), "zoo", "predict", name, "--text", text, *greedy],
+        [str(Path(sys.executable).parent / "rnnzoo"), "zoo", "predict", name, *items, *greedy],
         capture_output=True,
         text=True,
         timeout=120,
@@ -196,4 +222,7 @@ def test_one_line_cli_prediction_offline(name):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     prediction = json.loads(result.stdout.splitlines()[-1])[field]
-    assert prediction.startswith(expected) if field == "continuation" else prediction == expected
+    if field == "forecast":
+        assert np.shape(prediction)[1] == len(json.loads(result.stdout.splitlines()[-1])["columns"])
+    else:
+        assert prediction.startswith(expected) if field == "continuation" else prediction == expected

@@ -19,6 +19,7 @@ makes concurrent processes fetch an entry once. ``RNNZOO_OFFLINE=1`` (or no netw
 cache or fails saying so.
 """
 
+import glob
 import hashlib
 import http.client
 import json
@@ -267,23 +268,29 @@ def _name_from_url(url: str) -> str:
 
 
 def _from_hub(spec: str) -> Path:
-    """``org/repo[@revision]`` through ``huggingface_hub`` (its own cache, hashes and locks)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    """``org/repo[@revision]`` through ``huggingface_hub`` (its own cache, hashes and locks): ``entry.json``
+    first, checked, and then only the files it lists."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     repo_id, _, revision = spec.partition("@")
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision or None, local_files_only=offline()))
-    except LocalEntryNotFoundError as err:
+        entry_path = Path(hf_hub_download(repo_id, ENTRY_FILE, revision=revision or None, local_files_only=offline()))
+        if entry_path.stat().st_size > MAX_ENTRY_BYTES:
+            raise ZooError(f"hf://{spec}: its {ENTRY_FILE} is over {MAX_ENTRY_BYTES} bytes, which no entry is")
+        files = _read_entry(entry_path.read_bytes(), f"hf://{spec}").files
+        for file_name in files:
+            _check_plain_name(file_name)
+        patterns = [glob.escape(name) for name in (ENTRY_FILE, *files)]  # the listed names, not patterns
+        folder = Path(
+            snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=offline())
+        )
+    except LocalEntryNotFoundError as err:  # (a kind of EntryNotFoundError: first)
         raise ZooError(f"hf://{spec} is not in the Hugging Face cache and the Hub cannot be reached: {err}") from err
+    except EntryNotFoundError:
+        raise ZooError(f"hf://{spec} holds no {ENTRY_FILE}: publish the folder with `rnnzoo zoo publish`") from None
     except HfHubHTTPError as err:
         raise ZooError(f"hf://{spec}: {err}") from err
-    entry_path = folder / ENTRY_FILE
-    if not entry_path.is_file() or entry_path.stat().st_size > MAX_ENTRY_BYTES:
-        raise ZooError(f"hf://{spec} holds no {ENTRY_FILE}: publish the folder with `rnnzoo zoo publish`")
-    files = _read_entry(entry_path.read_bytes(), f"hf://{spec}").files
-    for file_name in files:
-        _check_plain_name(file_name)
     if not _verified(folder, files, raise_on_mismatch=True):
         raise ZooError(f"hf://{spec} lacks files its {ENTRY_FILE} lists")
     return folder
