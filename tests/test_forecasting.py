@@ -137,6 +137,30 @@ def test_dlinear_splits_each_column_into_a_centred_moving_average_and_the_rest()
     assert network(series).flatten().tolist() == pytest.approx(expected)
 
 
+def test_an_ensemble_forecasts_the_mean_of_its_members_and_exports_as_one_graph(tmp_path):
+    import deploy
+    from deploy.export import export
+    from zoo.ensemble import ForecasterEnsemble
+    from zoo.pretrained import save_pretrained
+
+    torch.manual_seed(0)
+    sizes = {"input_length": 8, "horizon": 4, "channels": 2, "hidden_size": 4, "segment_length": 4}
+    arguments = [{**sizes, "mean": [1.0, 2.0], "std": [2.0, 3.0], "model": model} for model in ("segrnn", "dlinear")]
+    members = [Forecaster(**member).eval() for member in arguments]
+    ensemble = ForecasterEnsemble.from_networks(members, arguments)
+    series = torch.randn(3, 8, 2)
+    expected = (members[0].forecast(series) + members[1].forecast(series)) / 2
+    torch.testing.assert_close(ensemble.forecast(series), expected)
+    task_arguments = {"columns": ["a", "b"], "input_length": 8, "horizon": 4, "mean": [1.0, 2.0], "std": [2.0, 3.0]}
+    folder = save_pretrained(tmp_path / "ensemble", ensemble, arguments={"members": arguments},
+                             task_arguments=task_arguments, tokenizers={})  # fmt: skip
+    export(folder, tmp_path / "export")
+    got = deploy.load(tmp_path / "export").forecast_values(series.numpy())
+    np.testing.assert_allclose(got, expected.detach().numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="trained on the same data"):
+        ForecasterEnsemble([arguments[0], {**arguments[1], "mean": [0.0, 0.0]}])
+
+
 def test_bad_forecaster_options_are_refused():
     with pytest.raises(ValueError, match="horizon 10 is not a multiple of segment_length 4"):
         Forecaster(16, 10, 2, segment_length=4)

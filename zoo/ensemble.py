@@ -156,7 +156,14 @@ class ForecasterEnsemble(Ensemble):
             if not (torch.equal(member.mean, first.mean) and torch.equal(member.std, first.std)):
                 raise ValueError("forecaster ensemble members must be trained on the same data (the same scaling)")
         self.input_length, self.horizon, self.channels = first.input_length, first.horizon, first.channels
-        self.mean, self.std = first.mean, first.std
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.members[0].mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.members[0].std
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(window) for member in self.members]).mean(0)
