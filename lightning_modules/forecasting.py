@@ -128,7 +128,7 @@ def save_forecast_plot(result: dict, column: str, path: str) -> None:
     if column not in result["columns"]:
         raise ValueError(f"no column {column!r}; the model forecasts {', '.join(result['columns'])}")
     c = result["columns"].index(column)
-    history = [row[c] for row in result["history"]]
+    history = [row[c] for row in result["history"][-4 * len(result["truth"]) :]]  # the recent past, to read it
     truth, forecast = [row[c] for row in result["truth"]], [row[c] for row in result["forecast"]]
     future = range(len(history), len(history) + len(truth))
     fig, ax = plt.subplots(figsize=(10, 3.5))
@@ -136,7 +136,8 @@ def save_forecast_plot(result: dict, column: str, path: str) -> None:
     ax.plot(future, truth, color="tab:blue", linewidth=1.2, label="truth")
     ax.plot(future, forecast, color="tab:orange", linewidth=1.5, label="forecast")
     ax.axvline(len(history) - 0.5, color="0.7", linestyle=":")
-    ax.set(xlabel="hour", ylabel=column, title=f"{column}, {result['split']} window {result['window']}")
+    title = f"{column}, {result['split']} window {result['window']}"
+    ax.set(xlabel="row (hour) of the drawn part", ylabel=column, title=title)
     ax.legend(loc="upper left")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -485,7 +485,7 @@ def test_sub_batches_put_similar_sizes_together_under_the_budget():
 
 def test_body_limits_are_enforced_before_the_body_is_read(server):
     path = "/v1/models/sentiment/predict"
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
     # 20 MB announced and not sent: refused at once, not read, not parsed
     status, body, _ = raw_response(server.port, head + b"Content-Length: 20000000\r\n\r\n{")
     assert status == 413 and "max_body_bytes" in body["detail"]
