@@ -209,13 +209,13 @@ class ETTDataModule(L.LightningDataModule):
         return Windows(values, self.hparams.input_length, self.hparams.horizon, self.hparams.max_samples)
 
     def train_dataloader(self):
-        return DataLoader(self.windows("train"), self.hparams.batch_size, shuffle=True)
+        return DataLoader(self.windows("train"), batch_size=self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return DataLoader(self.windows("validation"), self.hparams.eval_batch_size)
+        return DataLoader(self.windows("validation"), batch_size=self.hparams.eval_batch_size)
 
     def test_dataloader(self):
-        return DataLoader(self.windows("test"), self.hparams.eval_batch_size)  # every window: no drop_last
+        return DataLoader(self.windows("test"), batch_size=self.hparams.eval_batch_size)  # every window: no drop_last
 
     def predict_dataloader(self):
         """Raw windows (``{"series": [...]}``), which the task's ``predict`` checks and scales."""
@@ -223,6 +223,6 @@ class ETTDataModule(L.LightningDataModule):
             return items_loader(self.hparams.predict_series, "series", self.hparams.eval_batch_size)
         return DataLoader(
             self.windows("test", scaled=False),
-            self.hparams.eval_batch_size,
+            batch_size=self.hparams.eval_batch_size,
             collate_fn=lambda batch: {"series": [window["series"].tolist() for window in batch]},
         )

@@ -241,14 +241,12 @@ def test_forecasting_from_the_command_line_and_a_users_config_yaml_is_left_alone
     users.write_text("my: settings\n")
     rnnzoo(tmp_path, "fit", "--config", config, *quick, "--trainer.max_epochs", "1")
     assert (tmp_path / "runs" / "etth1_dlinear_96" / "version_0" / "config.yaml").is_file()
-    tested = rnnzoo(tmp_path, "test", "--config", config, *quick, "--ckpt_path", "best", "--trainer.logger", "false")
+    quick += ["--trainer.logger", "false"]  # from here on
+    tested = rnnzoo(tmp_path, "test", "--config", config, *quick, "--ckpt_path", "best")
     assert "test_mse" in tested.stdout and "test_mae" in tested.stdout
     assert users.read_text() == "my: settings\n"  # no logger, no run folder: nothing saved
-    window = json.dumps([[[float(i + c) for c in range(7)] for i in range(336)]])
-    predicted = rnnzoo(
-        tmp_path, "predict", "--config", config, *quick, "--ckpt_path", "best", "--trainer.logger", "false",
-        "--data.predict_series", window,
-    )  # fmt: skip
-    (line,) = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
-    assert line["columns"][-1] == "OT" and np.shape(line["forecast"]) == (96, 7)
+    predicted = rnnzoo(tmp_path, "predict", "--config", config, *quick, "--ckpt_path", "best")
+    records = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 64  # the test split's first 64 windows (max_samples), read raw
+    assert records[0]["columns"][-1] == "OT" and np.shape(records[0]["forecast"]) == (96, 7)
     assert users.read_text() == "my: settings\n"
