@@ -4,6 +4,7 @@ and a run killed in the middle of an epoch resumes to the same result as an unin
 import json
 import math
 
+import pytest
 import torch
 
 from lightning_modules.task_io import read_checkpoint
@@ -42,25 +43,25 @@ def last_checkpoint(cwd) -> dict:
     return read_checkpoint(cwd / "checkpoints" / "ptb_lstm_small" / "last.ckpt")
 
 
-def test_a_nan_loss_stops_training_and_keeps_finite_weights(tmp_path, ptb_dir):
-    poison = json.dumps({"class_path": "tests.callbacks.PoisonAtStep", "init_args": {"step": 7}})
-    result = fit(tmp_path, ptb_dir, "--trainer.max_epochs", "1", f"--trainer.callbacks+={poison}", check=False)
+@pytest.mark.parametrize(
+    ("fault", "step", "message", "kept_step"),
+    [
+        # a NaN loss: stopped before its update; the step checkpoint before it is kept
+        ("PoisonAtStep", 7, "training stopped at step 7 (epoch 0): the loss is nan", 6),
+        # a finite loss whose update overflows: stopped before that step's checkpoint is written
+        ("OverflowAtStep", 6, "training stopped at step 6 (epoch 0): 1 weight tensors hold NaN or infinite", 3),
+    ],
+    ids=["nan-loss", "overflowing-update"],
+)
+def test_a_non_finite_loss_or_update_stops_training_and_keeps_finite_weights(
+    tmp_path, ptb_dir, fault, step, message, kept_step
+):
+    callback = json.dumps({"class_path": f"tests.callbacks.{fault}", "init_args": {"step": step}})
+    result = fit(tmp_path, ptb_dir, "--trainer.max_epochs", "1", f"--trainer.callbacks+={callback}", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("rnnzoo: training stopped at step 7 (epoch 0): the loss is nan")
+    assert result.stderr.strip().splitlines()[-1].startswith(f"rnnzoo: {message}")
     checkpoint = last_checkpoint(tmp_path)
-    assert checkpoint["global_step"] == 6  # the step checkpoint before the NaN, not overwritten
-    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
-
-
-def test_an_update_that_overflows_stops_training_before_its_checkpoint(tmp_path, ptb_dir):
-    overflow = json.dumps({"class_path": "tests.callbacks.OverflowAtStep", "init_args": {"step": 6}})
-    result = fit(tmp_path, ptb_dir, "--trainer.max_epochs", "1", f"--trainer.callbacks+={overflow}", check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("rnnzoo: training stopped at step 6 (epoch 0): 1 weight tensors hold NaN or infinite")
-    checkpoint = last_checkpoint(tmp_path)
-    assert checkpoint["global_step"] == 3  # the step checkpoint before, not overwritten
+    assert checkpoint["global_step"] == kept_step  # not overwritten
     assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
 
 
