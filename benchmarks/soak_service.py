@@ -6,7 +6,9 @@ from ``--concurrency`` client threads, each on its own keep-alive connection, st
 ``--max_seconds``. Prints requests/s, p50/p99 latency, the status counts of valid and of invalid
 requests, client-side connection errors and the server's resident memory (VmRSS) after the warm-up
 and at the end. Targets: every valid request 200, every invalid one a 4xx, no connection error,
-at most 50 MB of memory growth; the exit status is 1 when one is missed.
+at most 50 MB of memory growth; the exit status is 1 when one is missed. Throughout the run,
+``--slow_connections`` clients hold half-sent headers open (slowloris) and a client abandons a
+1,000-token generation every ``--abandon_every`` seconds: neither may cost a valid request its 200.
 
 With ``--ray`` it soaks, one after the other, ``rnnzoo serve`` and ``rnnzoo serve --ray --replicas N``
 for each N of ``--replicas`` (default 1 and 2), the same requests each time, and prints them side by
@@ -19,6 +21,7 @@ side with the throughput ratio to ``rnnzoo serve`` (memory: the replicas' proces
 import argparse
 import http.client
 import json
+import select
 import socket
 import statistics
 import subprocess
@@ -91,6 +94,8 @@ def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
         payload = {"texts": pick(GERMAN, rng.integers(1, 5)), "beam_size": int(rng.choice([1, 3, 5]))}
         if rng.random() < 0.1:  # a longer text at the largest beam: split into calls under the budget
             payload = {"texts": [" ".join(pick(GERMAN, 12)), *payload["texts"]], "beam_size": 16, "max_length": 40}
+        elif rng.random() < 0.2:
+            payload["attention"] = True
         return "translate", "multi30k-bahdanau", payload
     if kind <= 5:
         sentences = pick(ENGLISH, rng.integers(1, 9))
@@ -119,6 +124,8 @@ def invalid_request(rng: np.random.Generator) -> tuple[str, str, dict | bytes]:
         ("NaN parameter", "ptb-lstm-small-tied", b'{"prompts": ["the"], "top_k": Infinity}'),
         ("huge beam", "multi30k-bahdanau", {"texts": ["Ein Hund."], "beam_size": 10**6}),
         ("beam over budget", "multi30k-bahdanau", {"texts": [" ".join(["Hund ."] * 1400)], "beam_size": 16}),
+        # 64 x 5,001 source tokens: over the 262,144 attention cells before a single step is decoded
+        ("attention over budget", "multi30k-bahdanau", {"texts": ["a " * 5000] * 64, "attention": True}),
         ("malformed JSON", "imdb-bilstm", b'{"texts": ["good"'),
         ("oversize body", "imdb-bilstm", OVERSIZE),
         ("unknown model", "no-such-model", {"texts": ["good"]}),
@@ -174,6 +181,52 @@ class Client:
         return time.perf_counter() - start
 
 
+class Nuisances:
+    """Beside the requests: ``slow`` connections that send half their headers and then nothing (each
+    replaced once the server closes it), and every ``abandon_every`` seconds a 1,000-token generation
+    whose client leaves as soon as it is sent. Counts the 408s the slow ones got and the generations left."""
+
+    GENERATION = json.dumps({"prompts": ["the company said"], "max_new_tokens": 1000, "temperature": 1.0}).encode()
+
+    def __init__(self, port: int, slow: int, abandon_every: float):
+        self.port, self.slow, self.abandon_every = port, slow, abandon_every
+        self.stop, self.timed_out, self.abandoned = threading.Event(), 0, 0
+        self.threads = [threading.Thread(target=self.slow_headers), threading.Thread(target=self.abandon)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def slow_headers(self) -> None:
+        open_sockets: list[socket.socket] = []
+        while not self.stop.is_set():
+            while len(open_sockets) < self.slow:
+                sock = socket.create_connection(("127.0.0.1", self.port))
+                sock.sendall(b"POST /v1/models/imdb-bilstm/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                open_sockets.append(sock)
+            for sock in select.select(open_sockets, [], [], 0.5)[0]:
+                answer = sock.recv(4096)
+                self.timed_out += answer.startswith(b"HTTP/1.1 408")
+                sock.close()
+                open_sockets.remove(sock)
+        for sock in open_sockets:
+            sock.close()
+
+    def abandon(self) -> None:
+        head = "POST /v1/models/ptb-lstm-small-tied/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        head += f"Content-Type: application/json\r\nContent-Length: {len(self.GENERATION)}\r\n\r\n"
+        while self.abandon_every > 0 and not self.stop.wait(self.abandon_every):
+            with socket.create_connection(("127.0.0.1", self.port)) as sock:
+                sock.sendall(head.encode() + self.GENERATION)
+            self.abandoned += 1
+
+
 def memory_mb(pids: list[int], field: str = "VmRSS") -> float:
     total = 0.0
     for pid in pids:
@@ -214,12 +267,16 @@ def soak(folders: list[Path], args, options: list[str]) -> dict:
         pids = replica_processes() if "--ray" in options else [server.pid]
         before = memory_mb(pids)
         client = Client(port)
-        seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)
+        with Nuisances(port, args.slow_connections, args.abandon_every) as nuisances:
+            seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)
         after, peak = memory_mb(pids), memory_mb(pids, "VmHWM")
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return {"outcomes": client.outcomes, "seconds": seconds, "before": before, "after": after, "peak": peak}
+    return {
+        "outcomes": client.outcomes, "seconds": seconds, "before": before, "after": after, "peak": peak,
+        "nuisances": nuisances,
+    }  # fmt: skip
 
 
 def main():
@@ -230,6 +287,8 @@ def main():
     parser.add_argument("--exports", type=Path, default=REPO / "exported" / "soak", help="exported models (cache)")
     parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime threads per model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slow_connections", type=int, default=32, help="half-sent headers held open throughout")
+    parser.add_argument("--abandon_every", type=float, default=0.5, help="seconds between abandoned generations")
     parser.add_argument("--ray", action="store_true", help="compare rnnzoo serve with Ray Serve deployments")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="with --ray: the replica counts")
     args = parser.parse_args()
@@ -238,6 +297,11 @@ def main():
     if not args.ray:
         run = soak(folders, args, [])
         report(run["outcomes"], run["seconds"], run["before"], run["after"], run["peak"], args)
+        nuisances = run["nuisances"]
+        print(
+            f"beside them: {nuisances.timed_out} slow-header connections closed with a 408 ({args.slow_connections} "
+            f"open at a time), {nuisances.abandoned} 1,000-token generations abandoned by their clients"
+        )
         return
     runs = {"rnnzoo serve": soak(folders, args, [])}
     for replicas in args.replicas:

@@ -16,6 +16,7 @@ from pathlib import Path
 from deploy.service import Limits, create_app
 
 APP_NAME = "rnnzoo"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -73,6 +74,11 @@ def application(folders: list[str], limits: Limits, scaling: Scaling):
 def start(folders: list[str], host: str, port: int, limits: Limits, scaling: Scaling, address: str | None = None):
     """Serve ``folders`` on Ray: a local Ray instance, or the cluster at ``address`` (``auto``: the
     one this machine belongs to). Returns once every replica is running."""
+    if address is None and host in LOOPBACK:
+        # Ray binds its own services (GCS, raylet, object manager, agents) to the node's address, and
+        # turns 127.0.0.1 into this machine's network address unless it runs in single-machine mode
+        # (its default on macOS and Windows). Set before Ray is imported: it reads it then.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         from ray import serve

@@ -10,6 +10,9 @@ best when many processes or requests run side by side.
 
 import math
 import os
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from deploy import signatures as names
 from deploy.external_data import check_no_external_data
 from zoo import decoding, tasks, text
 from zoo.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
-from zoo.predict import GenerationOptions, TranslationOptions, predict
+from zoo.predict import GenerationOptions, TooLarge, TranslationOptions, predict
 
 # Padded cells per onnxruntime call. A batch is split into calls under these, similar lengths
 # together, so that one long text neither pads the others nor multiplies a call's memory: with the
@@ -32,8 +35,29 @@ TRANSLATOR_TOKEN_BEAMS = 8192  # texts x source tokens x beam; one text over it 
 FORECASTER_WINDOWS = 256  # windows per call (a 720 x 7 window is 20 KB; SegRNN's state per window ~14 KB)
 
 
-class TooLarge(ValueError):
-    """One input needs more work than a predictor call may do."""
+class Cancelled(Exception):
+    """Whoever asked for the answer no longer waits for it (a timeout, a client that left)."""
+
+
+# Set by ``cancellable`` around a predictor call in a worker thread; decoding loops check it between
+# steps (``check_cancelled``), so abandoned work stops within a step instead of running to the end.
+_cancel: ContextVar[threading.Event | None] = ContextVar("cancel", default=None)
+
+
+@contextmanager
+def cancellable(event: threading.Event):
+    """Predictor calls made inside raise ``Cancelled`` at their next decoding step once ``event`` is set."""
+    token = _cancel.set(event)
+    try:
+        yield
+    finally:
+        _cancel.reset(token)
+
+
+def check_cancelled() -> None:
+    event = _cancel.get()
+    if event is not None and event.is_set():
+        raise Cancelled
 
 
 def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
@@ -60,9 +84,7 @@ class Predictor:
             raise ValueError(f"{folder}: a {config.task} export has the graphs {list(self.graph_files)}")
         if self.needs_labels and not config.labels:
             raise ValueError(f"{folder / CONFIG_FILE}: a {config.task} export needs its labels")
-        self.tokenizers = {
-            name: Tokenizer.from_file(str(folder_file(folder, file))) for name, file in config.tokenizers.items()
-        }
+        self.tokenizers = {name: text.read_tokenizer(folder, file) for name, file in config.tokenizers.items()}
         self.sessions = {}
         for name in self.graph_files:
             session = make_session(folder_file(folder, name), threads)
@@ -133,6 +155,7 @@ class LanguageModelPredictor(Predictor):
 
     def step(self, tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits ``(B, T, V)`` for ``tokens`` ``(B, T)`` and the state after them."""
+        check_cancelled()
         spec = self.config.state
         feed = {names.TOKENS: np.asarray(tokens, dtype=np.int64), **state}
         outputs = self.sessions["model.onnx"].run([names.LOGITS, *spec.outputs], feed)
@@ -237,6 +260,7 @@ class TranslatorPredictor(Predictor):
 
     def run_decoders(self, output: str, tokens: np.ndarray, state: tuple, memory: tuple) -> tuple[list, tuple]:
         """Every member's decoder step: its ``output`` (``logits`` or ``attention``) and its next state."""
+        check_cancelled()
         outputs, next_state = [], []
         for member, member_state, member_memory in zip(self.members, state, memory, strict=True):
             feed = {names.TOKENS: tokens, **member_state, **member_memory}

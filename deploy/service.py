@@ -6,9 +6,11 @@ a demo page to try the models in a browser, ``GET /``.
 Bad input is a 4xx with a message: 422 for a wrong type, an empty text, a lone surrogate or a forecast
 window of the wrong shape or with a value that is not a finite number, 413 for
 too many texts (or windows), a text over the size limit, a body over ``max_body_bytes`` (refused before it is
-parsed) or a text too long to translate at the beam asked for, 408 for a body slower than
+parsed), a text too long to translate at the beam asked for or attention weights over
+``max_attention_cells``, 408 for headers slower than ``header_timeout_s`` or a body slower than
 ``body_timeout_s``, 404 for an unknown model. 503 says the model's queue is full, 504 that the
-answer took longer than ``request_timeout_s``. A client that disconnects drops its queued texts.
+answer took longer than ``request_timeout_s``. A client that disconnects drops its queued texts, and
+decoding that nobody waits for any more (timed out, client gone) stops at its next step.
 
 Concurrent requests to one model are micro-batched: requests that queue while the model's
 ``max_parallel`` call slots are busy (plus those arriving within ``max_wait_ms``) go through one
@@ -22,6 +24,8 @@ import json
 import logging
 import math
 import os
+import resource
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -37,7 +41,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import AliasChoices, BaseModel, Field
 
-from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Predictor, TooLarge, load
+from deploy import connections
+from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Cancelled, Predictor, TooLarge, cancellable, load
 from zoo import tasks
 from zoo.predict import GenerationOptions, options_for
 from zoo.text import check_texts
@@ -67,12 +72,15 @@ class Limits:
     max_text_chars: int = 10_000  # characters per text (413 beyond)
     max_body_bytes: int = 8 * 2**20  # request body, refused (413) before parsing; holds 64 x 10,000 escaped chars
     max_beam_tokens: int = TRANSLATOR_TOKEN_BEAMS  # translation: source tokens x beam per call (413 for one text over)
+    max_attention_cells: int = 2**18  # translation with attention: target x source tokens answered (413 beyond)
     max_batch: int = 64  # texts per onnxruntime call
     max_wait_ms: float = 0.0  # how long a batch waits for more requests once a call slot is free
     max_queue: int = 1024  # texts waiting or running per model (503 beyond)
     max_parallel: int = os.cpu_count() or 1  # predictor calls running at once per model
     body_timeout_s: float = 30.0  # to receive a request's body (408 beyond)
-    request_timeout_s: float = 60.0  # from the received body to the answer (504 beyond)
+    request_timeout_s: float = 60.0  # from the received body to the answer (504 beyond); the work stops too
+    header_timeout_s: float = 10.0  # to receive a request's headers, from connecting or the last answer (closed beyond)
+    max_connections: int = 512  # open connections; beyond, the longest wait for headers is closed (``connections``)
 
     def __post_init__(self):
         for field in fields(self):
@@ -162,7 +170,7 @@ TAGGING_API = TaskAPI(TagRequest, "sentences")
 TRANSLATION_API = TaskAPI(
     TranslateRequest,
     "texts",
-    limits=lambda limits: {"budget": limits.max_beam_tokens},
+    limits=lambda limits: {"budget": limits.max_beam_tokens, "attention_cells": limits.max_attention_cells},
     legacy_key="translations",  # the text alone, or with attention the record
     legacy=lambda record: record if "attention" in record else record["translation"],
 )
@@ -242,8 +250,18 @@ class MicroBatcher:
         if not requests:
             return
         items = [item for request in requests for item in request[0]]
+        abandoned = threading.Event()  # once every request of the group timed out or lost its client
+
+        def left(_) -> None:
+            if all(request[2].done() for request in requests):
+                abandoned.set()
+
+        for request in requests:
+            request[2].add_done_callback(left)
         try:
-            results = await loop.run_in_executor(None, self.run, items, requests[0][1])
+            results = await loop.run_in_executor(None, self._run_cancellable, abandoned, items, requests[0][1])
+        except Cancelled:  # nobody waits for these results
+            return
         except Exception as err:  # one request's bad input must not fail the others: run them alone
             if len(requests) > 1:
                 for request in requests:
@@ -258,6 +276,10 @@ class MicroBatcher:
             if not future.done():
                 future.set_result(results[start : start + len(request_items)])
             start += len(request_items)
+
+    def _run_cancellable(self, abandoned: threading.Event, items: list[str], params: dict) -> list:
+        with cancellable(abandoned):  # decoding stops at its next step once ``abandoned`` is set
+            return self.run(items, params)
 
 
 def create_app(
@@ -493,10 +515,35 @@ def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8000, **optio
     import uvicorn
 
     limits = Limits(**{k: v for k, v in options.items() if k in Limits.__dataclass_fields__})
+    check_descriptors(limits.max_connections)
     allowed_hosts = options.get("allowed_hosts") or default_allowed_hosts(host)
     return_large_blocks_to_the_os()
     app = create_app(folders, limits, options.get("threads"), allowed_hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, limits, host=host, port=port)).run()
+
+
+def uvicorn_config(app: FastAPI, limits: Limits, **options):
+    """uvicorn's settings for the service: its HTTP protocol with the header deadline and the bound on
+    connections (``deploy.connections``); ``options`` go to ``uvicorn.Config`` (host, port...)."""
+    import uvicorn
+
+    protocol = connections.guarded_protocol(limits.header_timeout_s, limits.max_connections)
+    return uvicorn.Config(app, http=protocol, log_level="warning", **options)
+
+
+RESERVED_DESCRIPTORS = 64  # model files, onnxruntime, logs: beside one descriptor per connection
+
+
+def check_descriptors(max_connections: int) -> None:
+    """Refuse a connection bound the process cannot open: beyond the descriptor limit, accepting a
+    connection fails and every client is turned away, the very outage the bound prevents."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise ValueError(
+            f"--max_connections {max_connections} needs {needed} file descriptors and this process may open "
+            f"{soft} (ulimit -n): lower --max_connections or raise the limit"
+        )
 
 
 LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]

@@ -161,12 +161,14 @@ class RnnzooCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def _check_last_checkpoint(self) -> None:
-        """``--ckpt_path last`` names the checkpoint callback's ``last.ckpt``: check it the same way."""
-        callback = self.trainer.checkpoint_callback
-        if self.config_init[self.subcommand].get("ckpt_path") == "last" and getattr(callback, "dirpath", None):
-            last = Path(callback.dirpath) / "last.ckpt"
-            if last.is_file():
-                check_checkpoint_file(self.subcommand, str(last))
+        """``--ckpt_path last`` names the newest ``last*.ckpt`` of any checkpoint callback: check each
+        the same way (a config may add callbacks with folders of their own)."""
+        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                for last in sorted(Path(callback.dirpath).glob("last*.ckpt")):
+                    check_checkpoint_file(self.subcommand, str(last))
 
     def _resolve_best(self) -> None:
         """Make ``--ckpt_path best`` work in a fresh process: read the best path from ``last.ckpt``."""

@@ -2,6 +2,7 @@
 
 import os
 import select
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,9 @@ from deploy.runtime import load
 from lightning_modules.cli import main
 from tests.exports import exported_models
 from tests.test_service import HANG, Server
+
+# One worker runs them all (pytest -n): a second local Ray instance would be found by `--ray_address auto`.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def wait_for_exit(pid: int) -> None:
@@ -24,14 +28,48 @@ def wait_for_exit(pid: int) -> None:
         os.close(fd)
 
 
+# 127.0.0.1, ::1 and ::ffff:127.0.0.1 as /proc/net writes them
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def listening_sockets() -> dict[str, str]:
+    """The local address (hex, as /proc/net writes it) of every listening TCP socket, by inode."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for fields in (row.split() for row in list(rows)[1:]):
+                if fields[3] == "0A":  # LISTEN
+                    found[fields[9]] = fields[1].split(":")[0]
+    return found
+
+
+def socket_owners(inodes) -> dict[str, int]:
+    """The process holding each socket ``inode``."""
+    owners = {}
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:  # the process or descriptor is gone
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            owners[target[8:-1]] = int(fd.parts[2])
+    return owners
+
+
 def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_path_factory):
     pytest.importorskip("ray.serve", reason="Ray Serve is the `ray` extra: pip install 'rnnzoo[ray]'")
     folders = exported_models(tmp_path_factory)
+    before = listening_sockets()
     # `rnnzoo serve --ray` in a process that cannot import torch, as in a production image.
     server = Server([folders["sentiment"], folders["translator"]], "--ray", "--replicas", "2", "--max_items", "4")
     try:
         replicas = replica_processes()
         assert len(replicas) == 2
+        # Ray's own services listen on 127.0.0.1 too; the one exception is each replica's gRPC port for
+        # calls between deployments, which Ray Serve binds to every interface with no option to change.
+        opened = {inode: address for inode, address in listening_sockets().items() if inode not in before}
+        beyond = [inode for inode, address in opened.items() if address not in LOOPBACK]
+        assert opened and set(socket_owners(beyond).values()) <= set(replicas) and len(beyond) <= len(replicas)
         texts = ["w1 w2 w3", "w4", "w5 w6"]
         expected = load(folders["sentiment"], threads=1).classify(texts)
         for _ in range(4):  # requests go to either replica: every answer is the model's

@@ -25,10 +25,11 @@ import pytest
 import uvicorn
 
 from deploy import service
-from deploy.runtime import TooLarge, load, sub_batches
+from deploy.runtime import Cancelled, LanguageModelPredictor, TooLarge, load, sub_batches
 from tests.conftest import REPO, WORDS
 from tests.exports import exported_models
 from zoo.decoding import PROMPT_CHUNK
+from zoo.predict import TranslationOptions
 from zoo.text import MAX_WORD_CHARACTERS
 
 SENTIMENT = "/v1/models/sentiment/predict"
@@ -115,7 +116,7 @@ class Server(Endpoint):
 class InProcessServer(Endpoint):
     """The service's ``app`` under uvicorn on a thread of this process, serving a socket it is handed."""
 
-    def __init__(self, app):
+    def __init__(self, app, limits: service.Limits | None = None):
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
@@ -128,7 +129,7 @@ class InProcessServer(Endpoint):
                 finally:
                     up.set()
 
-        self.server = Uvicorn(uvicorn.Config(app, log_level="warning"))
+        self.server = Uvicorn(service.uvicorn_config(app, limits or service.Limits()))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         assert up.wait(HANG) and self.server.started, "the in-process server did not start"
@@ -203,7 +204,8 @@ def gated_service(exported, monkeypatch):
         gate, arrivals = Gate(load(exported["sentiment"], threads=1)), Arrivals()
         monkeypatch.setattr(service, "load", lambda folder, threads=None: gate)
         monkeypatch.setattr(service, "MicroBatcher", arrivals.batcher())
-        server = InProcessServer(service.create_app([exported["sentiment"]], service.Limits(**limits)))
+        limits = service.Limits(**limits)
+        server = InProcessServer(service.create_app([exported["sentiment"]], limits), limits)
         started.append((gate, server))
         return server, gate, arrivals
 
@@ -235,7 +237,10 @@ def raw_response(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict
 @pytest.fixture(scope="module")
 def server(exported):
     options = ["--max_items", "8", "--max_text_chars", "2000", "--max_parallel", "1"]
-    server = Server(exported.values(), *options, "--max_beam_tokens", "64", "--max_body_bytes", "100000")
+    server = Server(
+        exported.values(), *options, "--max_beam_tokens", "64", "--max_body_bytes", "100000",
+        "--max_attention_cells", "120",
+    )  # fmt: skip
     yield server
     server.close()
 
@@ -305,6 +310,8 @@ BAD_REQUESTS = [
     ("/v1/models/translator/predict", {"texts": ["w1"], "beam_size": 0}, 422),
     ("/v1/models/translator/predict", {"texts": ["w1"], "beam_size": 10**6}, 422),
     ("/v1/models/translator/predict", {"texts": ["w1 w2", "w1 " * 40], "beam_size": 2}, 413),  # over the beam budget
+    # 2 x 61 source tokens, each row of weights over them: at least 122 cells, over max_attention_cells
+    ("/v1/models/translator/predict", {"texts": ["w1 " * 60] * 2, "beam_size": 1, "attention": True}, 413),
     ("/v1/models/nope/predict", {"texts": ["w1"]}, 404),
     ("/v1/models/tagger/predict", {"sentences": ["w1", ""]}, 422),
     ("/v1/models/lm/predict", {"prompts": ["w1"], "temperature": -1}, 422),
@@ -414,7 +421,7 @@ def test_concurrent_clients_share_calls_and_each_gets_its_own_results(exported, 
 
 
 def metric(text: str, name: str) -> float:
-    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)), 0.0)
 
 
 def test_tagger_work_is_bounded_by_word_length_and_budget(server, exported):
@@ -569,6 +576,8 @@ def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
         (["--request_timeout_s", "0"], "--request_timeout_s must be a finite number > 0, got 0.0"),
         (["--threads", "0"], "--threads must be >= 1, got 0"),
         (["--max_queue", "8"], "--max_queue 8 is under --max_items 64: a full request never fits"),
+        (["--header_timeout_s", "0"], "--header_timeout_s must be a finite number > 0, got 0.0"),
+        (["--max_connections", str(10**8)], "lower --max_connections or raise the limit"),
     ],
 )
 def test_serve_refuses_limits_that_cannot_work(exported, option, message):
@@ -606,3 +615,115 @@ def test_a_request_that_names_another_host_is_refused(server):
         assert connection.getresponse().status == status, host
         connection.close()
     assert service.default_allowed_hosts("0.0.0.0") == ["*"]
+
+
+def test_the_attention_answer_is_bounded_by_its_cells(exported):
+    """Target x source weights over all texts: a long source with many target tokens would answer megabytes."""
+    translator = load(exported["translator"], threads=1)
+    options = TranslationOptions(beam_size=2, attention=True)
+    records = translator.predict(["w1 w2 w3", "w4"], options)
+    cells = sum(len(record["source_tokens"]) * len(record["attention"]) for record in records)
+    assert translator.predict(["w1 w2 w3", "w4"], options, attention_cells=cells) == records
+    with pytest.raises(TooLarge, match=rf"has {cells} cells .* at most {cells - 1} are returned per request"):
+        translator.predict(["w1 w2 w3", "w4"], options, attention_cells=cells - 1)
+
+
+class StepWatch:
+    """The language model's step, watched: it never ends a text (``<eos>`` is masked, so a
+    continuation runs to ``max_new_tokens``), and its third call waits until the test releases it.
+    ``stopped`` is set when a step refuses to run because its request was abandoned."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.third, self.release, self.stopped = 0, threading.Event(), threading.Event(), threading.Event()
+        step = LanguageModelPredictor.step
+
+        def watched(predictor, tokens, state):
+            self.calls += 1
+            if self.calls == 3:
+                self.third.set()
+                assert self.release.wait(HANG)
+            try:
+                logits, state = step(predictor, tokens, state)
+            except Cancelled:
+                self.stopped.set()
+                raise
+            logits[..., predictor.special_tokens["tokenizer"]["<eos>"]] = -np.inf
+            return logits, state
+
+        monkeypatch.setattr(LanguageModelPredictor, "step", watched)
+
+
+@pytest.mark.parametrize("leaves", ["timeout", "disconnect"])
+def test_abandoned_generation_stops_at_its_next_step(exported, monkeypatch, leaves):
+    """A request that timed out (504) or whose client left stops its decoding loop at the next step
+    instead of generating its 1,000 tokens to the end for nobody."""
+    watch = StepWatch(monkeypatch)
+    limits = service.Limits(max_parallel=1, request_timeout_s=1 if leaves == "timeout" else HANG)
+    server = InProcessServer(service.create_app([exported["lm"]], limits), limits)
+    try:
+        request = {"prompts": ["w1"], "max_new_tokens": 1000, "temperature": 0}
+        if leaves == "timeout":
+            status, body = server.post("/v1/models/lm/predict", request)
+            assert status == 504 and "request_timeout_s" in body["detail"]
+        else:
+            body = encode(request)
+            head = b"POST /v1/models/lm/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            with socket.create_connection(("127.0.0.1", server.port)) as gone:
+                gone.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                assert watch.third.wait(HANG)
+            deadline = time.monotonic() + HANG  # until the service has seen the client go (a guard, not a measure)
+            while not metric(server.get("/metrics")[1], 'rnnzoo_requests_total{model="lm",status="499"}'):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        watch.release.set()
+        assert watch.stopped.wait(HANG)
+        assert watch.calls == 3  # the step held when the request was abandoned refused to run: none came after
+        assert server.post("/v1/models/lm/predict", {"prompts": ["w1"], "max_new_tokens": 2})[0] == 200
+    finally:
+        watch.release.set()
+        server.close()
+
+
+def slow_headers(port: int) -> socket.socket:
+    """A connection that sends half its request's headers and then nothing (slowloris)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=HANG)
+    sock.sendall(b"POST /v1/models/sentiment/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    return sock
+
+
+def refused_status(sock: socket.socket) -> int:
+    """The status the server answered a connection with before closing it (it must close it)."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    assert sock.recv(1) == b""
+    return response.status
+
+
+def test_slow_headers_cannot_hold_the_connections_valid_clients_need(gated_service):
+    """Twelve slowloris connections against a bound of eight: each new connection closes the one that
+    has waited longest for its headers, so valid requests keep getting 200 while slow ones arrive;
+    and what is left is closed with a 408 once header_timeout_s is up."""
+    server, gate, _ = gated_service(max_connections=8, header_timeout_s=2)
+    gate.opened.set()
+    slow, statuses = [], []
+    for _ in range(12):
+        slow.append(slow_headers(server.port))
+        statuses.append(server.post(SENTIMENT, {"texts": ["w1"]})[0])
+    assert statuses == [200] * 12
+    assert [refused_status(sock) for sock in slow] == [408] * 12  # the oldest when crowded out, the others late
+    for sock in slow:
+        sock.close()
+
+
+def test_connections_beyond_the_bound_are_503_when_every_one_is_busy(gated_service):
+    server, gate, arrivals = gated_service(max_connections=2, max_parallel=1)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(server.post, SENTIMENT, {"texts": ["w1"]})
+        assert gate.entered.wait(HANG)
+        queued = pool.submit(server.post, SENTIMENT, {"texts": ["w2"]})
+        arrivals.wait(lambda: ["w2"] in arrivals.submitted)  # both connections are serving a request
+        with socket.create_connection(("127.0.0.1", server.port), timeout=HANG) as third:
+            assert refused_status(third) == 503
+        gate.opened.set()
+        assert running.result()[0] == 200 and queued.result()[0] == 200

@@ -40,7 +40,7 @@ def number(low: int, high: int):
 GOOD_PARAMETERS = {
     "sentiment": {},
     "tagger": {},
-    "translator": {"beam_size": st.integers(1, 16), "max_new_tokens": st.integers(1, 64)},
+    "translator": {"beam_size": st.integers(1, 16), "max_new_tokens": st.integers(1, 64), "attention": st.booleans()},
     "lm": {
         "max_new_tokens": st.integers(1, 30),
         "temperature": st.one_of(st.floats(0, 10), st.just(1e-300)),
@@ -51,7 +51,7 @@ GOOD_PARAMETERS = {
 ANY_PARAMETERS = {
     "sentiment": {},
     "tagger": {},
-    "translator": {"beam_size": number(1, 16), "max_new_tokens": number(1, 512)},
+    "translator": {"beam_size": number(1, 16), "max_new_tokens": number(1, 512), "attention": st.booleans() | anything},
     "lm": {
         "max_new_tokens": number(1, 1000),
         "temperature": st.one_of(st.floats(allow_nan=True, allow_infinity=True), anything),
@@ -78,7 +78,10 @@ def exported(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def client(exported):
-    limits = Limits(max_items=8, max_text_chars=300, max_body_bytes=20_000, max_beam_tokens=200, request_timeout_s=30)
+    limits = Limits(
+        max_items=8, max_text_chars=300, max_body_bytes=20_000, max_beam_tokens=200, max_attention_cells=400,
+        request_timeout_s=30,
+    )  # fmt: skip
     with TestClient(create_app(exported.values(), limits, threads=1)) as client:
         yield client
 

@@ -208,21 +208,31 @@ ONE_LINE_CONTINUATIONS = {
 
 
 @pytest.mark.parametrize("name", shipped())
-def test_one_line_cli_prediction_offline(name):
+def test_one_line_cli_prediction_offline(name, monkeypatch, capsys):
+    """``rnnzoo zoo predict NAME`` for every entry (in this process: the command is the same function)."""
+    from lightning_modules.cli import main
+
     text, field, expected = by_task(ONE_LINERS, name)
     expected = ONE_LINE_CONTINUATIONS.get(name, expected)
     greedy = ["--temperature", "0", "--max_new_tokens", "30"] if field == "continuation" else []
     items = ["--text", text] if text is not None else ["--series", json.dumps(synthetic_windows(name, 1))]
+    monkeypatch.setenv("RNNZOO_OFFLINE", "1")
+    main(["zoo", "predict", name, *items, *greedy])
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    if field == "forecast":
+        assert np.shape(record[field])[1] == len(record["columns"])
+    else:
+        assert record[field].startswith(expected) if field == "continuation" else record[field] == expected
+
+
+def test_the_installed_command_predicts_offline_in_a_fresh_process():
+    text, field, expected = ONE_LINERS["classification"]
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "rnnzoo"), "zoo", "predict", name, *items, *greedy],
+        [str(Path(sys.executable).parent / "rnnzoo"), "zoo", "predict", "imdb-bilstm", "--text", text],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "RNNZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    prediction = json.loads(result.stdout.splitlines()[-1])[field]
-    if field == "forecast":
-        assert np.shape(prediction)[1] == len(json.loads(result.stdout.splitlines()[-1])["columns"])
-    else:
-        assert prediction.startswith(expected) if field == "continuation" else prediction == expected
+    assert json.loads(result.stdout.splitlines()[-1])[field] == expected

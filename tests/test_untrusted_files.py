@@ -199,3 +199,68 @@ def test_a_symlinked_file_in_a_folder_is_refused(exported_classifier, tmp_path):
     (source / "model.safetensors").symlink_to(tmp_path / "weights")
     with pytest.raises(FormatError, match="model.safetensors is a symbolic link"):
         load_pretrained(source)
+
+
+def test_a_tokenizer_file_cannot_pad_or_hang_or_exhaust_the_reader(exported_classifier, tmp_path):
+    import deploy
+    from zoo.formats import MAX_JSON_BYTES, FormatError
+    from zoo.pretrained import load_pretrained
+
+    folder = tmp_path / "padded"
+    shutil.copytree(exported_classifier, folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["padding"] = {"strategy": {"Fixed": 20_000_000}, "direction": "Right", "pad_to_multiple_of": None,
+                            "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"}  # fmt: skip
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    predictor = deploy.load(folder)
+    ids, lengths = predictor.encode(["w1 w2"])
+    assert ids.shape == (1, 2) and lengths.tolist() == [2]  # padded by rnnzoo to the batch, not to 20,000,000
+    assert predictor.classify(["w1 w2"]) == deploy.load(exported_classifier).classify(["w1 w2"])
+
+    (folder / "tokenizer.json").unlink()
+    os.mkfifo(folder / "tokenizer.json")  # reading it would wait forever
+    with pytest.raises(FormatError, match="tokenizer.json is not a regular file"):
+        deploy.load(folder)
+    (folder / "tokenizer.json").unlink()
+    with open(folder / "tokenizer.json", "wb") as big:
+        big.truncate(MAX_JSON_BYTES + 1)  # sparse: its size, not its bytes, is what is checked
+    with pytest.raises(FormatError, match=f"tokenizer.json: {MAX_JSON_BYTES + 1:,} bytes"):
+        deploy.load(folder)
+
+    source = pretrained_folder(tmp_path / "pretrained", SequenceClassifier(**ARGUMENTS), ARGUMENTS)
+    with open(source / "config.json", "ab") as big:
+        big.truncate(MAX_JSON_BYTES + 1)
+    with pytest.raises(FormatError, match=f"config.json: {MAX_JSON_BYTES + 1:,} bytes"):
+        load_pretrained(source)
+
+
+def test_sizes_in_config_json_are_checked_against_the_weights_before_allocating(tmp_path):
+    """vocab_size 1,000,000 x embedding_dim 2,048 would take 8 GB before a single weight is read."""
+    from zoo.pretrained import load_pretrained
+
+    source = pretrained_folder(tmp_path / "pretrained", SequenceClassifier(**ARGUMENTS), ARGUMENTS)
+    config = json.loads((source / "config.json").read_text())
+    config["arguments"].update(vocab_size=1_000_000, embedding_dim=2048)
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"do not fit .*: embedding.weight \[23, 8\] \(it needs \[1000000, 2048\]\)"):
+        load_pretrained(source)
+
+
+def test_a_crafted_last_checkpoint_of_a_second_checkpoint_callback_is_refused(tmp_path, crafted):
+    """``--ckpt_path last`` takes the newest ``last.ckpt`` of every ModelCheckpoint, not only the first's."""
+    ckpt, marker = crafted
+    (tmp_path / "second").mkdir()
+    shutil.copy(ckpt, tmp_path / "second" / "last.ckpt")
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n"
+        + "".join(
+            f"    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+            f"      init_args: {{dirpath: {tmp_path / folder}, save_last: true}}\n"
+            for folder in ("first", "second")
+        )
+    )
+    common = ("--config", str(PTB_CONFIG), "--config", str(callbacks), "--data.data_dir", str(shared_dataset("ptb")))
+    result = rnnzoo(tmp_path, "test", *common, "--ckpt_path", "last", check=False)
+    assert result.returncode != 0 and not marker.exists() and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'second' / 'last.ckpt'}: refused: it holds Python objects" in result.stderr

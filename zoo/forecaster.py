@@ -199,7 +199,7 @@ class Forecaster(nn.Module):
                 raise ValueError(f"{name} has {len(values)} values for {channels} columns")
             # Not in the state dict: the arguments that rebuild the network carry them.
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
-        if not (self.std > 0).all():
+        if not all(value > 0 for value in std or [1.0]):
             raise ValueError(f"std must be > 0 for every column, got {std}")
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:

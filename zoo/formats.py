@@ -22,6 +22,8 @@ ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha25
 # The largest file an entry may list (``RNNZOO_MAX_FILE_BYTES`` overrides it): the biggest shipped
 # entry is 10 MB, so 4 GiB leaves room for large models and still refuses a crafted ``10**15``.
 MAX_FILE_BYTES = int(os.environ.get("RNNZOO_MAX_FILE_BYTES", 4 * 2**30))
+# The largest JSON file read (configs, metrics, entries, tokenizers): the largest shipped one is ~1 MB.
+MAX_JSON_BYTES = 64 * 2**20
 
 
 class FormatError(ValueError):
@@ -220,6 +222,9 @@ def parse(schema: type[Schema], value, where: str):
 
 
 def read_json(path: Path):
+    size = Path(path).stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise FormatError(f"{path}: {size:,} bytes; rnnzoo reads JSON files of at most {MAX_JSON_BYTES:,}")
     try:
         return json.loads(Path(path).read_text())
     except (UnicodeDecodeError, ValueError) as err:
@@ -302,11 +307,12 @@ def listed_files(folder: Path) -> set[str] | None:
         raise FormatError(f"not a valid entry ({err})") from None
 
 
-def folder_file(folder: Path, file_name, listed: set[str] | None = None) -> Path:
+def folder_file(folder: Path, file_name, listed: set[str] | None = None, max_bytes: int = MAX_FILE_BYTES) -> Path:
     """The path of a file a folder's config names, refused unless it is a plain name inside the
-    folder, one of ``listed`` (its ``entry.json``'s files; ``None`` without one) and not a symbolic
-    link: an absolute or ``../`` path or a link would read files the folder does not hold, and
-    unlisted files are never read."""
+    folder, one of ``listed`` (its ``entry.json``'s files; ``None`` without one), not a symbolic
+    link nor another kind of non-regular file, and at most ``max_bytes``: an absolute or ``../`` path
+    or a link would read files the folder does not hold, unlisted files are never read, and a FIFO or
+    an oversized file would hang or exhaust the reader."""
     if not is_plain_name(file_name):
         raise FormatError(f"{Path(folder) / CONFIG_FILE}: {file_name!r} is not a plain file name inside the folder")
     if listed is not None and file_name not in listed:
@@ -314,4 +320,8 @@ def folder_file(folder: Path, file_name, listed: set[str] | None = None) -> Path
     path = Path(folder) / file_name
     if path.is_symlink():  # it could name any file (/dev/zero, another user's): folders hold their own files
         raise FormatError(f"{path} is a symbolic link; copy the file itself into the folder")
+    if path.exists() and not path.is_file():
+        raise FormatError(f"{path} is not a regular file")
+    if path.is_file() and path.stat().st_size > max_bytes:
+        raise FormatError(f"{path}: {path.stat().st_size:,} bytes; rnnzoo reads at most {max_bytes:,} for it")
     return path

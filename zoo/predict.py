@@ -57,6 +57,10 @@ class Forecast(TypedDict):
     forecast: list[list[float]]  # the next ``horizon`` rows, in the data's units (4 decimals)
 
 
+class TooLarge(ValueError):
+    """One request needs more work or a larger answer than a limit allows (the service's 413)."""
+
+
 # -- options ---------------------------------------------------------------------------------------------------
 
 
@@ -148,7 +152,10 @@ def tag(model, sentences: list[str] | list[list[str]], options: TaggingOptions, 
     ]
 
 
-def translate(model, texts: list[str], options: TranslationOptions, **limits) -> list[Translation]:
+def translate(
+    model, texts: list[str], options: TranslationOptions, attention_cells: int | None = None, **limits
+) -> list[Translation]:
+    """``attention_cells`` bounds the attention answer: target x source tokens over all texts."""
     settings = model.decoding
     beam_size = options.beam_size or settings.beam_size
     source_tokenizer = model.get_tokenizer("source_tokenizer")
@@ -159,6 +166,7 @@ def translate(model, texts: list[str], options: TranslationOptions, **limits) ->
     )
     if options.attention:
         model.require_attention()  # before the decoding, which may take a while
+        check_attention_cells([len(source) for source in sources], attention_cells)  # a row each, at least
     targets = model.translate_ids(sources, beam_size, max_new_tokens, **limits)
     records = [
         {"source": source, "translation": translation}
@@ -166,6 +174,8 @@ def translate(model, texts: list[str], options: TranslationOptions, **limits) ->
     ]
     if not options.attention:
         return records
+    rows = [len(target) + (len(target) < max_new_tokens) for target in targets]  # and the <eos> step's, if taken
+    check_attention_cells([len(source) * n for source, n in zip(sources, rows, strict=True)], attention_cells)
     for record, source, target, weights in zip(
         records, sources, targets, model.attention_weights(sources, targets, **limits), strict=True
     ):
@@ -175,6 +185,15 @@ def translate(model, texts: list[str], options: TranslationOptions, **limits) ->
         record["target_tokens"] = target_tokens
         record["attention"] = np.round(np.asarray(weights[: len(target_tokens)], dtype=np.float64), 4).tolist()
     return records
+
+
+def check_attention_cells(cells: list[int], budget: int | None) -> None:
+    """Refuse attention weights of more than ``budget`` cells (target x source tokens, per text)."""
+    if budget is not None and sum(cells) > budget:
+        raise TooLarge(
+            f"the attention of these translations has {sum(cells)} cells (target x source tokens); at most "
+            f"{budget} are returned per request: send fewer or shorter texts, or lower max_new_tokens"
+        )
 
 
 def generate(model, prompts: list[str], options: GenerationOptions) -> list[Continuation]:

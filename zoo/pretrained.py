@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
@@ -34,6 +34,7 @@ from zoo.formats import (
     read_written_config,
     write_json,
 )
+from zoo.text import read_tokenizer
 
 INT8_SCALE, INT8_MIN_ELEMENTS = ".int8_row_scale", 1 << 20
 
@@ -185,14 +186,26 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
         architecture = task.load("ensemble")
     elif config.architecture != architecture.__name__:
         raise ValueError(f"{folder / CONFIG_FILE}: a {config.task} network is a {architecture.__name__}")
-    network = architecture(**config.arguments)
+    architecture_call = f"{config.architecture}({config.arguments})"
     weights_path = folder_file(folder, WEIGHTS_FILE, listed)
     try:
-        weights = load_file(weights_path)
+        with safe_open(weights_path, "pt") as stored:  # the header only
+            shapes = {name: stored.get_slice(name).get_shape() for name in stored.keys()}  # noqa: SIM118
     except (FileNotFoundError, SafetensorError) as err:
         raise ValueError(
             f"{weights_path}: cannot read the weights ({err}); download or publish the folder again"
         ) from None
+    with torch.device("meta"):  # the shapes config.json implies, checked before any memory is taken for them
+        expected = architecture(**config.arguments).state_dict()
+    wrong = [
+        f"{name} {shapes.get(config.tied_weights.get(name, name))} (it needs {list(tensor.shape)})"
+        for name, tensor in expected.items()
+        if shapes.get(config.tied_weights.get(name, name)) != list(tensor.shape)
+    ]
+    if wrong:
+        raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {'; '.join(wrong[:3])}")
+    network = architecture(**config.arguments)
+    weights = load_file(weights_path)
     for name in config.int8_rows:
         weights[name] = weights[name].float() * weights.pop(name + INT8_SCALE).float().unsqueeze(1)
     for alias, stored in config.tied_weights.items():
@@ -202,7 +215,6 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     try:
         network.load_state_dict(weights)
     except RuntimeError as err:
-        architecture_call = f"{config.architecture}({config.arguments})"
         raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
     tokenizers = load_tokenizers(folder, config, listed)
     metrics_path = folder / METRICS_FILE
@@ -218,11 +230,4 @@ def load_tokenizers(
     ``listed``: its ``listed_files`` when the caller has read them."""
     listed = listed_files(folder) if listed is None else listed
     config = read_pretrained_config(folder, listed) if config is None else config
-    tokenizers = {}
-    for name, file_name in config.tokenizers.items():
-        path = folder_file(Path(folder), file_name, listed)
-        try:
-            tokenizers[name] = Tokenizer.from_file(str(path))
-        except Exception as err:  # tokenizers raises its own Exception type for missing or damaged files
-            raise ValueError(f"{path}: cannot read the tokenizer ({err})") from None
-    return tokenizers
+    return {name: read_tokenizer(Path(folder), file_name, listed) for name, file_name in config.tokenizers.items()}

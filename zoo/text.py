@@ -9,9 +9,12 @@ datamodule that fits it), and every checkpoint, pretrained folder and export car
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from zoo.formats import MAX_JSON_BYTES, folder_file
 
 log = logging.getLogger("rnnzoo")
 
@@ -19,6 +22,19 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 IGNORE_INDEX = -100  # a target that no loss or metric counts (torch's cross_entropy default)
 MAX_WORD_CHARACTERS = 64  # characters of a word the tagger reads (the longest CoNLL-2003 word has 61)
 SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_tokenizer(folder: Path, file_name: str, listed: set[str] | None = None) -> Tokenizer:
+    """A folder's tokenizer file (checked by ``zoo.formats.folder_file``) with its padding turned off:
+    batches are padded by ``pad``, never by the tokenizer, and a file's own padding (``"Fixed": 20000000``)
+    would make every text that long."""
+    path = folder_file(folder, file_name, listed, MAX_JSON_BYTES)
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises its own Exception type for missing or damaged files
+        raise ValueError(f"{path}: cannot read the tokenizer ({err})") from None
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def check_texts(texts: list[str], what: str = "texts") -> list[str]:
