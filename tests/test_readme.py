@@ -19,7 +19,10 @@ MAX_README_LINES = 350
 
 # The commands the README promises, byte for byte: the main job, and the tests (which .ci/run runs).
 MAIN_JOB = "pip install torch==2.13.0 -e '.[train]' && rnnzoo fit --config zoo/configs/ptb_lstm_small.yaml"
-TEST_COMMAND = "pip install torch==2.13.0 -e '.[train,ray,dev]' && ruff check . && pytest -q"
+TEST_COMMAND = (
+    "pip install torch==2.13.0 -e '.[train,ray,dev]' && ruff check . && "
+    "pytest -q -n auto --maxprocesses 4 --dist loadgroup"
+)
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")

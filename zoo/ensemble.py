@@ -153,8 +153,9 @@ class ForecasterEnsemble(Ensemble):
             sizes = (member.input_length, member.horizon, member.channels)
             if sizes != (first.input_length, first.horizon, first.channels):
                 raise ValueError("forecaster ensemble members must read and forecast the same rows and columns")
-            if not (torch.equal(member.mean, first.mean) and torch.equal(member.std, first.std)):
-                raise ValueError("forecaster ensemble members must be trained on the same data (the same scaling)")
+        # From the arguments, not the buffers: the network may be built on the meta device (``zoo.pretrained``).
+        if len({(tuple(m.get("mean") or ()), tuple(m.get("std") or ())) for m in members}) > 1:
+            raise ValueError("forecaster ensemble members must be trained on the same data (the same scaling)")
         self.input_length, self.horizon, self.channels = first.input_length, first.horizon, first.channels
 
     @property
