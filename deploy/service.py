@@ -41,7 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import AliasChoices, BaseModel, Field
 
-from deploy import connections
+from deploy import connections, open_inference
 from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Cancelled, Predictor, TooLarge, cancellable, load
 from zoo import tasks
 from zoo.predict import GenerationOptions, options_for
@@ -314,6 +314,10 @@ def create_app(
         )
         for name, predictor in predictors.items()
     }
+    served = {
+        name: ServedModel(name, predictor, apis[name], batchers[name], limits, requests_total, latency)
+        for name, predictor in predictors.items()
+    }
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -349,8 +353,7 @@ def create_app(
 
     @app.get("/readyz")
     def readyz():
-        ready = all(b.worker is not None and not b.worker.done() for b in batchers.values())
-        if not ready:
+        if not all(model.ready for model in served.values()):
             raise HTTPException(503, "models are not ready")
         return {"status": "ready", "models": sorted(predictors)}
 
@@ -367,8 +370,9 @@ def create_app(
         model["request"] = apis[name].request.__name__
         return model | predictor.description()
 
-    for name in predictors:
-        _add_predict_route(app, name, apis[name], batchers[name], limits, requests_total, latency)
+    for model in served.values():
+        _add_predict_route(app, model)
+    open_inference.add_routes(app, served)
 
     @app.post("/v1/models/{name}/predict", include_in_schema=False)
     def unknown_model(name: str):
@@ -377,12 +381,29 @@ def create_app(
     return app
 
 
-def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: Limits, requests_total, latency):
-    async def predict(request: api.request) -> dict:  # type: ignore[valid-type]
+@dataclass
+class ServedModel:
+    """One model as the service answers it: its task's API, micro-batcher and limits. Every protocol's
+    route (``/v1``, the Open Inference Protocol's ``/v2``) predicts through ``predict``, so the limits,
+    statuses and metrics are the same whichever a client speaks."""
+
+    name: str
+    predictor: Predictor
+    api: TaskAPI
+    batcher: MicroBatcher
+    limits: Limits
+    requests_total: Counter
+    latency: Histogram
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.worker is not None and not self.batcher.worker.done()
+
+    async def predict(self, items: list, params: dict) -> list[dict]:
+        """The records for ``items``, or an ``HTTPException`` with the status and message."""
+        name, api, limits = self.name, self.api, self.limits
         start, status = time.perf_counter(), 200
         try:
-            items = getattr(request, api.items_field)
-            params = request.model_dump(exclude={api.items_field}, exclude_none=True)
             if len(items) > limits.max_items:
                 raise HTTPException(413, f"{len(items)} {api.items_field}; at most {limits.max_items} per request")
             if api.texts:
@@ -395,7 +416,7 @@ def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: L
             try:
                 if api.texts:
                     check_texts(items, api.items_field)
-                results = await asyncio.wait_for(batcher.submit(items, params), limits.request_timeout_s)
+                return await asyncio.wait_for(self.batcher.submit(items, params), limits.request_timeout_s)
             except QueueFull:
                 message = f"model {name!r} is at capacity ({limits.max_queue} queued texts); retry later"
                 raise HTTPException(503, message) from None
@@ -409,7 +430,6 @@ def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: L
             except Exception:
                 log.exception(f"model {name!r} failed")  # a bug, not bad input: answered, the server goes on
                 raise HTTPException(500, f"model {name!r} failed; the server log has the details") from None
-            return api.response(name, results)
         except HTTPException as err:
             status = err.status_code
             raise
@@ -420,10 +440,19 @@ def _add_predict_route(app, name, api: TaskAPI, batcher: MicroBatcher, limits: L
             status = 500
             raise
         finally:
-            requests_total.labels(name, str(status)).inc()
-            latency.labels(name).observe(time.perf_counter() - start)
+            self.requests_total.labels(name, str(status)).inc()
+            self.latency.labels(name).observe(time.perf_counter() - start)
 
-    app.post(f"/v1/models/{name}/predict", summary=f"{name}: {api.request.__name__}")(predict)
+
+def _add_predict_route(app: FastAPI, model: ServedModel) -> None:
+    api = model.api
+
+    async def predict(request: api.request) -> dict:  # type: ignore[valid-type]
+        items = getattr(request, api.items_field)
+        params = request.model_dump(exclude={api.items_field}, exclude_none=True)
+        return api.response(model.name, await model.predict(items, params))
+
+    app.post(f"/v1/models/{model.name}/predict", summary=f"{model.name}: {api.request.__name__}")(predict)
 
 
 class TransportLimits:

@@ -32,6 +32,18 @@ def wait_for_exit(pid: int) -> None:
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 
 
+def processes_named(*names: bytes) -> list[int]:
+    """The ids of the processes whose command line holds one of ``names``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if any(name in cmdline.read_bytes() for name in names):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended
+            continue
+    return pids
+
+
 def listening_sockets() -> dict[str, str]:
     """The local address (hex, as /proc/net writes it) of every listening TCP socket, by inode."""
     found = {}
@@ -64,6 +76,7 @@ def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_
     server = Server([folders["sentiment"], folders["translator"]], "--ray", "--replicas", "2", "--max_items", "4")
     try:
         replicas = replica_processes()
+        ray_core = processes_named(b"gcs_server", b"raylet")
         assert len(replicas) == 2
         # Ray's own services listen on 127.0.0.1 too; the one exception is each replica's gRPC port for
         # calls between deployments, which Ray Serve binds to every interface with no option to change.
@@ -88,7 +101,9 @@ def test_serve_ray_with_two_replicas_answers_as_the_models_do_and_stops_ray(tmp_
         assert server.post("/v1/models/nothing/predict", {"texts": ["w1"]})[0] == 404
     finally:
         server.close()  # SIGTERM: the command shuts Serve and its local Ray down
-    for pid in replicas:
+    # Every process of the instance, its GCS and raylet too: `--ray_address auto` below would find a GCS still
+    # shutting down and wait on it for good.
+    for pid in replicas + ray_core:
         wait_for_exit(pid)
     assert not replica_processes()
 

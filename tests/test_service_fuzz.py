@@ -128,3 +128,48 @@ def test_predictors_answer_or_raise_a_value_error(exported, name):
             assert len(results) == len(items)
 
     check()
+
+
+def v2_bodies(name: str):
+    """Open Inference Protocol requests: well-formed tensors of arbitrary texts, arbitrary tensors and
+    parameters, and binary bodies with arbitrary lengths (JSON header length, binary_data_size, element sizes)."""
+    binary_size = st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-1, 300) | anything})
+    tensor = st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["text", "series", "x"]) | anything,
+            "datatype": st.sampled_from(["BYTES", "FP32"]) | anything,
+            "shape": st.lists(st.integers(-2, 9), max_size=3) | anything,
+            "data": st.lists(texts, max_size=9) | anything,
+        },
+        optional={"parameters": binary_size},
+    )
+    request = st.fixed_dictionaries(
+        {"inputs": st.lists(tensor, max_size=2) | anything},
+        optional={"parameters": st.dictionaries(st.sampled_from(list(ANY_PARAMETERS[name]) or ["x"]), anything)},
+    )
+    framed = st.tuples(request.map(lambda r: json.dumps(r).encode()), st.binary(max_size=60), st.integers(-3, 400))
+    return st.one_of(
+        request.map(lambda r: (json.dumps(r).encode(), None)),
+        framed.map(lambda f: (f[0] + f[1], str(len(f[0]) if f[2] < 0 else f[2]))),
+        st.tuples(st.binary(max_size=80), st.none() | st.text(max_size=6)),
+    )
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_v2_requests_get_an_answer_or_a_4xx(client, name):
+    @FUZZ
+    @given(v2_bodies(name))
+    def check(body_and_header):
+        body, header = body_and_header
+        headers = {"Content-Type": "application/json"}
+        if header is not None:
+            headers["Inference-Header-Content-Length"] = header
+        try:
+            response = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+        except UnicodeEncodeError:  # a header value httpx cannot send: no request was made
+            return
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, body)
+        if response.status_code >= 400:
+            assert response.json()["error"]
+
+    check()

@@ -26,6 +26,7 @@ class Task:
     graphs: str  # ``deploy.graphs``: the network -> the ONNX graphs to write
     predictor: str  # ``deploy.runtime``: runs an export with onnxruntime
     api: str  # ``deploy.service``: the HTTP request schema and call
+    tensors: str  # ``deploy.open_inference``: its items and records as Open Inference Protocol tensors
     parity: str  # ``deploy.parity``: the export against the network on held-out rows
     tokenizers: tuple[str, ...] = ("tokenizer",)  # names of the tokenizers it carries
 
@@ -53,6 +54,7 @@ TASKS: dict[str, Task] = {
             graphs="deploy.graphs.language_model_graphs",
             predictor="deploy.runtime.LanguageModelPredictor",
             api="deploy.service.GENERATION_API",
+            tensors="deploy.open_inference.GENERATION_TENSORS",
             parity="deploy.parity.language_model_parity",
         ),
         Task(
@@ -66,6 +68,7 @@ TASKS: dict[str, Task] = {
             graphs="deploy.graphs.classifier_graphs",
             predictor="deploy.runtime.ClassifierPredictor",
             api="deploy.service.CLASSIFICATION_API",
+            tensors="deploy.open_inference.CLASSIFICATION_TENSORS",
             parity="deploy.parity.classification_parity",
         ),
         Task(
@@ -79,6 +82,7 @@ TASKS: dict[str, Task] = {
             graphs="deploy.graphs.tagger_graphs",
             predictor="deploy.runtime.TaggerPredictor",
             api="deploy.service.TAGGING_API",
+            tensors="deploy.open_inference.TAGGING_TENSORS",
             parity="deploy.parity.tagging_parity",
             tokenizers=("tokenizer", "char_tokenizer"),
         ),
@@ -93,6 +97,7 @@ TASKS: dict[str, Task] = {
             graphs="deploy.graphs.seq2seq_graphs",
             predictor="deploy.runtime.TranslatorPredictor",
             api="deploy.service.TRANSLATION_API",
+            tensors="deploy.open_inference.TRANSLATION_TENSORS",
             parity="deploy.parity.translation_parity",
             tokenizers=("source_tokenizer", "target_tokenizer"),
         ),
@@ -107,6 +112,7 @@ TASKS: dict[str, Task] = {
             graphs="deploy.graphs.forecaster_graphs",
             predictor="deploy.runtime.ForecasterPredictor",
             api="deploy.service.FORECAST_API",
+            tensors="deploy.open_inference.FORECAST_TENSORS",
             parity="deploy.parity.forecasting_parity",
             tokenizers=(),
         ),

@@ -1,0 +1,374 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP API) beside ``/v1``, on the same service.
+
+Routes (kserve's ``required_api.md``): ``GET /v2`` (server metadata), ``/v2/health/live``,
+``/v2/health/ready``, ``/v2/models/{m}`` (model metadata), ``/v2/models/{m}/ready`` and
+``POST /v2/models/{m}/infer``, each also under ``/versions/{v}``. Every model has the one version "1".
+
+Tensors: every text task reads the input ``text`` (``BYTES``, shape ``[n]``; a tagger's sentences
+have their words separated by spaces), a forecaster ``series`` (``FP32``, ``[n, input_length,
+columns]``). Outputs: classifier ``label`` (``BYTES [n]``) and ``probabilities`` (``FP32 [n,
+labels]``), tagger ``tags`` (``BYTES [n]``, each sentence's tags separated by spaces), translator
+``translation``, language model ``continuation`` (``BYTES [n]``), forecaster ``forecast`` (``FP32
+[n, horizon, columns]``). The request's ``parameters`` carry the task's options (``beam_size``,
+``max_new_tokens``, ``temperature``, ``top_k``, ``seed``).
+
+Tensor data comes as JSON or with the binary tensor data extension, which ``tritonclient`` uses by
+default: an ``Inference-Header-Content-Length`` header gives the size of the JSON that starts the
+body, and each tensor with a ``binary_data_size`` parameter takes that many of the bytes after it,
+in order (``BYTES`` elements as 4-byte little-endian lengths, each followed by its bytes;
+``FP32`` little-endian). Outputs are binary when the request asks for it (``binary_data`` on an
+output, or ``binary_data_output``). A request goes through the same prediction as ``/v1``
+(``deploy.service.ServedModel``), so every limit applies with the same status; malformed input
+that ``/v1`` answers 422 is a 400 here, as the protocol says, and errors are ``{"error": "..."}``.
+"""
+
+import functools
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from zoo import tasks
+
+if TYPE_CHECKING:
+    from deploy.service import ServedModel
+
+VERSION = "1"  # every model's one version
+HEADER_LENGTH = "inference-header-content-length"
+# Request parameters the protocol itself defines: not the task's options.
+PROTOCOL_PARAMETERS = {"binary_data_output"}
+DATATYPES = {"BYTES": None, "FP32": np.dtype("<f4")}
+
+
+class BadRequest(ValueError):
+    """A request that does not follow the protocol (400)."""
+
+
+@dataclass(frozen=True)
+class Output:
+    datatype: str  # "BYTES" or "FP32"
+    values: Callable[[list[dict]], list]  # the task's records -> one value per record
+    shape: Callable[[object], list[int]] = lambda predictor: [-1]  # the metadata's shape (-1: any size)
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """How one task's items and records are the protocol's tensors."""
+
+    input: str
+    datatype: str
+    outputs: dict[str, Output]
+    input_shape: Callable[[object], list[int]] = lambda predictor: [-1]
+
+
+def _joined(key: str) -> Callable[[list[dict]], list]:
+    return lambda records: [" ".join(record[key]) for record in records]
+
+
+def _field(key: str) -> Callable[[list[dict]], list]:
+    return lambda records: [record[key] for record in records]
+
+
+CLASSIFICATION_TENSORS = Tensors(
+    "text",
+    "BYTES",
+    {
+        "label": Output("BYTES", _field("label")),
+        "probabilities": Output(
+            "FP32",
+            lambda records: [list(record["probabilities"].values()) for record in records],
+            lambda predictor: [-1, len(predictor.labels)],
+        ),
+    },
+)
+TAGGING_TENSORS = Tensors("text", "BYTES", {"tags": Output("BYTES", _joined("tags"))})
+TRANSLATION_TENSORS = Tensors("text", "BYTES", {"translation": Output("BYTES", _field("translation"))})
+GENERATION_TENSORS = Tensors("text", "BYTES", {"continuation": Output("BYTES", _field("continuation"))})
+FORECAST_TENSORS = Tensors(
+    "series",
+    "FP32",
+    {"forecast": Output("FP32", _field("forecast"), lambda p: [-1, p.horizon, len(p.columns)])},
+    lambda p: [-1, p.input_length, len(p.columns)],
+)
+
+
+def tensors(model: "ServedModel") -> Tensors:
+    return tasks.get(model.predictor.task).load("tensors")
+
+
+def model_metadata(model: "ServedModel") -> dict:
+    spec, predictor = tensors(model), model.predictor
+    return {
+        "name": model.name,
+        "versions": [VERSION],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": spec.input, "datatype": spec.datatype, "shape": spec.input_shape(predictor)}],
+        "outputs": [
+            {"name": name, "datatype": output.datatype, "shape": output.shape(predictor)}
+            for name, output in spec.outputs.items()
+        ],
+    }
+
+
+# -- reading a request -------------------------------------------------------------------------------------------
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The request's JSON object and the binary data after it."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        if not header_length.strip().isdigit() or not 0 < int(header_length) <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a size within the body")
+        json_part, binary = body[: int(header_length)], body[int(header_length) :]
+    try:
+        request = json.loads(json_part)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: arrays nested too deep
+        raise BadRequest(f"the request is not valid JSON ({err})") from None
+    if not isinstance(request, dict):
+        raise BadRequest("the request is not a JSON object")
+    return request, binary
+
+
+def element_count(shape) -> int:
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise BadRequest(f"shape {shape!r} is not a list of sizes")
+    return math.prod(shape)
+
+
+def parse_bytes(data: bytes, count: int) -> list[bytes]:
+    """``count`` elements of the binary ``BYTES`` encoding, which must use all of ``data``."""
+    elements, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise BadRequest("binary BYTES data ends inside an element's 4-byte length")
+        (size,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise BadRequest(f"binary BYTES element {len(elements)} says {size} bytes; fewer are left")
+        elements.append(data[offset : offset + size])
+        offset += size
+    if len(elements) != count:
+        raise BadRequest(f"binary BYTES data holds {len(elements)} elements; the shape says {count}")
+    return elements
+
+
+def flatten(data, depth: int) -> list:
+    """JSON tensor data, flat or nested at most ``depth`` arrays deep (the shape's rank), in row-major order."""
+    if not isinstance(data, list):
+        raise BadRequest("tensor data must be a JSON array")
+    if depth == 0:
+        raise BadRequest("tensor data is nested deeper than its shape")
+    flat = []
+    for value in data:
+        flat.extend(flatten(value, depth - 1) if isinstance(value, list) else [value])
+    return flat
+
+
+def read_input(request: dict, binary: bytes, spec: Tensors) -> list:
+    """The task's items from the request's one input tensor."""
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadRequest(f"give one input tensor, {spec.input!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != spec.input:
+        raise BadRequest(f"unknown input {tensor.get('name')!r}; this model reads {spec.input!r}")
+    if tensor.get("datatype") != spec.datatype:
+        raise BadRequest(f"input {spec.input!r} is {spec.datatype}, not {tensor.get('datatype')!r}")
+    shape = tensor.get("shape")
+    count = element_count(shape)
+    ranks = (1, 2) if spec.datatype == "BYTES" else (3,)
+    if len(shape) not in ranks or (spec.datatype == "BYTES" and len(shape) == 2 and shape[1] != 1):
+        expected = "[n] (or [n, 1])" if spec.datatype == "BYTES" else "[n, rows, columns]"
+        raise BadRequest(f"input {spec.input!r} has shape {expected}, not {shape}")
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("an input's parameters must be a JSON object")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+            raise BadRequest(f"binary_data_size {size!r}, but {len(binary)} bytes follow the JSON")
+        if spec.datatype == "BYTES":
+            values = parse_bytes(binary, count)
+        elif len(binary) != 4 * count:
+            raise BadRequest(f"{count} FP32 values are {4 * count} bytes, not {len(binary)}")
+        else:
+            values = np.frombuffer(binary, DATATYPES["FP32"]).tolist()
+    else:
+        if binary:
+            raise BadRequest("binary data follows the JSON, but no input has a binary_data_size")
+        values = flatten(tensor.get("data"), len(shape))
+        if len(values) != count:
+            raise BadRequest(f"input {spec.input!r} has {len(values)} values; its shape {shape} says {count}")
+    if spec.datatype == "BYTES":
+        return [text_of(value, i) for i, value in enumerate(values)]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise BadRequest(f"input {spec.input!r} holds values that are not numbers")
+    rows = np.asarray(values, dtype=np.float64).reshape(shape)
+    return rows.tolist()
+
+
+def text_of(value, index: int) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"text {index} is not UTF-8") from None
+    if not isinstance(value, str):
+        raise BadRequest(f"text {index} is {type(value).__name__}, not a string")
+    return value
+
+
+def options(request: dict, model: "ServedModel", items: list) -> dict:
+    """The task's options from the request's parameters, checked by the task's ``/v1`` schema."""
+    parameters = request.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("the request's parameters must be a JSON object")
+    values = {name: value for name, value in parameters.items() if name not in PROTOCOL_PARAMETERS}
+    schema, field = model.api.request, model.api.items_field
+    known = set(schema.model_fields) - {field}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        takes = f"the parameters {', '.join(sorted(known))}" if known else "no parameters"
+        raise BadRequest(f"unknown parameters {', '.join(unknown)}; {model.name} takes {takes}")
+    try:
+        checked = schema.model_validate({field: items, **values})
+    except ValidationError as err:
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
+        raise BadRequest(f"invalid parameters or input: {wrong}") from None
+    return checked.model_dump(exclude={field}, exclude_none=True)
+
+
+def requested_outputs(request: dict, spec: Tensors) -> list[tuple[str, bool]]:
+    """(name, as binary) of each output to answer: those asked for, else all."""
+    everything_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    asked = request.get("outputs")
+    if asked is None:
+        return [(name, everything_binary) for name in spec.outputs]
+    if not isinstance(asked, list) or not all(isinstance(output, dict) for output in asked):
+        raise BadRequest("outputs must be a list of objects")
+    chosen = []
+    for output in asked:
+        if output.get("name") not in spec.outputs:
+            raise BadRequest(f"unknown output {output.get('name')!r}; this model has {', '.join(spec.outputs)}")
+        parameters = output.get("parameters") or {}
+        chosen.append((output["name"], bool(parameters.get("binary_data", everything_binary))))
+    return chosen
+
+
+# -- writing the answer ------------------------------------------------------------------------------------------
+
+
+def encode(datatype: str, values: list) -> tuple[list[int], bytes, list]:
+    """(shape, binary data, JSON data) of one output."""
+    if datatype == "BYTES":
+        encoded = [value.encode("utf-8") for value in values]
+        binary = b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+        return [len(values)], binary, list(values)
+    array = np.asarray(values, dtype=DATATYPES["FP32"])
+    return list(array.shape), array.tobytes(), array.reshape(-1).tolist()
+
+
+def answer(model: "ServedModel", request: dict, records: list[dict], chosen: list[tuple[str, bool]]) -> Response:
+    spec = tensors(model)
+    outputs, binary = [], b""
+    for name, as_binary in chosen:
+        output = spec.outputs[name]
+        shape, data, json_data = encode(output.datatype, output.values(records))
+        tensor = {"name": name, "datatype": output.datatype, "shape": shape}
+        if as_binary:
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            binary += data
+        else:
+            tensor["data"] = json_data
+        outputs.append(tensor)
+    head = {"model_name": model.name, "model_version": VERSION, "outputs": outputs}
+    if isinstance(request.get("id"), str):
+        head["id"] = request["id"]
+    head_bytes = json.dumps(head).encode()
+    if not binary:
+        return Response(head_bytes, media_type="application/json")
+    headers = {"Inference-Header-Content-Length": str(len(head_bytes))}
+    return Response(head_bytes + binary, media_type="application/octet-stream", headers=headers)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
+    """The protocol's routes on the service's ``app`` for its models ``served`` (by name)."""
+    try:
+        server_version = version("rnnzoo")
+    except PackageNotFoundError:  # run from a source tree
+        server_version = "0"
+
+    def find(name: str, version: str | None) -> "ServedModel":
+        if name not in served:
+            raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(sorted(served))}")
+        if version not in (None, VERSION):
+            raise HTTPException(404, f"model {name!r} has the one version {VERSION}, not {version!r}")
+        return served[name]
+
+    def protocol_errors(route):
+        """Answer an ``HTTPException`` as the protocol's ``{"error": ...}``."""
+
+        @functools.wraps(route)  # FastAPI reads the route's parameters through it
+        async def wrapped(*args, **kwargs):
+            try:
+                return await route(*args, **kwargs)
+            except HTTPException as err:
+                return error(err.status_code, str(err.detail))
+
+        return wrapped
+
+    @app.get("/v2", tags=["v2"])
+    async def server_metadata() -> dict:
+        return {"name": "rnnzoo", "version": server_version, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", tags=["v2"])
+    async def server_live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["v2"])
+    async def server_ready():
+        ready = all(model.ready for model in served.values())
+        return {"ready": True} if ready else error(503, "models are not ready")
+
+    async def metadata(name: str, version: str | None = None):
+        return model_metadata(find(name, version))
+
+    async def model_ready(name: str, version: str | None = None):
+        model = find(name, version)
+        return {"name": name, "ready": True} if model.ready else error(503, f"model {name!r} is not ready")
+
+    async def infer(name: str, request: Request, version: str | None = None):
+        model = find(name, version)
+        spec = tensors(model)
+        try:
+            body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+            items = read_input(body, binary, spec)
+            if not items:
+                raise BadRequest(f"input {spec.input!r} is empty")
+            params = options(body, model, items)
+            chosen = requested_outputs(body, spec)
+        except BadRequest as err:
+            raise HTTPException(400, str(err)) from None
+        try:
+            records = await model.predict(items, params)
+        except HTTPException as err:
+            raise HTTPException(400 if err.status_code == 422 else err.status_code, err.detail) from None
+        return answer(model, body, records, chosen)
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.get(prefix, tags=["v2"])(protocol_errors(metadata))
+        app.get(prefix + "/ready", tags=["v2"])(protocol_errors(model_ready))
+        app.post(prefix + "/infer", tags=["v2"])(protocol_errors(infer))
