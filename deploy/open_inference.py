@@ -52,6 +52,10 @@ class BadRequest(ValueError):
     """A request that does not follow the protocol (400)."""
 
 
+class TooMany(BadRequest):
+    """More items than a request may hold (413), known from the shape before the data is read."""
+
+
 @dataclass(frozen=True)
 class Output:
     datatype: str  # "BYTES" or "FP32"
@@ -173,8 +177,8 @@ def flatten(data, depth: int) -> list:
     return flat
 
 
-def read_input(request: dict, binary: bytes, spec: Tensors) -> list:
-    """The task's items from the request's one input tensor."""
+def read_input(request: dict, binary: bytes, spec: Tensors, max_items: int) -> list:
+    """The task's items from the request's one input tensor (at most ``max_items``)."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f"give one input tensor, {spec.input!r}")
@@ -189,6 +193,8 @@ def read_input(request: dict, binary: bytes, spec: Tensors) -> list:
     if len(shape) not in ranks or (spec.datatype == "BYTES" and len(shape) == 2 and shape[1] != 1):
         expected = "[n] (or [n, 1])" if spec.datatype == "BYTES" else "[n, rows, columns]"
         raise BadRequest(f"input {spec.input!r} has shape {expected}, not {shape}")
+    if shape[0] > max_items:
+        raise TooMany(f"{shape[0]} items in {spec.input!r}; at most {max_items} per request")
     parameters = tensor.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("an input's parameters must be a JSON object")
@@ -355,13 +361,13 @@ def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
         spec = tensors(model)
         try:
             body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-            items = read_input(body, binary, spec)
+            items = read_input(body, binary, spec, model.limits.max_items)
             if not items:
                 raise BadRequest(f"input {spec.input!r} is empty")
             params = options(body, model, items)
             chosen = requested_outputs(body, spec)
         except BadRequest as err:
-            raise HTTPException(400, str(err)) from None
+            raise HTTPException(413 if isinstance(err, TooMany) else 400, str(err)) from None
         try:
             records = await model.predict(items, params)
         except HTTPException as err:

@@ -156,6 +156,7 @@ BAD_REQUESTS = [
     ("a lone surrogate", json_request(["w1 \udc80"]), {}, 400),
     ("unknown parameter", json_request(["w1"], parameters={"beam": 3}), {}, 400),
     ("too many texts", json_request(["w1"] * 9), {}, 413),
+    ("a shape of 10**9 texts", *binary_request([b"w1"], count=10**9), 413),  # refused before the data is read
     ("a text over the limit", json_request(["w1 " * 700]), {}, 413),
     ("header length beyond the body", *binary_request([b"w1"], header=10**6), 400),
     ("header length not a number", *binary_request([b"w1"], header=-3), 400),
