@@ -36,6 +36,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from deploy import sequences
+from deploy.events import event_stream
 from zoo import tasks
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 VERSION = "1"  # every model's one version
 HEADER_LENGTH = "inference-header-content-length"
 # Request parameters the protocol itself defines: not the task's options.
-PROTOCOL_PARAMETERS = {"binary_data_output"}
+PROTOCOL_PARAMETERS = {"binary_data_output", "sequence_id", "sequence_start", "sequence_end"}
 DATATYPES = {"BYTES": None, "FP32": np.dtype("<f4")}
 
 
@@ -240,7 +242,7 @@ def options(request: dict, model: "ServedModel", items: list) -> dict:
         raise BadRequest("the request's parameters must be a JSON object")
     values = {name: value for name, value in parameters.items() if name not in PROTOCOL_PARAMETERS}
     schema, field = model.api.request, model.api.items_field
-    known = set(schema.model_fields) - {field}
+    known = set(schema.model_fields) - {field, "stream"}  # a stream is its own route: generate_stream
     unknown = sorted(set(values) - known)
     if unknown:
         takes = f"the parameters {', '.join(sorted(known))}" if known else "no parameters"
@@ -250,7 +252,7 @@ def options(request: dict, model: "ServedModel", items: list) -> dict:
     except ValidationError as err:
         wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
         raise BadRequest(f"invalid parameters or input: {wrong}") from None
-    return checked.model_dump(exclude={field}, exclude_none=True)
+    return checked.model_dump(exclude={field, "stream"}, exclude_none=True)
 
 
 def requested_outputs(request: dict, spec: Tensors) -> list[tuple[str, bool]]:
@@ -306,6 +308,60 @@ def answer(model: "ServedModel", request: dict, records: list[dict], chosen: lis
     return Response(head_bytes + binary, media_type="application/octet-stream", headers=headers)
 
 
+def sequence_of(request: dict, model: "ServedModel", items: list) -> tuple[sequences.Key, bool, bool] | None:
+    """The sequence a request belongs to (its id, and whether it starts and ends it), or None."""
+    parameters = request.get("parameters") or {}
+    try:
+        key = sequences.sequence_key(parameters)
+    except sequences.SequenceError as err:
+        raise BadRequest(str(err)) from None
+    if key is None:
+        return None
+    if model.sequences is None:
+        why = (
+            "runs on several replicas, which the requests of a sequence would not all reach"
+            if sequences.keeps_state(model.predictor)
+            else "keeps no state between requests: sequences are for language models"
+        )
+        raise BadRequest(f"model {model.name!r} {why}")
+    if len(items) != 1:
+        raise BadRequest(f"a request in a sequence holds one text (shape [1]), not {len(items)}")
+    return key, parameters.get("sequence_start", False), parameters.get("sequence_end", False)
+
+
+async def in_sequence(model: "ServedModel", key: sequences.Key, start: bool, end: bool, text: str, params: dict):
+    """The record of ``text`` read into sequence ``key`` and continued (``ServedModel.continue_sequence``)."""
+    try:
+        sequence = model.sequences.open(key, start)
+    except sequences.SequenceError as err:
+        raise HTTPException(400, str(err)) from None
+    except sequences.Full as err:
+        raise HTTPException(429, str(err)) from None
+    try:
+        return await model.continue_sequence(sequence, start, text, params)
+    finally:
+        model.sequences.close(key, sequence, end)
+
+
+def generate_input(body: dict, model: "ServedModel") -> tuple[str, dict]:
+    """The text and the task's options of a ``generate`` request (``{"text_input", "parameters"}``)."""
+    if model.api.stream is None:
+        raise BadRequest(f"model {model.name!r} ({model.predictor.task}) does not generate text; use its infer")
+    unknown = sorted(set(body) - {"id", "text_input", "parameters"})
+    if unknown:
+        raise BadRequest(f"unknown fields {', '.join(unknown)}; send text_input and parameters")
+    text = body.get("text_input")
+    if not isinstance(text, str):
+        raise BadRequest("give text_input, a string")
+    return text, options(body, model, [text])
+
+
+def text_output(model: "ServedModel", record: dict) -> str:
+    """A generating task's text: its one output (a continuation, a translation)."""
+    (output,) = tensors(model).outputs.values()
+    return output.values([record])[0]
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -325,20 +381,25 @@ def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
         return served[name]
 
     def protocol_errors(route):
-        """Answer an ``HTTPException`` as the protocol's ``{"error": ...}``."""
+        """Answer an ``HTTPException`` as the protocol's ``{"error": ...}``; what ``/v1`` answers 422
+        (malformed input) is a 400 here, as the protocol says."""
 
         @functools.wraps(route)  # FastAPI reads the route's parameters through it
         async def wrapped(*args, **kwargs):
             try:
                 return await route(*args, **kwargs)
             except HTTPException as err:
-                return error(err.status_code, str(err.detail))
+                return error(400 if err.status_code == 422 else err.status_code, str(err.detail))
 
         return wrapped
 
+    extensions = ["binary_tensor_data", "generate"]
+    if any(model.sequences is not None for model in served.values()):
+        extensions += ["sequence", "sequence(string_id)"]
+
     @app.get("/v2", tags=["v2"])
     async def server_metadata() -> dict:
-        return {"name": "rnnzoo", "version": server_version, "extensions": ["binary_tensor_data"]}
+        return {"name": "rnnzoo", "version": server_version, "extensions": extensions}
 
     @app.get("/v2/health/live", tags=["v2"])
     async def server_live() -> dict:
@@ -366,15 +427,36 @@ def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
                 raise BadRequest(f"input {spec.input!r} is empty")
             params = options(body, model, items)
             chosen = requested_outputs(body, spec)
+            sequence = sequence_of(body, model, items)
         except BadRequest as err:
             raise HTTPException(413 if isinstance(err, TooMany) else 400, str(err)) from None
-        try:
+        if sequence is None:
             records = await model.predict(items, params)
-        except HTTPException as err:
-            raise HTTPException(400 if err.status_code == 422 else err.status_code, err.detail) from None
+        else:
+            records = [await in_sequence(model, *sequence, items[0], params)]
         return answer(model, body, records, chosen)
+
+    async def generate_request(name: str, request: Request, version: str | None) -> tuple["ServedModel", str, dict]:
+        model = find(name, version)
+        try:
+            body, _ = split_body(await request.body(), None)
+            return model, *generate_input(body, model)
+        except BadRequest as err:
+            raise HTTPException(400, str(err)) from None
+
+    async def generate(name: str, request: Request, version: str | None = None):
+        model, text, params = await generate_request(name, request, version)
+        (record,) = await model.predict([text], params)
+        return {"model_name": name, "model_version": VERSION, "text_output": text_output(model, record)}
+
+    async def generate_stream(name: str, request: Request, version: str | None = None):
+        model, text, params = await generate_request(name, request, version)
+        head = {"model_name": name, "model_version": VERSION}
+        return await event_stream(model.stream(text, params), lambda piece: head | {"text_output": piece})
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.get(prefix, tags=["v2"])(protocol_errors(metadata))
         app.get(prefix + "/ready", tags=["v2"])(protocol_errors(model_ready))
         app.post(prefix + "/infer", tags=["v2"])(protocol_errors(infer))
+        app.post(prefix + "/generate", tags=["v2"])(protocol_errors(generate))
+        app.post(prefix + "/generate_stream", tags=["v2"])(protocol_errors(generate_stream))

@@ -8,11 +8,14 @@ predicts what its network predicts. Sessions are tuned for throughput: every gra
 best when many processes or requests run side by side.
 """
 
+import itertools
 import math
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from deploy import signatures as names
 from deploy.external_data import check_no_external_data
 from zoo import decoding, tasks, text
 from zoo.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
-from zoo.predict import GenerationOptions, TooLarge, TranslationOptions, predict
+from zoo.predict import GenerationOptions, TooLarge, TranslationOptions, predict, target_budget
 
 # Padded cells per onnxruntime call. A batch is split into calls under these, similar lengths
 # together, so that one long text neither pads the others nor multiplies a call's memory: with the
@@ -148,6 +151,11 @@ class ClassifierPredictor(Predictor):
 
 
 class LanguageModelPredictor(Predictor):
+    @property
+    def state_bytes(self) -> int:
+        """The memory a sequence's state takes (``continue_sequence``)."""
+        return sum(value.nbytes for value in self.zero_state(1).values())
+
     def zero_state(self, batch_size: int) -> dict[str, np.ndarray]:
         state = self.config.state
         shape = [batch_size if axis == "batch" else axis for axis in state.shape]
@@ -168,6 +176,40 @@ class LanguageModelPredictor(Predictor):
             options.max_new_tokens, options.temperature, options.top_k, options.seed,
         )  # fmt: skip
 
+    def continue_sequence(
+        self, carried: "Carried | None", prompt: str, options: GenerationOptions | None = None
+    ) -> tuple[dict, "Carried"]:
+        """A sequence of requests as one text: ``prompt`` is read after what ``carried`` holds (None: the
+        sequence starts, as ``predict`` starts a prompt) and continued from there. Returns the record of
+        ``zoo.predict.Continuation`` (this ``prompt`` and its continuation) and what to carry into the
+        sequence's next request: the state after ``prompt``, not after the continuation, so the next
+        chunk follows the client's text. Chunks split between words continue as their whole text does."""
+        options = options or GenerationOptions()
+        tokenizer = self.tokenizers["tokenizer"]
+        ids = text.prompt_ids(tokenizer, prompt, None if carried is None else carried.last)
+        state = self.zero_state(1) if carried is None else carried.state
+        if len(ids) > 1:
+            _, state = decoding.read(self.step, state, ids[:-1])
+        logits, after = self.step(np.array([ids[-1:]], dtype=np.int64), state)
+        new = list(self.sampled_ids(logits, after, options))
+        record = {"prompt": prompt, "continuation": text.continuation_text(tokenizer, ids, new)}
+        return record, Carried(state, ids[-1])
+
+    def stream(self, prompt: str, options: GenerationOptions | None = None) -> Iterator[str]:
+        """``generate``'s text as it is made: the prompt as the tokenizer reads it, then a piece per new
+        token; the pieces add up to the continuation ``predict`` gives for the same options and seed."""
+        options = options or GenerationOptions()
+        tokenizer = self.tokenizers["tokenizer"]
+        ids = text.prompt_ids(tokenizer, prompt)
+        logits, state = decoding.read(self.step, self.zero_state(1), ids)
+        yield from text.pieces(tokenizer, ids[1:], self.sampled_ids(logits, state, options))
+
+    def sampled_ids(self, logits: np.ndarray, state: dict, options: GenerationOptions) -> Iterator[int]:
+        eos = self.special_tokens["tokenizer"][text.EOS]
+        return decoding.sampled_ids(
+            self.step, logits, state, eos, options.max_new_tokens, options.temperature, options.top_k, options.seed
+        )
+
     def generate(
         self,
         prompt: str = "",
@@ -180,6 +222,14 @@ class LanguageModelPredictor(Predictor):
         options = GenerationOptions(max_new_tokens, temperature, top_k, seed)
         (record,) = self.predict([prompt], options)
         return record["continuation"]
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a language model carries from one request of a sequence to the next."""
+
+    state: dict[str, np.ndarray]  # after every token read but the last
+    last: int  # the last token read: the next request reads it first, then its own text
 
 
 class TaggerPredictor(Predictor):
@@ -286,6 +336,20 @@ class TranslatorPredictor(Predictor):
         ``attention``, the records of ``zoo.predict.Translation`` with the tokens and weights."""
         records = self.predict(texts, TranslationOptions(beam_size, max_new_tokens, attention), budget=budget)
         return records if attention else [record["translation"] for record in records]
+
+    def stream(
+        self, source: str, max_new_tokens: int | None = None, budget: int = TRANSLATOR_TOKEN_BEAMS
+    ) -> Iterator[str]:
+        """The greedy translation of ``source`` as it is decoded, a piece per target token; the pieces add
+        up to ``translate([source], beam_size=1)``'s. A text of more than ``budget`` tokens raises ``TooLarge``."""
+        (ids,) = text.encode(self.tokenizers["source_tokenizer"], [source], end=text.EOS)
+        if len(ids) > budget:
+            raise TooLarge(f"the text has {len(ids)} source tokens; a translation may have {budget}: split it")
+        budget = target_budget(self, TranslationOptions(1, max_new_tokens), [ids])
+        memory, state = self.encode_graph(np.array([ids], dtype=np.int64), np.array([len(ids)], dtype=np.int64))
+        steps = decoding.greedy_steps(lambda t, s: self.step(t, s, memory), state, 1, self.bos, self.eos, budget)
+        tokens = itertools.takewhile(lambda token: token != self.eos, (int(tokens[0]) for tokens in steps))
+        yield from text.pieces(self.tokenizers["target_tokenizer"], [], tokens)
 
     def translate_ids(
         self, sources: list[list[int]], beam_size: int, max_new_tokens: int, budget: int = TRANSLATOR_TOKEN_BEAMS

@@ -27,11 +27,11 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import AliasChoices, BaseModel, Field
 
 from deploy import connections, open_inference
+from deploy.events import event_stream
+from deploy.sequences import Sequence, SequenceStore, keeps_state
 from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Cancelled, Predictor, TooLarge, cancellable, load
 from zoo import tasks
 from zoo.predict import GenerationOptions, options_for
@@ -81,6 +83,8 @@ class Limits:
     request_timeout_s: float = 60.0  # from the received body to the answer (504 beyond); the work stops too
     header_timeout_s: float = 10.0  # to receive a request's headers, from connecting or the last answer (closed beyond)
     max_connections: int = 512  # open connections; beyond, the longest wait for headers is closed (``connections``)
+    max_sequences: int = 1024  # language-model sequences kept between requests (429 for a new one beyond)
+    sequence_idle_s: float = 300.0  # a sequence without a request for this long is dropped (``deploy.sequences``)
 
     def __post_init__(self):
         for field in fields(self):
@@ -115,6 +119,7 @@ class TranslateRequest(TextsRequest):
     attention: bool = Field(
         False, description="return each translation as {translation, source_tokens, target_tokens, attention}"
     )
+    stream: bool = Field(False, description="answer one text's greedy translation as server-sent events, a token each")
 
 
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False, strict=True)]
@@ -138,6 +143,7 @@ class GenerateRequest(BaseModel):
     )
     top_k: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0)
+    stream: bool = Field(False, description="answer one prompt's continuation as server-sent events, a token each")
 
 
 @dataclass
@@ -154,6 +160,8 @@ class TaskAPI:
     legacy: Callable[[dict], object] | None = None
     allow_empty: bool = False
     texts: bool = True  # the items are texts: checked for size, emptiness and encoding before they queue
+    # The task's text as it is made (``Predictor.stream``): (predictor, params, limits) -> item -> pieces.
+    stream: Callable[[Predictor, dict, Limits], Callable[[str], Iterator[str]]] | None = None
 
     def run(self, predictor: Predictor, items: list[str], params: dict, limits: Limits) -> list[dict]:
         return predictor.predict(items, options_for(predictor.task, **params), **self.limits(limits))
@@ -167,15 +175,27 @@ class TaskAPI:
 
 CLASSIFICATION_API = TaskAPI(TextsRequest, "texts")
 TAGGING_API = TaskAPI(TagRequest, "sentences")
+def stream_translation(predictor: Predictor, params: dict, limits: Limits) -> Callable[[str], Iterator[str]]:
+    if params.get("beam_size", 1) != 1 or params.get("attention"):
+        raise ValueError("a streamed translation is greedy and without attention: send beam_size 1 or none")
+    return lambda source: predictor.stream(source, params.get("max_new_tokens"), limits.max_beam_tokens)
+
+
 TRANSLATION_API = TaskAPI(
     TranslateRequest,
     "texts",
     limits=lambda limits: {"budget": limits.max_beam_tokens, "attention_cells": limits.max_attention_cells},
     legacy_key="translations",  # the text alone, or with attention the record
     legacy=lambda record: record if "attention" in record else record["translation"],
+    stream=stream_translation,
 )
 GENERATION_API = TaskAPI(
-    GenerateRequest, "prompts", legacy_key="generations", legacy=lambda record: record["continuation"], allow_empty=True
+    GenerateRequest,
+    "prompts",
+    legacy_key="generations",
+    legacy=lambda record: record["continuation"],
+    allow_empty=True,
+    stream=lambda predictor, params, limits: lambda prompt: predictor.stream(prompt, options_for(predictor.task, **params)),
 )
 # A window's shape and values are checked by the task's predict (a 422 that names the window).
 FORECAST_API = TaskAPI(ForecastRequest, "series", texts=False)
@@ -187,6 +207,13 @@ def task_api(predictor: Predictor) -> TaskAPI:
 
 class QueueFull(Exception):
     pass
+
+
+class Queued(NamedTuple):
+    items: list
+    params: dict
+    future: asyncio.Future
+    run: Callable[[list], list] | None  # None: ``MicroBatcher.run`` with ``params``, batched with others
 
 
 class MicroBatcher:
@@ -204,12 +231,14 @@ class MicroBatcher:
         self.worker: asyncio.Task | None = None
         self.running: set[asyncio.Task] = set()
 
-    async def submit(self, items: list[str], params: dict) -> list:
+    async def submit(self, items: list[str], params: dict, run: Callable[[list], list] | None = None) -> list:
+        """The results for ``items``; with ``run`` (items -> results: a stream, a sequence) they run
+        alone, through it, in a call slot as any other batch."""
         if self.in_flight + len(items) > self.limits.max_queue:
             raise QueueFull
         self.in_flight += len(items)
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((items, params, future))
+        self.queue.put_nowait(Queued(items, params, future, run))
         try:
             return await future
         finally:
@@ -221,7 +250,7 @@ class MicroBatcher:
         while True:
             batch = [await self.queue.get()]
             await slots.acquire()
-            count, deadline = len(batch[0][0]), loop.time() + self.limits.max_wait_ms / 1000
+            count, deadline = len(batch[0].items), loop.time() + self.limits.max_wait_ms / 1000
             while count < self.limits.max_batch:
                 remaining = deadline - loop.time()
                 try:
@@ -231,11 +260,12 @@ class MicroBatcher:
                         batch.append(self.queue.get_nowait())
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
-                count += len(batch[-1][0])
+                count += len(batch[-1].items)
             groups: dict[tuple, list] = {}
             for request in batch:
-                if not request[2].done():  # else its client left or timed out: its texts are not run
-                    groups.setdefault(tuple(sorted(request[1].items())), []).append(request)
+                if not request.future.done():  # else its client left or timed out: its texts are not run
+                    key = tuple(sorted(request.params.items())) if request.run is None else id(request)
+                    groups.setdefault(key, []).append(request)
             if not groups:
                 slots.release()
             for index, requests in enumerate(groups.values()):
@@ -246,20 +276,21 @@ class MicroBatcher:
                 task.add_done_callback(lambda done: (self.running.discard(done), slots.release()))
 
     async def _run_group(self, loop, requests: list) -> None:
-        requests = [request for request in requests if not request[2].done()]
+        requests = [request for request in requests if not request.future.done()]
         if not requests:
             return
-        items = [item for request in requests for item in request[0]]
+        items = [item for request in requests for item in request.items]
         abandoned = threading.Event()  # once every request of the group timed out or lost its client
 
         def left(_) -> None:
-            if all(request[2].done() for request in requests):
+            if all(request.future.done() for request in requests):
                 abandoned.set()
 
         for request in requests:
-            request[2].add_done_callback(left)
+            request.future.add_done_callback(left)
         try:
-            results = await loop.run_in_executor(None, self._run_cancellable, abandoned, items, requests[0][1])
+            first = requests[0]
+            results = await loop.run_in_executor(None, self._run_cancellable, abandoned, items, first.params, first.run)
         except Cancelled:  # nobody waits for these results
             return
         except Exception as err:  # one request's bad input must not fail the others: run them alone
@@ -267,19 +298,19 @@ class MicroBatcher:
                 for request in requests:
                     await self._run_group(loop, [request])
                 return
-            if not requests[0][2].done():
-                requests[0][2].set_exception(err)
+            if not requests[0].future.done():
+                requests[0].future.set_exception(err)
             return
         self.on_batch(len(items))
         start = 0
-        for request_items, _, future in requests:
-            if not future.done():
-                future.set_result(results[start : start + len(request_items)])
-            start += len(request_items)
+        for request in requests:
+            if not request.future.done():
+                request.future.set_result(results[start : start + len(request.items)])
+            start += len(request.items)
 
-    def _run_cancellable(self, abandoned: threading.Event, items: list[str], params: dict) -> list:
+    def _run_cancellable(self, abandoned: threading.Event, items: list[str], params: dict, run) -> list:
         with cancellable(abandoned):  # decoding stops at its next step once ``abandoned`` is set
-            return self.run(items, params)
+            return self.run(items, params) if run is None else run(items)
 
 
 def create_app(
@@ -287,10 +318,13 @@ def create_app(
     limits: Limits | None = None,
     threads: int | None = None,
     allowed_hosts: list[str] | None = None,
+    sequences: bool = True,
 ) -> FastAPI:
     """The service for exported model ``folders``; a model's name is its folder's name. With
     ``allowed_hosts``, a request whose ``Host`` header names another host is a 400 (a page on another
-    site that rebinds its DNS name to 127.0.0.1 cannot read the service)."""
+    site that rebinds its DNS name to 127.0.0.1 cannot read the service). ``sequences``: keep language
+    models' sequences between requests (``deploy.sequences``); a service whose requests may reach
+    another process for the next chunk (several Ray replicas) refuses them instead."""
     limits = limits or Limits()
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
@@ -315,7 +349,10 @@ def create_app(
         for name, predictor in predictors.items()
     }
     served = {
-        name: ServedModel(name, predictor, apis[name], batchers[name], limits, requests_total, latency)
+        name: ServedModel(
+            name, predictor, apis[name], batchers[name], limits, requests_total, latency,
+            SequenceStore(limits.max_sequences, limits.sequence_idle_s) if sequences and keeps_state(predictor) else None,
+        )  # fmt: skip
         for name, predictor in predictors.items()
     }
 
@@ -368,6 +405,10 @@ def create_app(
     def describe(name: str, predictor: Predictor) -> dict:
         model = {"name": name, "task": predictor.task, "labels": predictor.config.labels}
         model["request"] = apis[name].request.__name__
+        store = served[name].sequences
+        if store is not None:
+            limits = {"max_sequences": store.max_sequences, "idle_s": store.idle_s}
+            model["sequences"] = limits | {"state_bytes": predictor.state_bytes}
         return model | predictor.description()
 
     for model in served.values():
@@ -395,12 +436,15 @@ class ServedModel:
     requests_total: Counter
     latency: Histogram
 
+    sequences: SequenceStore | None = None  # a language model's, unless the service keeps none
+
     @property
     def ready(self) -> bool:
         return self.batcher.worker is not None and not self.batcher.worker.done()
 
-    async def predict(self, items: list, params: dict) -> list[dict]:
-        """The records for ``items``, or an ``HTTPException`` with the status and message."""
+    async def predict(self, items: list, params: dict, run: Callable[[list], list] | None = None) -> list:
+        """The records for ``items``, or an ``HTTPException`` with the status and message; ``run``: how
+        they run instead of the task's batched ``predict`` (``MicroBatcher.submit``)."""
         name, api, limits = self.name, self.api, self.limits
         start, status = time.perf_counter(), 200
         try:
@@ -416,7 +460,7 @@ class ServedModel:
             try:
                 if api.texts:
                     check_texts(items, api.items_field)
-                return await asyncio.wait_for(self.batcher.submit(items, params), limits.request_timeout_s)
+                return await asyncio.wait_for(self.batcher.submit(items, params, run), limits.request_timeout_s)
             except QueueFull:
                 message = f"model {name!r} is at capacity ({limits.max_queue} queued texts); retry later"
                 raise HTTPException(503, message) from None
@@ -443,13 +487,58 @@ class ServedModel:
             self.requests_total.labels(name, str(status)).inc()
             self.latency.labels(name).observe(time.perf_counter() - start)
 
+    async def stream(self, item: str, params: dict) -> AsyncIterator[str]:
+        """The pieces of ``item``'s answer as they are made (``TaskAPI.stream``), under ``predict``'s
+        limits and statuses: an ``HTTPException`` before the first piece is the request's refusal, one
+        after it ends the stream."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def run(items: list[str]) -> list:
+            for piece in self.api.stream(self.predictor, params, self.limits)(items[0]):
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            return [None]
+
+        work = asyncio.ensure_future(self.predict([item], params, run))
+        try:
+            while True:
+                piece = asyncio.ensure_future(pieces.get())
+                await asyncio.wait([piece, work], return_when=asyncio.FIRST_COMPLETED)
+                if piece.done():
+                    yield piece.result()
+                    continue
+                piece.cancel()
+                while not pieces.empty():  # put before the work ended (the loop runs callbacks in order)
+                    yield pieces.get_nowait()
+                work.result()
+                return
+        finally:
+            work.cancel()  # the client left: the decoding stops at its next step
+
+    async def continue_sequence(self, sequence: Sequence, start: bool, prompt: str, params: dict) -> dict:
+        """``prompt`` read into ``sequence`` (from an empty state when ``start``) and continued
+        (``LanguageModelPredictor.continue_sequence``); the sequence's requests run in turn."""
+        async with sequence.lock:
+            carried = None if start else sequence.carried
+
+            def run(items: list[str]) -> list:
+                options = options_for(self.predictor.task, **params)
+                return [self.predictor.continue_sequence(carried, items[0], options)]
+
+            ((record, sequence.carried),) = await self.predict([prompt], params, run)
+        return record
+
 
 def _add_predict_route(app: FastAPI, model: ServedModel) -> None:
     api = model.api
 
-    async def predict(request: api.request) -> dict:  # type: ignore[valid-type]
+    async def predict(request: api.request):  # type: ignore[valid-type]
         items = getattr(request, api.items_field)
-        params = request.model_dump(exclude={api.items_field}, exclude_none=True)
+        params = request.model_dump(exclude={api.items_field, "stream"}, exclude_none=True)
+        if getattr(request, "stream", False):
+            if len(items) != 1:
+                raise HTTPException(422, f"a stream answers one of the {api.items_field}; send one")
+            return await event_stream(model.stream(items[0], params), lambda piece: {"delta": piece})
         return api.response(model.name, await model.predict(items, params))
 
     app.post(f"/v1/models/{model.name}/predict", summary=f"{model.name}: {api.request.__name__}")(predict)

@@ -182,10 +182,10 @@ class Arrivals:
         arrivals = self
 
         class ReportingBatcher(service.MicroBatcher):
-            async def submit(self, items: list[str], params: dict) -> list:
+            async def submit(self, items: list[str], params: dict, run=None) -> list:
                 arrivals.note(arrivals.submitted, items)
                 try:
-                    return await super().submit(items, params)
+                    return await super().submit(items, params, run)
                 except asyncio.CancelledError:
                     arrivals.note(arrivals.dropped, items)
                     raise

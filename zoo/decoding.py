@@ -8,7 +8,7 @@ whichever way it runs.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,17 +31,22 @@ def default_max_new_tokens(source_lengths) -> int:
 
 def greedy(step: Step, state: State, batch: int, bos: int, eos: int, max_new_tokens: int) -> list[list[int]]:
     """The most likely token at every step; token lists without ``<bos>``/``<eos>``."""
+    steps = list(greedy_steps(step, state, batch, bos, eos, max_new_tokens))
+    return [row[: row.index(eos)] if eos in row else row for row in np.stack(steps, 1).tolist()]
+
+
+def greedy_steps(step: Step, state: State, batch: int, bos: int, eos: int, max_new_tokens: int) -> Iterator[np.ndarray]:
+    """Greedy decoding one step at a time: each step's tokens ``(batch,)``, ``eos`` once a row has ended,
+    until every row has ended or ``max_new_tokens`` steps (a stream reads them as they come)."""
     tokens = np.full(batch, bos, dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
-    steps = []
     for _ in range(max_new_tokens):
         logits, state = step(tokens, state)
         tokens = np.where(done, eos, logits.argmax(-1))
-        steps.append(tokens)
+        yield tokens
         done |= tokens == eos
         if done.all():
             break
-    return [row[: row.index(eos)] if eos in row else row for row in np.stack(steps, 1).tolist()]
 
 
 def beam_search(
@@ -140,17 +145,37 @@ def continue_ids(
     check_sampling(temperature, top_k)
     if not prompt:
         raise ValueError("a continuation needs at least one prompt token (start from the end-of-sentence id)")
+    logits, state = read(step, state, prompt)
+    return list(sampled_ids(step, logits, state, eos, max_new_tokens, temperature, top_k, seed))
+
+
+def read(step: Step, state: State, ids: list[int]) -> tuple[np.ndarray, State]:
+    """The logits ``(1, T, V)`` of the last call and the state after reading ``ids`` (at least one), in
+    calls of ``PROMPT_CHUNK`` tokens: the state carries over, so the result is that of one call."""
+    for start in range(0, len(ids), PROMPT_CHUNK):
+        logits, state = step(np.array([ids[start : start + PROMPT_CHUNK]], dtype=np.int64), state)
+    return logits, state
+
+
+def sampled_ids(
+    step: Step,
+    logits: np.ndarray,
+    state: State,
+    eos: int,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """The tokens drawn one by one from ``logits`` ``(1, T, V)`` (those after the last token read into
+    ``state``) to ``eos`` (not included) or ``max_new_tokens``; a stream reads them as they come."""
     rng = np.random.default_rng(seed)
-    for start in range(0, len(prompt), PROMPT_CHUNK):  # the state carries over: same result, bounded logits
-        logits, state = step(np.array([prompt[start : start + PROMPT_CHUNK]], dtype=np.int64), state)
-    new: list[int] = []
     for _ in range(max_new_tokens):
         token = sample(logits[0, -1], temperature, top_k, rng)
         if token == eos:
             break
-        new.append(token)
+        yield token
         logits, state = step(np.array([[token]], dtype=np.int64), state)
-    return new
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

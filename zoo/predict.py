@@ -161,9 +161,7 @@ def translate(
     source_tokenizer = model.get_tokenizer("source_tokenizer")
     target_tokenizer = model.get_tokenizer("target_tokenizer")
     sources = text.encode(source_tokenizer, texts, end=text.EOS)
-    max_new_tokens = (
-        options.max_new_tokens or settings.max_new_tokens or decoding.default_max_new_tokens(map(len, sources))
-    )
+    max_new_tokens = target_budget(model, options, sources)
     if options.attention:
         model.require_attention()  # before the decoding, which may take a while
         check_attention_cells([len(source) for source in sources], attention_cells)  # a row each, at least
@@ -185,6 +183,13 @@ def translate(
         record["target_tokens"] = target_tokens
         record["attention"] = np.round(np.asarray(weights[: len(target_tokens)], dtype=np.float64), 4).tolist()
     return records
+
+
+def target_budget(model, options: TranslationOptions, sources: list[list[int]]) -> int:
+    """The target tokens a translation may have: the request's, else the model's, else twice the longest source's
+    plus ten."""
+    budget = options.max_new_tokens or model.decoding.max_new_tokens
+    return budget or decoding.default_max_new_tokens(map(len, sources))
 
 
 def check_attention_cells(cells: list[int], budget: int | None) -> None:

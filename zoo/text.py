@@ -7,8 +7,10 @@ far a text is truncated is a setting of its tokenizer (``Tokenizer.enable_trunca
 datamodule that fits it), and every checkpoint, pretrained folder and export carries the tokenizer.
 """
 
+import itertools
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +75,34 @@ def warn_truncated(tokenizer: Tokenizer, truncated: list[bool], what: str) -> No
         log.warning(f"{count} of {len(truncated)} {what} exceed max_length={limit} tokens; truncated")
 
 
-def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """A language model's input for ``prompt``: ``<eos>`` (the end of a previous sentence) then its ids,
+def prompt_ids(tokenizer: Tokenizer, prompt: str, previous: int | None = None) -> list[int]:
+    """A language model's input for ``prompt``: the token before it, then its ids. The token before is
+    ``previous`` (the last of a sequence's earlier text) or ``<eos>`` (the end of a previous sentence),
     so an empty prompt starts a new sentence."""
     check_texts([prompt], "prompt")
-    return [special_id(tokenizer, EOS), *tokenizer.encode(prompt).ids]
+    return [special_id(tokenizer, EOS) if previous is None else previous, *tokenizer.encode(prompt).ids]
 
 
 def continuation_text(tokenizer: Tokenizer, prompt: list[int], new: list[int]) -> str:
-    """The prompt (without its leading ``<eos>``) and its continuation as text."""
+    """The prompt (without the token before it, ``prompt_ids``') and its continuation as text."""
     return tokenizer.decode(prompt[1:] + new, skip_special_tokens=False)
+
+
+def pieces(tokenizer: Tokenizer, ids: list[int], new: Iterable[int]) -> Iterator[str]:
+    """The text of ``ids`` and then of each id of ``new`` as it comes (a stream of the answer), as the
+    pieces the decoded text grows by, so that they add up to ``tokenizer.decode(ids + new)``. A piece
+    waits while the text does not extend what was sent (a byte-level token can end inside a character):
+    the tokenizers rnnzoo trains decode a prefix of the ids to a prefix of the text."""
+    ids, sent = list(ids), ""
+    for token in itertools.chain([None], new):
+        if token is not None:
+            ids.append(token)
+        decoded = tokenizer.decode(ids, skip_special_tokens=False)
+        if len(decoded) > len(sent) and decoded.startswith(sent) and not decoded.endswith("\ufffd"):
+            yield decoded[len(sent) :]
+            sent = decoded
+    if decoded != sent and decoded.startswith(sent):
+        yield decoded[len(sent) :]
 
 
 def split_words(sentences: list[str] | list[list[str]]) -> list[list[str]]:
