@@ -43,8 +43,8 @@ from pydantic import AliasChoices, BaseModel, Field
 
 from deploy import connections, open_inference
 from deploy.events import event_stream
-from deploy.sequences import Sequence, SequenceStore, keeps_state
 from deploy.runtime import TRANSLATOR_TOKEN_BEAMS, Cancelled, Predictor, TooLarge, cancellable, load
+from deploy.sequences import Sequence, SequenceStore, keeps_state
 from zoo import tasks
 from zoo.predict import GenerationOptions, options_for
 from zoo.text import check_texts
@@ -175,6 +175,8 @@ class TaskAPI:
 
 CLASSIFICATION_API = TaskAPI(TextsRequest, "texts")
 TAGGING_API = TaskAPI(TagRequest, "sentences")
+
+
 def stream_translation(predictor: Predictor, params: dict, limits: Limits) -> Callable[[str], Iterator[str]]:
     if params.get("beam_size", 1) != 1 or params.get("attention"):
         raise ValueError("a streamed translation is greedy and without attention: send beam_size 1 or none")
@@ -195,7 +197,7 @@ GENERATION_API = TaskAPI(
     legacy_key="generations",
     legacy=lambda record: record["continuation"],
     allow_empty=True,
-    stream=lambda predictor, params, limits: lambda prompt: predictor.stream(prompt, options_for(predictor.task, **params)),
+    stream=lambda predictor, params, _: lambda prompt: predictor.stream(prompt, options_for(predictor.task, **params)),
 )
 # A window's shape and values are checked by the task's predict (a 422 that names the window).
 FORECAST_API = TaskAPI(ForecastRequest, "series", texts=False)
@@ -348,11 +350,15 @@ def create_app(
         )
         for name, predictor in predictors.items()
     }
+    stores = {
+        name: SequenceStore(limits.max_sequences, limits.sequence_idle_s)
+        for name, predictor in predictors.items()
+        if sequences and keeps_state(predictor)
+    }
     served = {
         name: ServedModel(
-            name, predictor, apis[name], batchers[name], limits, requests_total, latency,
-            SequenceStore(limits.max_sequences, limits.sequence_idle_s) if sequences and keeps_state(predictor) else None,
-        )  # fmt: skip
+            name, predictor, apis[name], batchers[name], limits, requests_total, latency, stores.get(name)
+        )
         for name, predictor in predictors.items()
     }
 

@@ -1,0 +1,201 @@
+"""Language-model sequences over the Open Inference Protocol's sequence extension, driven by Triton's
+HTTP client: a text sent in chunks continues as the whole text does, only the new chunk is read, the
+store is bounded, and every misuse is a 4xx with a message."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deploy import service
+from deploy.runtime import LanguageModelPredictor, load
+from deploy.sequences import SequenceError, SequenceStore, sequence_key
+from tests.test_open_inference import strings, text_input
+from tests.test_service import InProcessServer
+
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+CHUNKS = ["w1 w2 w3", "w4 w5", "w6"]
+GREEDY = {"max_new_tokens": 6, "temperature": 0}
+SAMPLED = {"max_new_tokens": 6, "temperature": 1.0, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    limits = service.Limits(max_parallel=1, max_sequences=3)
+    server = InProcessServer(service.create_app([exported["lm"], exported["sentiment"]], limits, threads=1), limits)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    from tests.exports import exported_models
+
+    return exported_models(tmp_path_factory)
+
+
+def continuation(client, text: str, parameters: dict, **sequence) -> str:
+    result = client.infer("lm", [text_input([text], binary=True)], parameters=parameters, **sequence)
+    return strings(result.as_numpy("continuation"))[0]
+
+
+class Reads:
+    """Every token the language model reads, call by call, with the state it reads them from."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[list[int], dict]] = []
+        step = LanguageModelPredictor.step
+
+        def recorded(predictor, tokens, state):
+            self.calls.append((np.asarray(tokens)[0].tolist(), {k: v.copy() for k, v in state.items()}))
+            return step(predictor, tokens, state)
+
+        monkeypatch.setattr(LanguageModelPredictor, "step", recorded)
+
+
+@pytest.mark.parametrize("options", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("key", [7, "chat-7"], ids=["uint64", "string"])
+def test_a_text_sent_in_chunks_continues_as_the_whole_text(client, options, key):
+    whole = continuation(client, " ".join(CHUNKS), options)
+    answers = [
+        continuation(client, chunk, options, sequence_id=key, sequence_start=i == 0, sequence_end=i == len(CHUNKS) - 1)
+        for i, chunk in enumerate(CHUNKS)
+    ]
+    assert [answer.startswith(chunk) for answer, chunk in zip(answers, CHUNKS, strict=True)] == [True] * 3
+    assert " ".join(CHUNKS[:-1]) + " " + answers[-1] == whole  # the last chunk continues the whole text
+
+
+def test_a_request_reads_only_its_chunk_from_the_state_the_earlier_ones_left(client, exported, monkeypatch):
+    lm = load(exported["lm"], threads=1)
+    ids = {token: lm.tokenizers["tokenizer"].token_to_id(token) for token in ["<eos>", "w1", "w2", "w3", "w4", "w5"]}
+    reads = Reads(monkeypatch)
+    continuation(client, "w1 w2 w3", GREEDY, sequence_id=11, sequence_start=True)
+    first = len(reads.calls)
+    continuation(client, "w4 w5", GREEDY, sequence_id=11, sequence_end=True)
+    tokens, state = reads.calls[first]
+    assert tokens == [ids["w3"], ids["w4"]]  # the last token before, then the chunk's own, but its last
+    assert sum(len(tokens) for tokens, _ in reads.calls[first:]) == 2 + 1 + GREEDY["max_new_tokens"]
+    _, expected = lm.step(np.array([[ids["<eos>"], ids["w1"], ids["w2"]]]), lm.zero_state(1))
+    for name, value in expected.items():
+        np.testing.assert_allclose(state[name], value, atol=1e-6)
+        assert np.abs(value).max() > 0.01  # not the empty state
+
+
+def test_starting_a_sequence_again_forgets_its_past(client):
+    alone = continuation(client, "w6", SAMPLED)
+    continuation(client, "w1 w2 w3", SAMPLED, sequence_id="again", sequence_start=True)
+    assert continuation(client, "w6", SAMPLED, sequence_id="again", sequence_start=True, sequence_end=True) == alone
+
+
+def test_an_empty_chunk_continues_from_where_the_text_stopped(client):
+    whole = continuation(client, "w1 w2", GREEDY)
+    continuation(client, "w1 w2", GREEDY, sequence_id=12, sequence_start=True)
+    rest = continuation(client, "", GREEDY, sequence_id=12, sequence_end=True)
+    assert rest and f"w1 w2 {rest}" == whole
+
+
+def test_an_ended_or_unknown_sequence_is_a_400(client):
+    continuation(client, "w1", GREEDY, sequence_id=21, sequence_start=True, sequence_end=True)
+    for key in (21, 22, "never"):
+        with pytest.raises(InferenceServerException, match="is not open") as err:
+            continuation(client, "w2", GREEDY, sequence_id=key)
+        assert err.value.status() == "400"
+
+
+def test_a_new_sequence_beyond_max_sequences_is_a_429_until_one_ends(client):
+    for key in (31, 32, 33):
+        continuation(client, "w1", GREEDY, sequence_id=key, sequence_start=True)
+    with pytest.raises(InferenceServerException, match="3 sequences are open") as err:
+        continuation(client, "w1", GREEDY, sequence_id=34, sequence_start=True)
+    assert err.value.status() == "429"
+    continuation(client, "w2", GREEDY, sequence_id=33, sequence_start=True)  # begun again: no new place
+    continuation(client, "w2", GREEDY, sequence_id=31, sequence_end=True)
+    continuation(client, "w1", GREEDY, sequence_id=34, sequence_start=True, sequence_end=True)
+    for key in (32, 33):
+        continuation(client, "", GREEDY, sequence_id=key, sequence_end=True)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"sequence_id": -1}, "unsigned 64-bit"),
+        ({"sequence_id": 2**64}, "unsigned 64-bit"),
+        ({"sequence_id": True}, "unsigned 64-bit integer or a string"),
+        ({"sequence_id": 1.5}, "unsigned 64-bit integer or a string"),
+        ({"sequence_id": [1]}, "unsigned 64-bit integer or a string"),
+        ({"sequence_id": "x" * 257}, "at most 256"),
+        ({"sequence_start": True}, "need a sequence_id"),
+        ({"sequence_id": 0, "sequence_end": True}, "need a sequence_id"),
+        ({"sequence_id": 5, "sequence_start": "yes"}, "true or false"),
+    ],
+)
+def test_malformed_sequence_parameters_are_a_400(server, parameters, message):
+    request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["w1"]}]}
+    status, body = server.post("/v2/models/lm/infer", request | {"parameters": parameters})
+    assert status == 400 and message in body["error"], body
+
+
+def test_sequences_are_for_one_text_of_a_language_model(server):
+    two = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["w1", "w2"]}]}
+    sequence = {"parameters": {"sequence_id": 41, "sequence_start": True}}
+    status, body = server.post("/v2/models/lm/infer", two | sequence)
+    assert status == 400 and "one text" in body["error"]
+    status, body = server.post("/v2/models/sentiment/infer", two | sequence)
+    assert status == 400 and "keeps no state between requests" in body["error"]
+
+
+def test_the_service_advertises_sequences_and_what_one_costs(server, client, exported):
+    assert {"sequence", "sequence(string_id)"} <= set(client.get_server_metadata()["extensions"])
+    models = {model["name"]: model for model in json.loads(server.get("/v1/models")[1])["models"]}
+    lm = load(exported["lm"], threads=1)
+    assert models["lm"]["sequences"] == {"max_sequences": 3, "idle_s": 300.0, "state_bytes": lm.state_bytes}
+    assert lm.state_bytes == sum(value.nbytes for value in lm.zero_state(1).values()) > 0
+    assert "sequences" not in models["sentiment"]
+
+
+def test_a_service_of_several_replicas_refuses_sequences(exported):
+    limits = service.Limits()
+    server = InProcessServer(service.create_app([exported["lm"]], limits, threads=1, sequences=False), limits)
+    try:
+        request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["w1"]}]}
+        status, body = server.post("/v2/models/lm/infer", request | {"parameters": {"sequence_id": 1}})
+        assert status == 400 and "several replicas" in body["error"]
+        assert "sequence" not in json.loads(server.get("/v2")[1])["extensions"]
+    finally:
+        server.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_sequences_expire_but_not_while_a_request_runs():
+    clock = Clock()
+    store = SequenceStore(max_sequences=2, idle_s=10, clock=clock)
+    idle, busy = store.open(1, start=True), store.open(2, start=True)
+    store.close(1, idle, end=False)
+    clock.now = 11
+    with pytest.raises(SequenceError, match="idle for over 10 s"):
+        store.open(1, start=False)
+    assert store.open(2, start=False) is busy and len(store) == 1  # running all along
+    store.close(2, busy, end=False)
+    store.close(2, busy, end=True)
+    assert len(store) == 0
+
+
+def test_sequence_ids_zero_and_empty_mean_no_sequence():
+    assert sequence_key({"sequence_id": 0}) is None and sequence_key({"sequence_id": ""}) is None
+    assert sequence_key({"sequence_id": 2**64 - 1}) == 2**64 - 1
