@@ -4,6 +4,9 @@ Each replica builds the same application as ``rnnzoo serve`` (``deploy.service.c
 own onnxruntime sessions, micro-batching and limits. Ray Serve's proxy routes the requests between
 replicas, adds or removes replicas between ``--autoscale MIN:MAX`` by the number of requests in
 flight, and places them across a Ray cluster. Needs the ``ray`` extra (``pip install 'rnnzoo[ray]'``).
+A language model's sequences (``deploy.sequences``) live in the replica that holds their state, and the
+proxy may send a sequence's next request to another: they are kept with one fixed replica, and
+refused (400) with more.
 """
 
 import os
@@ -33,6 +36,12 @@ class Scaling:
         if self.autoscale is not None and not 0 <= self.autoscale[0] <= self.autoscale[1] >= 1:
             raise ValueError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {self.autoscale}")
 
+    @property
+    def one_replica(self) -> bool:
+        """Whether every request reaches the same replica: only then can a sequence's state live in it
+        (Ray Serve's proxy routes each request to any replica; a sequence's next chunk would miss it)."""
+        return self.autoscale is None and self.replicas == 1
+
     def deployment_options(self) -> dict:
         options: dict = {"ray_actor_options": {"num_cpus": self.threads}}
         if self.autoscale is None:
@@ -55,11 +64,11 @@ class Replica:
     """A Ray Serve replica; ``serve.ingress`` has it serve the application that
     ``__serve_build_asgi_app__`` builds once the replica has started."""
 
-    def __init__(self, folders: list[str], limits: Limits, threads: int):
-        self.folders, self.limits, self.threads = folders, limits, threads
+    def __init__(self, folders: list[str], limits: Limits, threads: int, sequences: bool):
+        self.folders, self.limits, self.threads, self.sequences = folders, limits, threads, sequences
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.folders, self.limits, self.threads)
+        return create_app(self.folders, self.limits, self.threads, sequences=self.sequences)
 
 
 def application(folders: list[str], limits: Limits, scaling: Scaling):
@@ -68,7 +77,8 @@ def application(folders: list[str], limits: Limits, scaling: Scaling):
     from ray import serve
 
     deployment = serve.deployment(serve.ingress()(Replica), name=APP_NAME, **scaling.deployment_options())
-    return deployment.bind([os.path.abspath(folder) for folder in folders], limits, scaling.threads)
+    folders = [os.path.abspath(folder) for folder in folders]
+    return deployment.bind(folders, limits, scaling.threads, scaling.one_replica)
 
 
 def start(folders: list[str], host: str, port: int, limits: Limits, scaling: Scaling, address: str | None = None):
