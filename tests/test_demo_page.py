@@ -136,10 +136,11 @@ def test_every_form_renders_the_answer_of_the_api(server, browser, tmp_path):
     assert [row.find_element(By.TAG_NAME, "th").text for row in rows] == expected["target_tokens"]
     assert all(len(row.find_elements(By.TAG_NAME, "td")) == len(expected["source_tokens"]) for row in rows)
 
-    # Language model: greedy at temperature 0, so the page shows exactly the API's continuation.
+    # Language model: greedy at temperature 0, so the page shows exactly the API's continuation, streamed.
     request = {"prompts": ["w1 w2"], "temperature": 0, "max_new_tokens": 5}
     _, answer = server.post("/v1/models/lm/predict", request)
-    result = run_form(browser, "lm", {"prompt": "w1 w2", "temperature": "0", "max_new_tokens": "5"}, ".continuation")
+    values = {"prompt": "w1 w2", "temperature": "0", "max_new_tokens": "5"}
+    result = run_form(browser, "lm", values, ".continuation.done")
     assert result.text == answer["generations"][0]
 
     screenshot = Path(os.environ.get("RNNZOO_DEMO_SCREENSHOT", tmp_path / "demo.png"))

@@ -23,18 +23,44 @@ function errorMessage(detail, status) {
 }
 
 async function request(path, body) {
-  const options = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  };
-  const response = await fetch(path, options);
-  let payload;
-  try {
-    payload = await response.json();
-  } catch {
-    payload = { detail: response.statusText || "the service did not answer with JSON" };
-  }
+  const response = await fetch(path, body === undefined ? {} : posting(body));
+  const payload = await jsonOf(response);
   if (!response.ok) throw new Error(errorMessage(payload.detail, response.status));
   return payload;
+}
+
+function posting(body) {
+  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+}
+
+async function jsonOf(response) {
+  try {
+    return await response.json();
+  } catch {
+    return { detail: response.statusText || "the service did not answer with JSON" };
+  }
+}
+
+// Posts body to path and calls onEvent with the data of each server-sent event as it arrives; a
+// refusal (any status but 200) throws its message, as request does.
+async function streamEvents(path, body, onEvent) {
+  const response = await fetch(path, posting(body));
+  if (!response.ok) throw new Error(errorMessage((await jsonOf(response)).detail, response.status));
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of event.split("\n")) {
+        if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice("data: ".length)));
+      }
+    }
+  }
 }
 
 function numberOrNull(input) {
@@ -46,25 +72,48 @@ function withoutEmpty(body) {
   return Object.fromEntries(Object.entries(body).filter(([, value]) => value !== null));
 }
 
+function predictPath(model) {
+  return `/v1/models/${encodeURIComponent(model.name)}/predict`;
+}
+
 // A form whose submit posts body() to the model and draws the answer with show(answer, sent); errors
 // appear as messages, those body() throws (input the page can check itself) before anything is sent.
 function modelForm(model, fields, body, show, submit = "Run") {
+  return submitForm(fields, submit, async (result) => {
+    const sent = withoutEmpty(body());
+    result.replaceChildren(element("p", { class: "status", text: "Running…" }));
+    result.replaceChildren(show(await request(predictPath(model), sent), sent));
+  });
+}
+
+// A form whose answer streams in: each event's text is added to the answer as it arrives, which is
+// marked "done" once the stream has ended.
+function streamedForm(model, fields, body) {
+  return submitForm(fields, "Run", async (result) => {
+    const sent = { ...withoutEmpty(body()), stream: true };
+    const answer = element("p", { class: "continuation" });
+    result.replaceChildren(answer);
+    await streamEvents(predictPath(model), sent, (data) => {
+      if ("error" in data) throw new Error(data.error);
+      answer.textContent += data.delta;
+    });
+    answer.classList.add("done");
+  });
+}
+
+function submitForm(fields, submit, run) {
   const result = element("div", { class: "result", "aria-live": "polite" });
   // novalidate: the service checks every field and its message says what to change.
-  const form = element("form", { novalidate: "" }, ...fields, element("button", { type: "submit", text: submit }));
-  form.addEventListener("submit", async (event) => {
+  const node = element("form", { novalidate: "" }, ...fields, element("button", { type: "submit", text: submit }));
+  node.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      const sent = withoutEmpty(body());
-      result.replaceChildren(element("p", { class: "status", text: "Running…" }));
-      const path = `/v1/models/${encodeURIComponent(model.name)}/predict`;
-      const answer = await request(path, sent);
-      result.replaceChildren(show(answer, sent));
+      await run(result);
     } catch (error) {
       result.replaceChildren(element("p", { class: "error", text: error.message }));
     }
   });
-  return [form, result];
+  return [node, result];
 }
 
 function labelled(text, input) {
@@ -191,8 +240,8 @@ function languageModelForm(model) {
     top_k: numberOrNull(topK),
     max_new_tokens: numberOrNull(maxTokens),
   });
-  // The answer is the prompt, as the model's tokenizer reads it, and its continuation.
-  return modelForm(model, fields, body, (answer) => element("p", { class: "continuation", text: answer.predictions[0].continuation }));
+  // The answer is the prompt, as the model's tokenizer reads it, and its continuation, as it is made.
+  return streamedForm(model, fields, body);
 }
 
 // Forecasting: a window pasted as CSV, one row per line, oldest first; the answer drawn as an SVG chart.
