@@ -143,9 +143,16 @@ def v2_bodies(name: str):
         },
         optional={"parameters": binary_size},
     )
+    sequence = {
+        "sequence_id": st.integers(-1, 3) | st.sampled_from(["", "s", 2**64]) | anything,
+        "sequence_start": st.booleans() | anything,
+        "sequence_end": st.booleans() | anything,
+    }
+    parameters = st.fixed_dictionaries({}, optional=sequence) | st.dictionaries(
+        st.sampled_from([*ANY_PARAMETERS[name], "x"]), anything
+    )
     request = st.fixed_dictionaries(
-        {"inputs": st.lists(tensor, max_size=2) | anything},
-        optional={"parameters": st.dictionaries(st.sampled_from(list(ANY_PARAMETERS[name]) or ["x"]), anything)},
+        {"inputs": st.lists(tensor, max_size=2) | anything}, optional={"parameters": parameters}
     )
     framed = st.tuples(request.map(lambda r: json.dumps(r).encode()), st.binary(max_size=60), st.integers(-3, 400))
     return st.one_of(
@@ -171,5 +178,31 @@ def test_v2_requests_get_an_answer_or_a_4xx(client, name):
         assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, body)
         if response.status_code >= 400:
             assert response.json()["error"]
+
+    check()
+
+
+def generate_bodies(name: str):
+    """``generate`` requests: arbitrary texts and parameters, other fields, and bytes that are not JSON."""
+    request = st.fixed_dictionaries(
+        {"text_input": texts | anything},
+        optional={"parameters": st.fixed_dictionaries({}, optional=ANY_PARAMETERS[name]) | anything, "x": anything},
+    )
+    return request.map(lambda r: json.dumps(r).encode()) | st.binary(max_size=50)
+
+
+@pytest.mark.parametrize("name", ["lm", "translator"])
+@pytest.mark.parametrize("route", ["generate", "generate_stream"])
+def test_v2_generate_requests_get_an_answer_or_a_4xx(client, name, route):
+    @FUZZ
+    @given(generate_bodies(name))
+    def check(body: bytes):
+        response = client.post(f"/v2/models/{name}/{route}", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, body)
+        if response.status_code >= 400:
+            assert response.json()["error"]
+        elif route == "generate_stream":
+            events = [json.loads(line[len("data: ") :]) for line in response.text.split("\n\n") if line]
+            assert all("text_output" in event for event in events), events
 
     check()
