@@ -38,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AliasChoices, BaseModel, Field
 
 from deploy import connections, open_inference
@@ -361,6 +361,9 @@ def create_app(
         )
         for name, predictor in predictors.items()
     }
+    open_sequences = Gauge("rnnzoo_open_sequences", "Sequences kept between requests", ["model"], registry=registry)
+    for name, store in stores.items():
+        open_sequences.labels(name).set_function(lambda store=store: len(store))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

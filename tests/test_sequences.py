@@ -11,7 +11,7 @@ from deploy import service
 from deploy.runtime import LanguageModelPredictor, load
 from deploy.sequences import SequenceError, SequenceStore, sequence_key
 from tests.test_open_inference import strings, text_input
-from tests.test_service import InProcessServer
+from tests.test_service import InProcessServer, metric
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -111,17 +111,19 @@ def test_an_ended_or_unknown_sequence_is_a_400(client):
         assert err.value.status() == "400"
 
 
-def test_a_new_sequence_beyond_max_sequences_is_a_429_until_one_ends(client):
+def test_a_new_sequence_beyond_max_sequences_is_a_429_until_one_ends(server, client):
     for key in (31, 32, 33):
         continuation(client, "w1", GREEDY, sequence_id=key, sequence_start=True)
     with pytest.raises(InferenceServerException, match="3 sequences are open") as err:
         continuation(client, "w1", GREEDY, sequence_id=34, sequence_start=True)
     assert err.value.status() == "429"
+    assert metric(server.get("/metrics")[1], 'rnnzoo_open_sequences{model="lm"}') == 3
     continuation(client, "w2", GREEDY, sequence_id=33, sequence_start=True)  # begun again: no new place
     continuation(client, "w2", GREEDY, sequence_id=31, sequence_end=True)
     continuation(client, "w1", GREEDY, sequence_id=34, sequence_start=True, sequence_end=True)
     for key in (32, 33):
         continuation(client, "", GREEDY, sequence_id=key, sequence_end=True)
+    assert metric(server.get("/metrics")[1], 'rnnzoo_open_sequences{model="lm"}') == 0
 
 
 @pytest.mark.parametrize(
