@@ -10,6 +10,13 @@ at most 50 MB of memory growth; the exit status is 1 when one is missed. Through
 ``--slow_connections`` clients hold half-sent headers open (slowloris) and a client abandons a
 1,000-token generation every ``--abandon_every`` seconds: neither may cost a valid request its 200.
 
+Beside ``/v1``, about a fifth of the requests speak the Open Inference Protocol (``/v2`` infer with JSON
+and binary tensors, ``generate_stream``, and the malformed kinds), and some are conversations: a few
+chunks kept as a language-model sequence (``sequence_id``), one after the other on one connection,
+a fifth of them left without ``sequence_end`` for the idle timeout to drop. The server runs with
+``--max_sequences 64 --sequence_idle_s 5``; at the end its ``rnnzoo_open_sequences`` must be within
+that bound.
+
 With ``--ray`` it soaks, one after the other, ``rnnzoo serve`` and ``rnnzoo serve --ray --replicas N``
 for each N of ``--replicas`` (default 1 and 2), the same requests each time, and prints them side by
 side with the throughput ratio to ``rnnzoo serve`` (memory: the replicas' processes together).
@@ -43,6 +50,8 @@ MAX_ITEMS, MAX_TEXT_CHARS, MAX_BODY_BYTES = 64, 10_000, 8 * 2**20  # the service
 # Below the default 262,144 (which a request refused before decoding passes only with 262,144 source
 # tokens to read first): the valid attention requests here need under 1,000 cells.
 ATTENTION_CELLS = 16_384
+MAX_SEQUENCES, SEQUENCE_IDLE_S = 64, 5
+SEQUENCES = ["--max_sequences", str(MAX_SEQUENCES), "--sequence_idle_s", str(SEQUENCE_IDLE_S)]
 
 REVIEWS = [
     "One of the best films I have seen in years; the cast is wonderful.",
@@ -110,6 +119,50 @@ def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
     return "generate", "ptb-lstm-small-tied", payload
 
 
+def v2_tensor(texts: list[str], binary: bool) -> tuple[dict, bytes]:
+    """The ``text`` input tensor of ``texts``, with its data in JSON or as binary (BYTES encoding)."""
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(texts)]}
+    if not binary:
+        return tensor | {"data": texts}, b""
+    data = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in texts)
+    return tensor | {"parameters": {"binary_data_size": len(data)}}, data
+
+
+def v2_request(rng: np.random.Generator) -> tuple[str, str, bytes, dict]:
+    """(label, path, body, headers) of a valid Open Inference Protocol request."""
+    binary = bool(rng.random() < 0.5)
+    kind = rng.integers(4)
+    if kind == 0:
+        model, texts, parameters = "imdb-bilstm", [str(t) for t in rng.choice(REVIEWS, rng.integers(1, 9))], {}
+    elif kind == 1:
+        model, texts, parameters = "conll-bilstm-crf", [str(t) for t in rng.choice(ENGLISH, rng.integers(1, 5))], {}
+    elif kind == 2:
+        model, texts, parameters = "multi30k-bahdanau", [str(rng.choice(GERMAN))], {"beam_size": 3}
+    else:
+        generate = {"text_input": str(rng.choice(PROMPTS)), "parameters": {"max_new_tokens": 20, "seed": 1}}
+        return "v2 stream", "/v2/models/ptb-lstm-small-tied/generate_stream", json.dumps(generate).encode(), {}
+    tensor, data = v2_tensor(texts, binary)
+    head = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head))} if binary else {}
+    return "v2 infer", f"/v2/models/{model}/infer", head + data, headers
+
+
+def conversation(rng: np.random.Generator, key: int) -> list[bytes]:
+    """The v2 bodies of a conversation kept as sequence ``key``: 2-5 chunks, ended unless abandoned."""
+    chunks = [str(rng.choice(PROMPTS[:2] + PROMPTS[3:])) for _ in range(rng.integers(2, 6))]
+    abandoned = rng.random() < 0.2
+    bodies = []
+    for i, chunk in enumerate(chunks):
+        sequence = {
+            "sequence_id": key,
+            "sequence_start": i == 0,
+            "sequence_end": i == len(chunks) - 1 and not abandoned,
+        }
+        parameters = {"max_new_tokens": 10, "temperature": 0.0, **sequence}
+        bodies.append(json.dumps({"inputs": [v2_tensor([chunk], False)[0]], "parameters": parameters}).encode())
+    return bodies
+
+
 def invalid_request(rng: np.random.Generator) -> tuple[str, str, dict | bytes]:
     """(label, model, payload or raw body) of a request the service must answer with a 4xx."""
     kinds = [
@@ -137,15 +190,41 @@ def invalid_request(rng: np.random.Generator) -> tuple[str, str, dict | bytes]:
     return kinds[rng.integers(len(kinds))]
 
 
-def make_requests(count: int, seed: int) -> list[tuple[bool, str, str, bytes]]:
-    """(valid, label, path, body) of ``count`` requests, about 70% valid."""
+def invalid_v2_request(rng: np.random.Generator) -> tuple[str, str, bytes, dict]:
+    """(label, path, body, headers) of an Open Inference Protocol request that must be a 4xx."""
+    text = {"inputs": [v2_tensor(["the company said"], False)[0]]}
+    kinds = [
+        ("v2 unknown sequence", "ptb-lstm-small-tied", text | {"parameters": {"sequence_id": 2**63 + 1}}, {}),
+        ("v2 sequence of a classifier", "imdb-bilstm", text | {"parameters": {"sequence_id": 5}}, {}),
+        ("v2 binary too short", "imdb-bilstm", b'{"inputs": []}', {"Inference-Header-Content-Length": "99"}),
+        ("v2 wrong datatype", "imdb-bilstm", {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1]}]}, {}),
+        ("v2 unknown parameter", "multi30k-bahdanau", text | {"parameters": {"beam": 3}}, {}),
+    ]
+    label, model, payload, headers = kinds[rng.integers(len(kinds))]
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return label, f"/v2/models/{model}/infer", body, headers
+
+
+Request = tuple[bool, str, str, list[bytes], dict]  # valid, label, path, bodies (sent in turn), headers
+
+
+def make_requests(count: int, seed: int, conversations: bool = True) -> list[Request]:
+    """``count`` requests, about 70% valid, a fifth of them over ``/v2`` (some conversations)."""
     rng = np.random.default_rng(seed)
     requests = []
-    for _ in range(count):
-        valid = rng.random() < 0.7
-        label, model, payload = valid_request(rng) if valid else invalid_request(rng)
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        requests.append((valid, label, f"/v1/models/{model}/predict", body))
+    while len(requests) < count:
+        valid, v2 = rng.random() < 0.7, rng.random() < 0.2
+        if v2 and valid and rng.random() < 0.25 and conversations:
+            key = int(rng.integers(1, 2**63))
+            path = "/v2/models/ptb-lstm-small-tied/infer"
+            requests.append((True, "v2 conversation", path, conversation(rng, key), {}))
+        elif v2:
+            label, path, body, headers = v2_request(rng) if valid else invalid_v2_request(rng)
+            requests.append((valid, label, path, [body], headers))
+        else:
+            label, model, payload = valid_request(rng) if valid else invalid_request(rng)
+            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            requests.append((valid, label, f"/v1/models/{model}/predict", [body], {}))
     return requests
 
 
@@ -156,24 +235,28 @@ class Client:
         self.port, self.local, self.lock = port, threading.local(), threading.Lock()
         self.outcomes: list[tuple[bool, str, int | str, float]] = []  # valid, label, status or error, seconds
 
-    def send(self, request: tuple[bool, str, str, bytes], deadline: float) -> None:
-        valid, label, path, body = request
-        if time.monotonic() > deadline:
-            return
-        if getattr(self.local, "connection", None) is None:
-            self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        start = time.perf_counter()
-        try:
-            self.local.connection.request("POST", path, body, {"Content-Type": "application/json"})
-            response = self.local.connection.getresponse()
-            response.read()
-            outcome = response.status
-        except (OSError, http.client.HTTPException) as err:
-            outcome = type(err).__name__
-            self.local.connection.close()
-            self.local.connection = None
-        with self.lock:
-            self.outcomes.append((valid, label, outcome, time.perf_counter() - start))
+    def send(self, request: Request, deadline: float) -> None:
+        """Each of the request's bodies in turn (a conversation's chunks), each an outcome."""
+        valid, label, path, bodies, headers = request
+        for body in bodies:
+            if time.monotonic() > deadline:
+                return
+            if getattr(self.local, "connection", None) is None:
+                self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            start = time.perf_counter()
+            try:
+                self.local.connection.request("POST", path, body, {"Content-Type": "application/json", **headers})
+                response = self.local.connection.getresponse()
+                answer = response.read()
+                outcome = response.status
+                if outcome == 200 and b'data: {"error"' in answer:  # a stream that failed after its 200
+                    outcome = "stream error"
+            except (OSError, http.client.HTTPException) as err:
+                outcome = type(err).__name__
+                self.local.connection.close()
+                self.local.connection = None
+            with self.lock:
+                self.outcomes.append((valid, label, outcome, time.perf_counter() - start))
 
     def run(self, requests: list, concurrency: int, max_seconds: float) -> float:
         deadline = time.monotonic() + max_seconds
@@ -247,7 +330,7 @@ def free_port() -> int:
 def start_server(folders: list[Path], threads: int, options: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [sys.executable, "-m", "lightning_modules.cli", "serve", *map(str, folders), "--port", str(port)]
-    options = ["--max_attention_cells", str(ATTENTION_CELLS), *options]
+    options = ["--max_attention_cells", str(ATTENTION_CELLS), *SEQUENCES, *options]
     server = subprocess.Popen([*command, "--threads", str(threads), *options], cwd=REPO)
     for _ in range(600):
         if server.poll() is not None:
@@ -266,20 +349,27 @@ def start_server(folders: list[Path], threads: int, options: list[str]) -> tuple
 def soak(folders: list[Path], args, options: list[str]) -> dict:
     """Start ``rnnzoo serve`` with ``options``, warm it up, send the requests and stop it."""
     server, port = start_server(folders, args.threads, options)
+    conversations = not args.ray  # several Ray replicas refuse sequences: each run sends the same requests
     try:
-        Client(port).run(make_requests(max(50, args.requests // 20), args.seed + 1), args.concurrency, args.max_seconds)
+        warm_up = make_requests(max(50, args.requests // 20), args.seed + 1, conversations)
+        Client(port).run(warm_up, args.concurrency, args.max_seconds)
         pids = replica_processes() if "--ray" in options else [server.pid]
         before = memory_mb(pids)
         client = Client(port)
         with Nuisances(port, args.slow_connections, args.abandon_every) as nuisances:
-            seconds = client.run(make_requests(args.requests, args.seed), args.concurrency, args.max_seconds)
+            requests = make_requests(args.requests, args.seed, conversations)
+            seconds = client.run(requests, args.concurrency, args.max_seconds)
         after, peak = memory_mb(pids), memory_mb(pids, "VmHWM")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/metrics")
+        metrics = connection.getresponse().read().decode()
+        sequences = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("rnnzoo_open_seq"))
     finally:
         server.terminate()
         server.wait(timeout=60)
     return {
         "outcomes": client.outcomes, "seconds": seconds, "before": before, "after": after, "peak": peak,
-        "nuisances": nuisances,
+        "nuisances": nuisances, "sequences": sequences,
     }  # fmt: skip
 
 
@@ -305,7 +395,8 @@ def main():
             f"beside them: {nuisances.timed_out} slow-header connections closed with a 408 ({args.slow_connections} "
             f"open at a time), {nuisances.abandoned} 1,000-token generations abandoned by their clients"
         )
-        report(run["outcomes"], run["seconds"], run["before"], run["after"], run["peak"], args)
+        print(f"open sequences at the end: {run['sequences']:.0f} (--max_sequences {MAX_SEQUENCES})")
+        report(run["outcomes"], run["seconds"], run["before"], run["after"], run["peak"], args, run["sequences"])
         return
     runs = {"rnnzoo serve": soak(folders, args, [])}
     for replicas in args.replicas:
@@ -333,7 +424,7 @@ def compare(runs: dict[str, dict], args) -> None:
         sys.exit(1)
 
 
-def report(outcomes: list, seconds: float, before: float, after: float, peak: float, args) -> None:
+def report(outcomes: list, seconds: float, before: float, after: float, peak: float, args, sequences=0.0) -> None:
     statuses = {valid: Counter(outcome for v, _, outcome, _ in outcomes if v == valid) for valid in (True, False)}
     wrong = Counter((label, outcome) for valid, label, outcome, _ in outcomes if not expected(valid, outcome))
     errors = sum(not isinstance(outcome, int) for _, _, outcome, _ in outcomes)
@@ -348,11 +439,14 @@ def report(outcomes: list, seconds: float, before: float, after: float, peak: fl
     )
     print(f"\nvalid requests by status:   {dict(sorted(statuses[True].items(), key=str))}")
     print(f"invalid requests by status: {dict(sorted(statuses[False].items(), key=str))}")
+    print("valid requests by kind:    ", dict(Counter(label for valid, label, _, _ in outcomes if valid)))
     print("invalid requests by kind:  ", dict(Counter(label for valid, label, _, _ in outcomes if not valid)))
     growth = after - before
     print(f"server memory (VmRSS): {before:.0f} MB after warm-up, {after:.0f} MB at the end ({growth:+.0f} MB)")
     print(f"server peak memory (VmHWM): {peak:.0f} MB")
     missed = [f"{count} x {label} -> {outcome}" for (label, outcome), count in wrong.items()]
+    if sequences > MAX_SEQUENCES:
+        missed.append(f"{sequences:.0f} sequences open (bound {MAX_SEQUENCES})")
     if growth > 50:
         missed.append(f"memory grew by {growth:.0f} MB (target <= 50 MB)")
     if len(outcomes) < args.requests:
