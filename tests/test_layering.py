@@ -24,6 +24,7 @@ ALLOWED = {
 }
 TORCH_FREE = (
     "deploy.runtime",
+    "deploy.sequences",
     "deploy.service",
     "deploy.signatures",
     "zoo.tasks",

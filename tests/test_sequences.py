@@ -201,3 +201,10 @@ def test_idle_sequences_expire_but_not_while_a_request_runs():
 def test_sequence_ids_zero_and_empty_mean_no_sequence():
     assert sequence_key({"sequence_id": 0}) is None and sequence_key({"sequence_id": ""}) is None
     assert sequence_key({"sequence_id": 2**64 - 1}) == 2**64 - 1
+
+
+def test_only_one_fixed_ray_replica_keeps_sequences():
+    from deploy.ray_serve import Scaling
+
+    assert Scaling().one_replica
+    assert not Scaling(replicas=2).one_replica and not Scaling(autoscale=(1, 1)).one_replica
