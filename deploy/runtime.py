@@ -150,6 +150,14 @@ class ClassifierPredictor(Predictor):
         return self.predict(texts, budget=budget)
 
 
+@dataclass(frozen=True)
+class Carried:
+    """What a language model carries from one request of a sequence to the next."""
+
+    state: dict[str, np.ndarray]  # after every token read but the last
+    last: int  # the last token read: the next request reads it first, then its own text
+
+
 class LanguageModelPredictor(Predictor):
     @property
     def state_bytes(self) -> int:
@@ -177,8 +185,8 @@ class LanguageModelPredictor(Predictor):
         )  # fmt: skip
 
     def continue_sequence(
-        self, carried: "Carried | None", prompt: str, options: GenerationOptions | None = None
-    ) -> tuple[dict, "Carried"]:
+        self, carried: Carried | None, prompt: str, options: GenerationOptions | None = None
+    ) -> tuple[dict, Carried]:
         """A sequence of requests as one text: ``prompt`` is read after what ``carried`` holds (None: the
         sequence starts, as ``predict`` starts a prompt) and continued from there. Returns the record of
         ``zoo.predict.Continuation`` (this ``prompt`` and its continuation) and what to carry into the
@@ -222,14 +230,6 @@ class LanguageModelPredictor(Predictor):
         options = GenerationOptions(max_new_tokens, temperature, top_k, seed)
         (record,) = self.predict([prompt], options)
         return record["continuation"]
-
-
-@dataclass(frozen=True)
-class Carried:
-    """What a language model carries from one request of a sequence to the next."""
-
-    state: dict[str, np.ndarray]  # after every token read but the last
-    last: int  # the last token read: the next request reads it first, then its own text
 
 
 class TaggerPredictor(Predictor):
@@ -345,9 +345,9 @@ class TranslatorPredictor(Predictor):
         (ids,) = text.encode(self.tokenizers["source_tokenizer"], [source], end=text.EOS)
         if len(ids) > budget:
             raise TooLarge(f"the text has {len(ids)} source tokens; a translation may have {budget}: split it")
-        budget = target_budget(self, TranslationOptions(1, max_new_tokens), [ids])
+        max_new = target_budget(self, TranslationOptions(1, max_new_tokens), [ids])
         memory, state = self.encode_graph(np.array([ids], dtype=np.int64), np.array([len(ids)], dtype=np.int64))
-        steps = decoding.greedy_steps(lambda t, s: self.step(t, s, memory), state, 1, self.bos, self.eos, budget)
+        steps = decoding.greedy_steps(lambda t, s: self.step(t, s, memory), state, 1, self.bos, self.eos, max_new)
         tokens = itertools.takewhile(lambda token: token != self.eos, (int(tokens[0]) for tokens in steps))
         yield from text.pieces(self.tokenizers["target_tokenizer"], [], tokens)
 

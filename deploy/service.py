@@ -416,8 +416,8 @@ def create_app(
         model["request"] = apis[name].request.__name__
         store = served[name].sequences
         if store is not None:
-            limits = {"max_sequences": store.max_sequences, "idle_s": store.idle_s}
-            model["sequences"] = limits | {"state_bytes": predictor.state_bytes}
+            bounds = {"max_sequences": store.max_sequences, "idle_s": store.idle_s}
+            model["sequences"] = bounds | {"state_bytes": predictor.state_bytes}
         return model | predictor.description()
 
     for model in served.values():
@@ -444,7 +444,6 @@ class ServedModel:
     limits: Limits
     requests_total: Counter
     latency: Histogram
-
     sequences: SequenceStore | None = None  # a language model's, unless the service keeps none
 
     @property
