@@ -57,16 +57,21 @@ def main():
     parser.add_argument("--source", required=True, help="a zoo entry, .ckpt or pretrained folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp, as_pretrained_folder(args.source) as (source, _):
         folder = Path(tmp) / "fp32"
         export(source, folder)
         network = load_source(source)[0].network.eval()
-        count = len(list(cases(network, {"fp32": deploy.load(folder, threads=args.threads)})))
-        for index in range(count):  # a predictor of its own per case: each trace holds one case's calls
+        every_case = [
+            (batch, index)
+            for batch in args.batches
+            for index in range(len(list(cases(network, {"fp32": deploy.load(folder, threads=1)}, batch))))
+        ]
+        for batch, index in every_case:  # a predictor of its own per case: each trace holds one case's calls
             predictor = deploy.load(folder, threads=args.threads)
-            case, _, calls = list(cases(network, {"fp32": predictor}))[index]
+            case, _, calls = list(cases(network, {"fp32": predictor}, batch))[index]
             profiled(predictor, args.threads, Path(tmp))  # the calls read predictor.sessions when they run
             for _ in range(WARMUP + args.calls):
                 calls["fp32"]()

@@ -33,11 +33,14 @@ def server(exported):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def client(server):
+def triton_client(server):
+    """Triton's HTTP client on the module's ``server`` (a fixture: ``client = pytest.fixture(...)(triton_client)``)."""
     client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
     yield client
     client.close()
+
+
+client = pytest.fixture(scope="module")(triton_client)
 
 
 def text_input(texts: list[str], binary: bool) -> "httpclient.InferInput":

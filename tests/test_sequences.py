@@ -10,7 +10,7 @@ import pytest
 from deploy import service
 from deploy.runtime import LanguageModelPredictor, load
 from deploy.sequences import SequenceError, SequenceStore, sequence_key
-from tests.test_open_inference import strings, text_input
+from tests.test_open_inference import strings, text_input, triton_client
 from tests.test_service import InProcessServer, metric
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
@@ -29,11 +29,7 @@ def server(exported):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
-    yield client
-    client.close()
+client = pytest.fixture(scope="module")(triton_client)
 
 
 @pytest.fixture(scope="module")
