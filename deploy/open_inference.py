@@ -3,6 +3,10 @@
 Routes (kserve's ``required_api.md``): ``GET /v2`` (server metadata), ``/v2/health/live``,
 ``/v2/health/ready``, ``/v2/models/{m}`` (model metadata), ``/v2/models/{m}/ready`` and
 ``POST /v2/models/{m}/infer``, each also under ``/versions/{v}``. Every model has the one version "1".
+Extensions: a language model's requests may form a sequence (``sequence_id``, ``sequence_start``,
+``sequence_end`` in the parameters: its state is kept between them, ``deploy.sequences``), and the
+generating tasks answer Triton's ``generate`` and ``generate_stream`` (``{"text_input",
+"parameters"}`` -> ``text_output``, the stream as server-sent events, ``deploy.events``).
 
 Tensors: every text task reads the input ``text`` (``BYTES``, shape ``[n]``; a tagger's sentences
 have their words separated by spaces), a forecaster ``series`` (``FP32``, ``[n, input_length,

@@ -26,6 +26,8 @@ class Full(Exception):
 
 @dataclass(eq=False)
 class Sequence:
+    """One client's conversation: what its model carries from one request to the next."""
+
     carried: Carried | None = None  # None until its first request has been read
     used: float = 0.0  # when its last request ended (time.monotonic)
     running: int = 0  # its requests waiting or running; a running sequence does not expire
@@ -60,6 +62,8 @@ def sequence_key(parameters: dict) -> Key | None:
 
 
 class SequenceStore:
+    """The open sequences of one model by id, at most ``max_sequences``, none idle for over ``idle_s``."""
+
     def __init__(self, max_sequences: int, idle_s: float, clock: Callable[[], float] = time.monotonic):
         self.max_sequences, self.idle_s, self.clock = max_sequences, idle_s, clock
         self.sequences: dict[Key, Sequence] = {}
