@@ -130,3 +130,40 @@ def test_pretrained_tokenizers_are_read_from_a_pretrained_folder(tmp_path):
     assert list(found) == ["tokenizer"] and found["tokenizer"].encode("w0 w19 zebra").ids == [3, 22, 1]
     with pytest.raises(DataError, match=r"has no source_tokenizer, target_tokenizer \(it has: tokenizer\)"):
         pretrained_tokenizers(str(folder), ["source_tokenizer", "target_tokenizer"])
+
+
+@pytest.mark.parametrize(
+    "fit",
+    [fit_word_tokenizer, fit_char_tokenizer, fit_bpe_tokenizer, fit_reversible_tokenizer],
+    ids=["word", "char", "bpe", "reversible"],
+)
+def test_a_streamed_text_adds_up_to_the_decoded_text(fit):
+    """A stream sends the text a piece per token (``zoo.text.pieces``): with every kind of tokenizer
+    rnnzoo trains, the pieces put together are the whole decoded text, one piece at most per token."""
+    from zoo.text import pieces
+
+    corpus = ["the cat sat on the mat .", "a dog , the dogs ; unbelievable cats sat", "naïve café über"] * 20
+    tokenizer = fit(corpus, ["<pad>", "<eos>"])
+    prompt = tokenizer.encode("the cat").ids
+    new = tokenizer.encode("sat on the unbelievable mat , naïve café").ids
+    streamed = list(pieces(tokenizer, prompt, iter(new)))
+    assert "".join(streamed) == tokenizer.decode(prompt + new, skip_special_tokens=False)
+    assert streamed[0] == tokenizer.decode(prompt, skip_special_tokens=False) and len(streamed) <= 1 + len(new)
+    assert all(streamed)
+
+
+def test_a_streamed_byte_level_text_holds_back_half_a_character():
+    """A byte-level token can end inside a character, whose prefix decodes to U+FFFD: the piece waits
+    for the character's last byte instead of sending a replacement character."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from zoo.text import pieces
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer.train_from_iterator(["plain words"], trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet))
+    ids = tokenizer.encode("café über 日本").ids
+    assert any("\ufffd" in tokenizer.decode(ids[:k]) for k in range(len(ids)))  # é's bytes: a token each
+    streamed = list(pieces(tokenizer, [], iter(ids)))
+    assert "".join(streamed) == "café über 日本" and not any("\ufffd" in piece for piece in streamed)
