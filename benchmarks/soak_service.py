@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deploy import open_inference
 from deploy.ray_serve import replica_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,10 +122,10 @@ def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
 
 def v2_tensor(texts: list[str], binary: bool) -> tuple[dict, bytes]:
     """The ``text`` input tensor of ``texts``, with its data in JSON or as binary (BYTES encoding)."""
-    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(texts)]}
+    shape, data, json_data = open_inference.encode("BYTES", texts)  # the service's own encoding of its answers
+    tensor = {"name": "text", "datatype": "BYTES", "shape": shape}
     if not binary:
-        return tensor | {"data": texts}, b""
-    data = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in texts)
+        return tensor | {"data": json_data}, b""
     return tensor | {"parameters": {"binary_data_size": len(data)}}, data
 
 

@@ -8,6 +8,7 @@ predicts what its network predicts. Sessions are tuned for throughput: every gra
 best when many processes or requests run side by side.
 """
 
+import functools
 import itertools
 import math
 import os
@@ -159,7 +160,7 @@ class Carried:
 
 
 class LanguageModelPredictor(Predictor):
-    @property
+    @functools.cached_property
     def state_bytes(self) -> int:
         """The memory a sequence's state takes (``continue_sequence``)."""
         return sum(value.nbytes for value in self.zero_state(1).values())
