@@ -13,8 +13,8 @@ export fails, writing nothing, when the outputs differ by more than the toleranc
 
 We use the TorchScript-based exporter (``dynamo=False``) on purpose: it maps ``nn.LSTM``/``GRU``/
 ``RNN`` (packed sequences included) to ONNX's fused LSTM/GRU/RNN ops with ``sequence_lens``, while
-the dynamo exporter in this torch decomposes recurrences and needs extra packages. ``mingru`` and
-``minlstm`` export their recurrence as an ONNX Loop over time (see ``zoo.minimal``).
+the dynamo exporter in this torch decomposes recurrences and needs extra packages. ``mingru``,
+``minlstm`` and the modern cells (``zoo.modern``) export their recurrence as an ONNX Loop over time.
 """
 
 import os
@@ -30,13 +30,13 @@ import torch
 from deploy.graphs import Graph
 from deploy.parity import task_parity
 from zoo import tasks
+from zoo.cells import LOOP_CELLS
 from zoo.ensemble import LanguageModelEnsemble
 from zoo.formats import WEIGHTS_FILE, DecodingSpec, ExportConfig, GraphSpec, write_json
 from zoo.fused import prepare_for_onnx_export
 from zoo.hub import resolve, sha256_of
-from zoo.minimal import MINIMAL_CELLS
 from zoo.pretrained import Pretrained, load_pretrained, staged_folder
-from zoo.recurrent import FUSED_CELLS, RecurrentStack
+from zoo.recurrent import RecurrentStack
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
@@ -87,10 +87,10 @@ def export(
             "export its members one by one"
         )
     stacks = [m for m in network.modules() if isinstance(m, RecurrentStack)]
-    if any(stack.cell not in FUSED_CELLS and stack.cell not in MINIMAL_CELLS for stack in stacks):
+    if any(stack.cell in LOOP_CELLS for stack in stacks):
         raise ExportError(
-            f"only the fused cells ({', '.join(FUSED_CELLS)}) and the minimal cells ({', '.join(MINIMAL_CELLS)}) "
-            "export to ONNX (RNN ops and a Loop)"
+            f"the loop cells ({', '.join(LOOP_CELLS)}) do not export to ONNX: every other cell does "
+            "(the fused ones as RNN ops, the rest as a Loop)"
         )
     interface = task.load("graphs")(prepare_for_onnx_export(network))
     graphs = interface.graphs

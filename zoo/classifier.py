@@ -5,7 +5,7 @@ from torch import nn
 
 from zoo.dropout import make_dropout
 from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool, pooled_size
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, StackConfig
+from zoo.recurrent import Block, CellType, Nonlinearity, RecurrentInit, StackConfig
 
 
 class SequenceClassifier(nn.Module):
@@ -13,8 +13,8 @@ class SequenceClassifier(nn.Module):
 
     Args:
         vocab_size, num_classes: sizes set by the data.
-        embedding_dim, hidden_size, num_layers, cell, bidirectional, residual, recurrent_init, nonlinearity:
-            the stack (see ``RecurrentStack``).
+        embedding_dim, hidden_size, num_layers, cell, bidirectional, residual, recurrent_init, nonlinearity,
+            heads, block: the stack (see ``RecurrentStack``).
         dropout: on the embeddings, between layers and on the pooled vector.
         locked_dropout: one dropout mask per sequence instead of one per step.
         pooling: ``last`` (final state; both directions of a BiRNN), ``mean``, ``max``,
@@ -37,6 +37,8 @@ class SequenceClassifier(nn.Module):
         pooling: Pooling = "last",
         recurrent_init: RecurrentInit = "default",
         nonlinearity: Nonlinearity = "tanh",
+        heads: int = 4,
+        block: Block = "none",
     ):
         super().__init__()
         if pooling not in POOLINGS:

@@ -9,7 +9,7 @@ from torch import nn
 from zoo import decoding
 from zoo.char_cnn import CharCNN
 from zoo.dropout import make_dropout
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, StackConfig, State
+from zoo.recurrent import Block, CellType, Nonlinearity, RecurrentInit, StackConfig, State
 from zoo.text import word_bytes
 
 
@@ -19,8 +19,8 @@ class RNNLanguageModel(nn.Module):
     Args:
         vocab_size: number of tokens.
         embedding_dim: size of the input embedding.
-        hidden_size, num_layers, cell, residual, recurrent_init, nonlinearity: the recurrent stack (see
-            ``RecurrentStack``).
+        hidden_size, num_layers, cell, residual, recurrent_init, nonlinearity, heads, block: the recurrent
+            stack (see ``RecurrentStack``).
         dropout: dropout on the embedding output, between layers and before the projection
             (the non-recurrent connections, as in Zaremba et al.).
         embedding_dropout: dropout on the word vectors alone, when it differs from ``dropout`` (Kim et
@@ -55,6 +55,8 @@ class RNNLanguageModel(nn.Module):
         init_range: float | None = 0.1,
         recurrent_init: RecurrentInit = "default",
         nonlinearity: Nonlinearity = "tanh",
+        heads: int = 4,
+        block: Block = "none",
         word_encoder: Literal["embedding", "char_cnn"] = "embedding",
         char_embedding_dim: int = 15,
         char_filters: list[int] | None = None,

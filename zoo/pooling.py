@@ -19,14 +19,15 @@ def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def last_layer_state(state, num_directions: int) -> torch.Tensor:
+def last_layer_state(state, num_directions: int, hidden_size: int | None = None) -> torch.Tensor:
     """The final hidden state of the top layer, both directions concatenated: ``(B, D*H)``.
 
     For a bidirectional layer the backward direction's final state is the one at position 0,
-    so "last" pooling sees the whole sequence from both ends.
+    so "last" pooling sees the whole sequence from both ends. A modern cell's packed state starts with
+    its last output (``zoo.modern``): ``hidden_size`` keeps those columns.
     """
     h = state[0] if isinstance(state, tuple) else state
-    return h[-num_directions:].transpose(0, 1).flatten(1)  # (D, B, H) -> (B, D*H), forward first
+    return h[-num_directions:, :, :hidden_size].transpose(0, 1).flatten(1)  # (D, B, H) -> (B, D*H), forward first
 
 
 class AttentionPooling(nn.Module):
@@ -51,7 +52,7 @@ def pool(
     if kind == "concat":
         return torch.cat([pool(k, outputs, lengths, state, num_directions) for k in ("last", "max", "mean")], dim=-1)
     if kind == "last":
-        return last_layer_state(state, num_directions)
+        return last_layer_state(state, num_directions, outputs.size(-1) // num_directions)
     mask = valid_mask(lengths.to(outputs.device), outputs.size(1))
     if kind == "mean":
         return (outputs * mask.unsqueeze(-1)).sum(1) / lengths.to(outputs).clamp(min=1).unsqueeze(-1)

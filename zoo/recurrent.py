@@ -2,7 +2,8 @@
 
 Cells ``rnn`` (Elman, tanh or ReLU), ``lstm`` and ``gru`` run on the fused ``nn.RNN``/``nn.LSTM``/``nn.GRU``
 kernels (cuDNN on GPU, oneDNN on CPU); ``gated`` and ``jordan`` are explicit loops (see ``zoo.cells``);
-``mingru`` and ``minlstm`` (Feng et al. 2024) train with a log-space parallel scan (see ``zoo.minimal``).
+``mingru`` and ``minlstm`` (Feng et al. 2024) train with a log-space parallel scan (see ``zoo.minimal``);
+``mlstm``, ``slstm`` (xLSTM), ``mamba2`` and ``rglru`` (Hawk) are today's recurrences (see ``zoo.modern``).
 Layers are kept as separate modules so that dropout (standard or locked) and residual connections
 can sit between them.
 """
@@ -14,20 +15,24 @@ from typing import Literal
 import torch
 from torch import nn
 
+from zoo.blocks import BLOCKS, ResidualMLPBlock, RMSNorm
 from zoo.cells import LOOP_CELLS, LoopRecurrence
 from zoo.dropout import make_dropout
 from zoo.fused import FusedBidirectional, run_to_lengths
 from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence
+from zoo.modern import MODERN_CELLS, ModernRecurrence
 
-CellType = Literal["rnn", "lstm", "gru", "gated", "jordan", "mingru", "minlstm"]
+CellType = Literal["rnn", "lstm", "gru", "gated", "jordan", "mingru", "minlstm", "mlstm", "slstm", "mamba2", "rglru"]
 FUSED_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS) + tuple(MINIMAL_CELLS)
+CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS) + tuple(MINIMAL_CELLS) + tuple(MODERN_CELLS)
+Block = Literal["none", "residual_mlp"]
 RecurrentInit = Literal["default", "orthogonal", "identity"]
 RECURRENT_INITS = ("default", "orthogonal", "identity")
 Nonlinearity = Literal["tanh", "relu"]
 
 # An LSTM state is (h, c); every other cell carries one tensor. Shapes follow torch:
-# (num_layers * num_directions, batch, hidden_size).
+# (num_layers * num_directions, batch, state_size), where state_size is hidden_size but for the
+# modern cells, which pack more than a vector (zoo.packed_state).
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -74,6 +79,8 @@ class StackConfig:
     residual: bool = False
     recurrent_init: RecurrentInit = "default"
     nonlinearity: Nonlinearity = "tanh"
+    heads: int = 4
+    block: Block = "none"
 
     @classmethod
     def pick(cls, arguments: dict, **changes) -> "StackConfig":
@@ -92,7 +99,8 @@ class RecurrentStack(nn.Module):
         input_size: features per input step.
         hidden_size: units per direction in each layer.
         num_layers: depth of the stack.
-        cell: one of ``rnn``, ``lstm``, ``gru``, ``gated``, ``jordan``, ``mingru``, ``minlstm``.
+        cell: one of ``rnn``, ``lstm``, ``gru``, ``gated``, ``jordan``, ``mingru``, ``minlstm``, ``mlstm``,
+            ``slstm``, ``mamba2``, ``rglru``.
         bidirectional: run each layer in both directions and concatenate.
         dropout: dropout on the input of every layer after the first.
         locked_dropout: use one dropout mask per sequence instead of one per step.
@@ -102,6 +110,9 @@ class RecurrentStack(nn.Module):
             each block the identity and zeroes the biases of the recurrence (the IRNN of Le et al.
             2015, with ``cell="rnn", nonlinearity="relu"``).
         nonlinearity: ``tanh`` or ``relu``, of the ``rnn`` cell only.
+        heads: heads of the ``mlstm``, ``slstm`` and ``mamba2`` cells.
+        block: ``none`` (bare layers) or ``residual_mlp``: each layer in a pre-norm residual block with
+            a gated MLP, and a final RMSNorm (``zoo.blocks``), as xLSTM, Griffin and minGRU stack them.
     """
 
     def __init__(
@@ -116,6 +127,8 @@ class RecurrentStack(nn.Module):
         residual: bool = False,
         recurrent_init: RecurrentInit = "default",
         nonlinearity: Nonlinearity = "tanh",
+        heads: int = 4,
+        block: Block = "none",
     ):
         super().__init__()
         if cell not in CELLS:
@@ -128,6 +141,12 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"unknown nonlinearity {nonlinearity!r}; choose tanh or relu")
         if nonlinearity != "tanh" and cell != "rnn":
             raise ValueError(f"nonlinearity={nonlinearity!r} applies to the 'rnn' cell only, not {cell!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+        if block != "none" and residual:
+            raise ValueError(f"block={block!r} already adds each layer's input to its output: drop residual")
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
         self.cell = cell
         self.nonlinearity = nonlinearity
         self.recurrent_init = recurrent_init
@@ -135,9 +154,15 @@ class RecurrentStack(nn.Module):
         self.num_layers = num_layers
         self.num_directions = 2 if bidirectional else 1
         self.residual = residual
+        self.heads = heads
         self.layers = nn.ModuleList(
             self._make_layer(input_size if i == 0 else self.output_size, bidirectional) for i in range(num_layers)
         )
+        self.blocks = None
+        if block == "residual_mlp":
+            sizes = [input_size] + [self.output_size] * (num_layers - 1)
+            self.blocks = nn.ModuleList(ResidualMLPBlock(size, self.output_size) for size in sizes)
+            self.final_norm = RMSNorm(self.output_size)
         self.inter_layer_dropout = make_dropout(dropout, locked_dropout)
         self.init_recurrent_weights()
 
@@ -149,10 +174,16 @@ class RecurrentStack(nn.Module):
             return FUSED_CELLS[self.cell](input_size, self.hidden_size, batch_first=True, **options)
         if self.cell in MINIMAL_CELLS:
             return MinimalRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
+        if self.cell in MODERN_CELLS:
+            return ModernRecurrence(self.cell, input_size, self.hidden_size, bidirectional, self.heads)
         return LoopRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
 
     def init_recurrent_weights(self) -> None:
-        """Apply ``recurrent_init``; a model that re-initialises all its parameters calls this after."""
+        """Apply ``recurrent_init`` and the initialisation that the modern cells and the blocks need
+        (gate biases, decay rates, norm weights); a model that re-initialises all its parameters calls this after."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_special_parameters"):
+                module.reset_special_parameters()
         if self.recurrent_init == "default":
             return
         found = recurrences(self)
@@ -174,9 +205,15 @@ class RecurrentStack(nn.Module):
     def output_size(self) -> int:
         return self.hidden_size * self.num_directions
 
+    @property
+    def state_size(self) -> int:
+        """Columns of each layer's state: ``hidden_size``, or a modern cell's packed parts."""
+        layer = self.layers[0]
+        return layer.state_size if isinstance(layer, ModernRecurrence) else self.hidden_size
+
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         zeros = torch.zeros(
-            self.num_layers * self.num_directions, batch_size, self.hidden_size, device=device, dtype=dtype
+            self.num_layers * self.num_directions, batch_size, self.state_size, device=device, dtype=dtype
         )
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
@@ -185,7 +222,7 @@ class RecurrentStack(nn.Module):
         return map_state(state, lambda s: s[rows].contiguous())
 
     def _run_layer(self, layer: nn.Module, x, state, lengths):
-        if isinstance(layer, LoopRecurrence | MinimalRecurrence):
+        if isinstance(layer, LoopRecurrence | MinimalRecurrence | ModernRecurrence):
             return layer(x, state, lengths)
         run = layer if isinstance(layer, FusedBidirectional) else partial(run_to_lengths, layer)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
@@ -205,9 +242,16 @@ class RecurrentStack(nn.Module):
         final_states = []
         for i, layer in enumerate(self.layers):
             layer_input = x if i == 0 else self.inter_layer_dropout(x)
-            out, layer_state = self._run_layer(layer, layer_input, self._layer_state(state, i), lengths)
-            x = out + x if self.residual and i > 0 else out
+            if self.blocks is None:
+                out, layer_state = self._run_layer(layer, layer_input, self._layer_state(state, i), lengths)
+                x = out + x if self.residual and i > 0 else out
+            else:
+                block = self.blocks[i]
+                out, layer_state = self._run_layer(layer, block.norm(layer_input), self._layer_state(state, i), lengths)
+                x = block.finish(layer_input, out)
             final_states.append(layer_state)
+        if self.blocks is not None:
+            x = self.final_norm(x)
         if self.cell == "lstm":
             return x, (torch.cat([s[0] for s in final_states]), torch.cat([s[1] for s in final_states]))
         return x, torch.cat(final_states)

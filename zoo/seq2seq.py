@@ -13,8 +13,9 @@ from torch import nn
 
 from zoo import decoding
 from zoo.attention import Attention, AttentionType
+from zoo.modern import MODERN_CELLS
 from zoo.pooling import last_layer_state, valid_mask
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, StackConfig, State, map_state
+from zoo.recurrent import CELLS, CellType, Nonlinearity, RecurrentInit, StackConfig, State, map_state
 
 Context = Literal["initial", "every_step", "attention"]
 CONTEXTS = ("initial", "every_step", "attention")
@@ -78,6 +79,11 @@ class Seq2Seq(nn.Module):
             tie_weights = tie_embeddings
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)}")
+        if cell in MODERN_CELLS:
+            # The bridge sets the decoder's initial state from the encoder's summary; a modern cell's
+            # state is a packed memory that such a vector does not fill.
+            classic = ", ".join(c for c in CELLS if c not in MODERN_CELLS)
+            raise ValueError(f"the translator does not take the {cell!r} cell: choose one of {classic}")
         uses_luong = context == "attention" and attention != "bahdanau"
         if input_feeding and not uses_luong:
             raise ValueError("input_feeding needs Luong attention (context='attention', attention 'dot' or 'general')")

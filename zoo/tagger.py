@@ -9,7 +9,7 @@ from torch import nn
 from zoo.crf import CRF, bio_constraints
 from zoo.dropout import make_dropout
 from zoo.pooling import last_layer_state
-from zoo.recurrent import CellType, Nonlinearity, RecurrentInit, RecurrentStack, StackConfig
+from zoo.recurrent import Block, CellType, Nonlinearity, RecurrentInit, RecurrentStack, StackConfig
 from zoo.text import IGNORE_INDEX
 
 
@@ -63,8 +63,8 @@ class SequenceTagger(nn.Module):
             ``char_hidden_size`` per direction, Lample et al. 2016) or ``cnn`` (``char_filters``
             filters of width ``char_width``, max over the word, Ma & Hovy 2016).
         output: ``softmax`` (independent per-token decisions) or ``crf`` (Viterbi over the sentence).
-        recurrent_init, nonlinearity: of the word-level stack (see ``RecurrentStack``); the character
-            encoder keeps torch's initialisation.
+        recurrent_init, nonlinearity, heads, block: of the word-level stack (see ``RecurrentStack``); the
+            character encoder keeps torch's initialisation.
     """
 
     def __init__(
@@ -87,6 +87,8 @@ class SequenceTagger(nn.Module):
         output: Literal["softmax", "crf"] = "crf",
         recurrent_init: RecurrentInit = "default",
         nonlinearity: Nonlinearity = "tanh",
+        heads: int = 4,
+        block: Block = "none",
     ):
         super().__init__()
         if output not in ("softmax", "crf"):
