@@ -26,7 +26,7 @@ def test_shapes(cell, bidirectional):
     directions = 2 if bidirectional else 1
     assert out.shape == (B, T, directions * H)
     for s in state_tensors(state):
-        assert s.shape == (2 * directions, B, H)
+        assert s.shape == (2 * directions, B, stack.state_size)
     assert isinstance(state, tuple) == (cell == "lstm")
 
 

@@ -27,7 +27,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
 
-    def reset_parameters(self) -> None:
+    def reset_special_parameters(self) -> None:
+        """Weights of 1 (a model's uniform initialisation of every parameter calls this after)."""
         with torch.no_grad():
             self.weight.fill_(1.0)
 
@@ -45,10 +46,6 @@ class ResidualMLPBlock(nn.Module):
         self.mlp_norm = RMSNorm(width)
         self.gate_up = nn.Linear(width, 2 * expansion * width)
         self.down = nn.Linear(expansion * width, width)
-
-    def reset_special_parameters(self) -> None:
-        self.norm.reset_parameters()
-        self.mlp_norm.reset_parameters()
 
     def finish(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
         """``x``: the block's input; ``mixed``: the recurrent layer's output on ``norm(x)``."""

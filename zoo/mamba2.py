@@ -92,7 +92,6 @@ class Mamba2Mixer(nn.Module):
             step = torch.exp(torch.empty(self.heads).uniform_(math.log(1e-3), math.log(1e-1)))
             self.step_bias.copy_(step + torch.log(-torch.expm1(-step)))  # the inverse of softplus
             self.skip.fill_(1.0)
-            self.norm.reset_parameters()
 
     def forward(self, x, state, lengths, valid, parallel: bool):
         ssm_state, previous = self.layout.unpack(state)

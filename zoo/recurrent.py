@@ -189,7 +189,8 @@ class RecurrentStack(nn.Module):
         found = recurrences(self)
         if not found:
             raise ValueError(
-                f"the {self.cell!r} cell has no recurrent matrix (its gates read only the input), so "
+                f"the {self.cell!r} cell has no recurrent matrix of (H, H) gate blocks (its gates read only the "
+                "input, or in the slstm a block-diagonal matrix per head), so "
                 f"recurrent_init={self.recurrent_init!r} has nothing to set: use recurrent_init='default'"
             )
         init_block = nn.init.orthogonal_ if self.recurrent_init == "orthogonal" else nn.init.eye_
