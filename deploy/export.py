@@ -166,10 +166,13 @@ def quantize_int8(path: Path) -> None:
 
 def verify(graph: Graph, path: Path, tolerance: float | None = None) -> dict:
     """Run onnxruntime and PyTorch on the same random inputs; raise if an output differs by more
-    than ``tolerance`` (``None``: only measure)."""
+    than ``tolerance`` (``None``: only measure), absolute for values up to 1 and relative above, as
+    ``numpy.allclose`` with ``atol = rtol``: a modern cell's packed state holds sums of hundreds of
+    gated steps (an sLSTM's normaliser reaches about 1 / (1 - f), a few hundred), whose float32
+    rounding is a few 1e-4 in absolute terms and 1e-6 of their size."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
-    worst = 0.0
+    worst, worst_scaled = 0.0, 0.0
     for batch, time in CHECK_SHAPES:
         inputs = graph.make_inputs(batch, time, generator)
         with torch.no_grad():
@@ -178,14 +181,18 @@ def verify(graph: Graph, path: Path, tolerance: float | None = None) -> dict:
         feed = {name: tensor.numpy() for name, tensor in zip(graph.input_names, inputs, strict=True)}
         actual = session.run(graph.output_names, feed)
         for name, a, e in zip(graph.output_names, actual, expected, strict=True):
-            difference = float(np.abs(a.astype(np.float64) - e.double().numpy()).max()) if a.size else 0.0
-            if tolerance is not None and not difference <= tolerance:
+            e = e.double().numpy()
+            gap = np.abs(a.astype(np.float64) - e)
+            difference = float(gap.max()) if a.size else 0.0
+            scaled = float((gap / np.maximum(np.abs(e), 1.0)).max()) if a.size else 0.0
+            if tolerance is not None and not scaled <= tolerance:
                 raise ExportError(
                     f"{graph.file}: onnxruntime and PyTorch differ by {difference:.3g} on {name} "
-                    f"(batch {batch}, time {time}); tolerance {tolerance:g}"
+                    f"(batch {batch}, time {time}); tolerance {tolerance:g} (relative to values above 1)"
                 )
-            worst = max(worst, difference)
-    return {"max_abs_diff": worst, "tolerance": tolerance, "shapes": [list(s) for s in CHECK_SHAPES]}
+            worst, worst_scaled = max(worst, difference), max(worst_scaled, scaled)
+    shapes = [list(s) for s in CHECK_SHAPES]
+    return {"max_abs_diff": worst, "max_scaled_diff": worst_scaled, "tolerance": tolerance, "shapes": shapes}
 
 
 def _describe(path: Path) -> GraphSpec:

@@ -6,6 +6,8 @@ lengths and both directions; ONNX export of language models and classifiers.
 """
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from torch.nn import functional as F
 
 import deploy
 from deploy.export import export
-from tests.conftest import pretrained_folder
+from tests.conftest import PTB_CONFIG, QUICK, pretrained_folder, rnnzoo
 from tests.test_deploy import check_classifier_parity
 from tests.test_minimal import recurrent_ops
 from zoo import RecurrentStack, RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
@@ -306,3 +308,33 @@ def test_bidirectional_classifier_exports_and_matches_torch_on_variable_lengths(
     assert recurrent_ops(tmp_path / "onnx" / "model.onnx") == {"Loop"}
     texts = ["w1 w2 w3 w4 w5 w6 w7", "w3", "w9 w9 w0 nonsense"]
     check_classifier_parity(deploy.load(tmp_path / "onnx", threads=1), network, texts)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_fit_export_and_generate_from_the_command_line(tmp_path, ptb_dir, cell):
+    """``rnnzoo fit --model.init_args.cell <cell>`` trains a few steps; its checkpoint exports and generates
+    through the torch-free runtime."""
+    options = f"--model.init_args.cell {cell} --model.init_args.heads 2 --model.init_args.block residual_mlp"
+    rnnzoo(
+        tmp_path,
+        "fit",
+        "--config",
+        str(PTB_CONFIG),
+        "--data.data_dir",
+        str(ptb_dir),
+        *QUICK,
+        *options.split(),
+        "--trainer.max_steps",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+    )
+    checkpoint = tmp_path / "checkpoints" / "ptb_lstm_small" / "last.ckpt"
+    rnnzoo(tmp_path, "export", "--ckpt", str(checkpoint), "--out", "onnx")
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "import deploy\n"
+        "print(deploy.load('onnx').generate('the company said', max_new_tokens=5, seed=0))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("the company said ") and 3 < len(result.stdout.split()) <= 8  # <eos> may stop it
