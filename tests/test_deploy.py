@@ -142,7 +142,7 @@ def test_failed_export_writes_nothing(tmp_path, monkeypatch):
     arguments = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 4, "hidden_size": 4}
     folder = pretrained_folder(tmp_path / "clf", SequenceClassifier(**arguments), arguments)
     gated = {**arguments, "cell": "gated"}
-    with pytest.raises(ExportError, match="the loop cells \(gated, jordan\) do not export"):
+    with pytest.raises(ExportError, match=r"the loop cells \(gated, jordan\) do not export"):
         export(pretrained_folder(tmp_path / "gated", SequenceClassifier(**gated), gated), tmp_path / "onnx")
 
     def disagree(*args, **kwargs):
