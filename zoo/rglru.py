@@ -10,7 +10,7 @@ branch, and a linear map -> a short causal convolution -> the RG-LRU
 
 whose output, times the gate branch, is projected back to the layer's width. The paper's gates are
 block-diagonal; here they are dense (one ``(H, 2H)`` map), which costs ``H * H`` parameters per layer more.
-``a_t`` depends on the input alone, so training runs the chunked scan (``zoo.chunked.diagonal_scan``)
+``a_t`` depends on the input alone, so training runs a parallel scan (``zoo.chunked.diagonal_scan``)
 and inference the exact step-by-step recurrence (``zoo.minimal.linear_recurrence``, an ONNX Loop).
 """
 
@@ -29,9 +29,8 @@ class RGLRUBlock(nn.Module):
     """One direction of an ``rglru`` layer: ``(B, T, F)`` -> ``(B, T, H)``; its state: ``h`` and the
     convolution's last inputs."""
 
-    def __init__(self, input_size: int, hidden_size: int, conv_width: int = 4, chunk_size: int = 64, **_):
+    def __init__(self, input_size: int, hidden_size: int, conv_width: int = 4, **_):
         super().__init__()
-        self.chunk_size = chunk_size
         self.gate_proj = nn.Linear(input_size, hidden_size)
         self.input_proj = nn.Linear(input_size, hidden_size)
         self.conv = nn.Conv1d(hidden_size, hidden_size, conv_width, groups=hidden_size)
@@ -59,7 +58,7 @@ class RGLRUBlock(nn.Module):
         if valid is not None:  # a = 1, b = 0 past the length: the state stays
             log_a, b = log_a.masked_fill(~valid, 0.0), b.masked_fill(~valid, 0.0)
         if parallel:
-            states = diagonal_scan(log_a, b, h, self.chunk_size)  # (B, T, H)
+            states = diagonal_scan(log_a, b, h)  # (B, T, H)
         else:
             states = linear_recurrence(log_a.exp(), b, h)  # (B, T, H)
         return self.output_proj(branch * states), self.layout.pack(states[:, -1], previous)
