@@ -6,6 +6,8 @@ Each cell projects the whole input sequence once (``project_input``) and then on
 recurrent part per step (``step``).
 """
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -78,6 +80,17 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
+def run_directions(run, directions: nn.ModuleList, x: torch.Tensor, state: torch.Tensor, lengths) -> tuple:
+    """One layer's pass in each of its ``directions`` (one or two cells): ``run(cell, x, state)`` gives a
+    direction's outputs ``(B, T, H)`` and final state ``(B, S)``; the backward cell reads each row reversed
+    within its length. Returns the outputs side by side ``(B, T, D*H)`` and the states stacked ``(D, B, S)``."""
+    out, final = run(directions[0], x, state[0])
+    if len(directions) == 1:
+        return out, final.unsqueeze(0)
+    out_bwd, final_bwd = run(directions[1], reverse_padded(x, lengths), state[1])
+    return torch.cat([out, reverse_padded(out_bwd, lengths)], dim=-1), torch.stack([final, final_bwd])
+
+
 class LoopRecurrence(nn.Module):
     """One layer of a loop cell with the calling convention of a single-layer ``nn.RNN``.
 
@@ -92,7 +105,7 @@ class LoopRecurrence(nn.Module):
         directions = 2 if bidirectional else 1
         self.directions = nn.ModuleList(LOOP_CELLS[cell](input_size, hidden_size) for _ in range(directions))
 
-    def _run(self, cell: nn.Module, x, h, lengths):
+    def _run(self, cell: nn.Module, x, h, lengths=None):
         projected = cell.project_input(x)
         outputs = []
         for t in range(x.size(1)):
@@ -112,9 +125,4 @@ class LoopRecurrence(nn.Module):
             state = x.new_zeros(len(self.directions), batch, self.hidden_size)
         if lengths is not None:
             lengths = lengths.to(x.device)
-        out, h_fwd = self._run(self.directions[0], x, state[0], lengths)
-        if len(self.directions) == 1:
-            return out, h_fwd.unsqueeze(0)
-        out_bwd, h_bwd = self._run(self.directions[1], reverse_padded(x, lengths), state[1], lengths)
-        out = torch.cat([out, reverse_padded(out_bwd, lengths)], dim=-1)
-        return out, torch.stack([h_fwd, h_bwd])
+        return run_directions(partial(self._run, lengths=lengths), self.directions, x, state, lengths)

@@ -15,11 +15,13 @@ Inference can still go one step at a time (``step``), and ONNX export runs the s
 ONNX Loop (``linear_recurrence``), since ``logcumsumexp`` has no numerically safe ONNX form.
 """
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.cells import reverse_padded
+from zoo.cells import run_directions
 from zoo.pooling import valid_mask
 
 
@@ -132,7 +134,7 @@ class MinimalRecurrence(nn.Module):
         directions = 2 if bidirectional else 1
         self.directions = nn.ModuleList(MINIMAL_CELLS[cell](input_size, hidden_size) for _ in range(directions))
 
-    def _run(self, cell: MinimalCell, x, h, valid):
+    def _run(self, cell: MinimalCell, x, h, valid=None):
         # Both forms run in at least float32: the scan subtracts cumulative sums that grow with T, and
         # in bfloat16 (autocast) they would lose every digit.
         projected = cell.project_input(x)  # (B, T, k*H)
@@ -160,9 +162,4 @@ class MinimalRecurrence(nn.Module):
         if lengths is not None:
             lengths = lengths.to(x.device)
             valid = valid_mask(lengths, x.size(1)).unsqueeze(-1)  # (B, T, 1); the same for a reversed row
-        out, h_fwd = self._run(self.directions[0], x, state[0], valid)
-        if len(self.directions) == 1:
-            return out, h_fwd.unsqueeze(0)
-        out_bwd, h_bwd = self._run(self.directions[1], reverse_padded(x, lengths), state[1], valid)
-        out = torch.cat([out, reverse_padded(out_bwd, lengths)], dim=-1)  # (B, T, 2H)
-        return out, torch.stack([h_fwd, h_bwd])
+        return run_directions(partial(self._run, valid=valid), self.directions, x, state, lengths)

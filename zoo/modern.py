@@ -8,10 +8,12 @@ zeros. With gradients each cell runs its parallel (chunkwise) form; without them
 generation, ``torch.onnx.export``) its exact step-by-step recurrence.
 """
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from zoo.cells import reverse_padded
+from zoo.cells import run_directions
 from zoo.mamba2 import Mamba2Mixer
 from zoo.packed_state import StateLayout
 from zoo.pooling import valid_mask
@@ -41,7 +43,7 @@ class ModernRecurrence(nn.Module):
     def state_size(self) -> int:
         return self.layout.size
 
-    def _run(self, cell: nn.Module, x, state, lengths, valid):
+    def _run(self, cell: nn.Module, x, state, lengths=None, valid=None):
         _, inner = self.layout.unpack(state)
         parallel = torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
         out, inner = cell(x, inner, lengths, valid, parallel)  # (B, T, H), (B, S - H)
@@ -63,8 +65,4 @@ class ModernRecurrence(nn.Module):
         if lengths is not None:
             lengths = lengths.to(x.device)
             valid = valid_mask(lengths, x.size(1)).unsqueeze(-1)  # (B, T, 1); the same for a reversed row
-        out, final = self._run(self.directions[0], x, state[0], lengths, valid)
-        if len(self.directions) == 1:
-            return out, final.unsqueeze(0)
-        out_bwd, final_bwd = self._run(self.directions[1], reverse_padded(x, lengths), state[1], lengths, valid)
-        return torch.cat([out, reverse_padded(out_bwd, lengths)], dim=-1), torch.stack([final, final_bwd])
+        return run_directions(partial(self._run, lengths=lengths, valid=valid), self.directions, x, state, lengths)
