@@ -43,11 +43,14 @@ def carried_state(layer, batch, features, generator):
 @pytest.mark.parametrize("cell", PARALLEL)
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_parallel_form_equals_the_step_loop_in_values_and_gradients(cell, with_lengths, bidirectional, monkeypatch):
+@pytest.mark.parametrize("chunk", [3, 16])  # 16: longer than the sequence, which is then one chunk
+def test_parallel_form_equals_the_step_loop_in_values_and_gradients(
+    cell, with_lengths, bidirectional, chunk, monkeypatch
+):
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     batch, time, features, hidden = 3, 10, 5, 8
-    layer = small_chunks(ModernRecurrence(cell, features, hidden, bidirectional, heads=2).double())
+    layer = small_chunks(ModernRecurrence(cell, features, hidden, bidirectional, heads=2).double(), chunk)
     x = torch.randn(batch, time, features, dtype=torch.float64, generator=generator, requires_grad=True)
     lengths = torch.tensor([10, 4, 7]) if with_lengths else None
     state = carried_state(layer, batch, features, generator).requires_grad_()

@@ -12,7 +12,10 @@ from torch.nn import functional as F
 
 
 def split_chunks(x: torch.Tensor, chunk_size: int, fill: float = 0.0) -> torch.Tensor:
-    """``(B, T, *rest)`` -> ``(B, n, L, *rest)``, padding the end of time with ``fill`` up to ``n * L`` steps."""
+    """``(B, T, *rest)`` -> ``(B, n, L, *rest)``, padding the end of time with ``fill`` up to ``n * L`` steps;
+    ``L`` is ``chunk_size``, or ``T`` when shorter (one chunk, no padding: bptt 35 in chunks of 64 would
+    spend most of the ``(L, L)`` products on padding)."""
+    chunk_size = max(1, min(chunk_size, x.size(1)))
     pad = -x.size(1) % chunk_size
     if pad:
         widths = [0, 0] * (x.dim() - 2) + [0, pad]  # F.pad lists the last dimension first
