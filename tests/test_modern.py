@@ -87,7 +87,8 @@ def mlstm_equations(cell, x):
         C = f[..., None, None] * C + i[..., None, None] * vt.unsqueeze(-1) * kt.unsqueeze(-2)
         n = f[..., None] * n + i[..., None] * kt
         h = (C @ qt.unsqueeze(-1)).squeeze(-1) / torch.clamp((n * qt).sum(-1).abs(), min=1.0).unsqueeze(-1)
-        outputs.append(torch.sigmoid(o[:, t]) * h.reshape(batch, -1))
+        h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        outputs.append(torch.sigmoid(o[:, t]) * (h * cell.head_norm).reshape(batch, -1))
     return torch.stack(outputs, dim=1)
 
 

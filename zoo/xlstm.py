@@ -10,7 +10,11 @@ output, since memory and normaliser are scaled by the same ``exp(-m)``:
 with ``log f_t = log sigmoid(f~_t)``. The mLSTM, per head of size ``d``:
 
     C_t = f'_t C_{t-1} + i'_t k_t v_t^T,   n_t = f'_t n_{t-1} + i'_t k_t          (k_t scaled by 1/sqrt(d))
-    h_t = o_t * (q_t^T C_t) / max(|q_t^T n_t|, exp(-m_t))
+    h_t = o_t * HeadNorm((q_t^T C_t) / max(|q_t^T n_t|, exp(-m_t)))
+
+where HeadNorm is a layer norm over each head's ``d`` units (the xLSTM block's "multi-head layer norm"):
+the quotient's scale follows ``|q_t^T n_t|`` and swings by orders of magnitude between steps and
+heads (on PTB, validation perplexity after 300 steps: 664 without the norm, 420 with it).
 
 Its gates read only the input, so training runs the chunkwise-parallel form (``mlstm_chunkwise``)
 and inference the step loop (``mlstm_recurrence``, an ONNX Loop); the two give the same states. The
@@ -104,6 +108,7 @@ class MLSTMCell(nn.Module):
         self.qkvo = nn.Linear(input_size, 4 * hidden_size)  # [query, key, value, output gate]
         self.gates = nn.Linear(input_size, 2 * heads)  # [input gate, forget gate] pre-activations, per head
         d = self.head_size
+        self.head_norm = nn.Parameter(torch.ones(heads, d))  # the per-head layer norm's weight
         self.layout = StateLayout(memory=(heads, d, d), normaliser=(heads, d), stabiliser=(heads,))
         self.reset_special_parameters()
 
@@ -111,6 +116,7 @@ class MLSTMCell(nn.Module):
         with torch.no_grad():
             self.gates.bias[self.heads :].copy_(_forget_bias(self.heads))
             self.gates.bias[: self.heads].zero_()
+            self.head_norm.fill_(1.0)
 
     def forward(self, x, state, lengths, valid, parallel: bool):
         memory, normaliser, stabiliser = self.layout.unpack(state)
@@ -122,6 +128,7 @@ class MLSTMCell(nn.Module):
             log_f, log_i = log_f.masked_fill(~valid, 0.0), log_i.masked_fill(~valid, float("-inf"))
         run = partial(mlstm_chunkwise, chunk_size=self.chunk_size) if parallel else mlstm_recurrence
         h, memory, normaliser, stabiliser = run(q, k, v, log_i, log_f, memory, normaliser, stabiliser)
+        h = F.layer_norm(h, (self.head_size,)) * self.head_norm
         out = torch.sigmoid(o) * h  # (B, T, heads, d)
         return out.flatten(2), self.layout.pack(memory, normaliser, stabiliser)
 
