@@ -21,9 +21,12 @@ from tests.test_deploy import check_classifier_parity
 from tests.test_minimal import recurrent_ops
 from zoo import RecurrentStack, RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
 from zoo.modern import MODERN_CELLS, ModernRecurrence
+from zoo.xlstm import MLSTMCell, SLSTMCell
 
 CELLS = list(MODERN_CELLS)
 PARALLEL = ["mlstm", "mamba2", "rglru"]  # the sLSTM reads h_{t-1} in its gates: it has only the loop
+# Each cell's stack, and xLSTM's mixed [1:1] stack: an mLSTM layer, then an sLSTM layer.
+STACKS = {cell: {"cell": cell} for cell in CELLS} | {"xlstm[1:1]": {"cell": "mlstm", "slstm_at": [1]}}
 
 
 def small_chunks(module, size: int = 3):
@@ -168,11 +171,11 @@ def test_each_cell_computes_its_papers_equations(cell, grad):
     torch.testing.assert_close(state[0, :, :8], expected[:, -1])  # the packed state starts with the last output
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", STACKS)
 @pytest.mark.parametrize("grad", [True, False])
 def test_state_carried_across_a_split_equals_one_pass(cell, grad):
     torch.manual_seed(0)
-    stack = small_chunks(RecurrentStack(5, 8, num_layers=2, cell=cell, heads=2, block="residual_mlp").double())
+    stack = small_chunks(RecurrentStack(5, 8, num_layers=2, heads=2, block="residual_mlp", **STACKS[cell]).double())
     x = torch.randn(3, 13, 5, dtype=torch.float64)
     with torch.set_grad_enabled(grad):
         whole, whole_state = stack(x)
@@ -242,7 +245,21 @@ def test_initialisation_survives_a_models_uniform_reinitialisation():
     assert (network.rnn.layers[0].directions[0].gates.bias[2:] >= 3).all()  # the forget gates start open
 
 
+def test_a_mixed_xlstm_stack_pads_the_narrower_layers_state():
+    stack = RecurrentStack(5, 8, num_layers=3, cell="mlstm", slstm_at=[1], heads=2)
+    assert [type(layer.directions[0]) for layer in stack.layers] == [MLSTMCell, SLSTMCell, MLSTMCell]
+    mlstm_size, slstm_size = (stack.layers[i].state_size for i in (0, 1))  # 8 + 2*16 + 2*4 + 2, 8 + 4*8
+    assert stack.state_size == mlstm_size > slstm_size
+    _, state = stack(torch.randn(2, 6, 5))
+    assert state.shape == (3, 2, mlstm_size)
+    assert (state[1, :, slstm_size:] == 0).all() and (state[1, :, :slstm_size] != 0).any()
+
+
 def test_bad_options_say_what_to_do():
+    with pytest.raises(ValueError, match="needs cell='mlstm'"):
+        RecurrentStack(4, 8, num_layers=2, cell="mamba2", slstm_at=[1])
+    with pytest.raises(ValueError, match="outside 0..1"):
+        RecurrentStack(4, 8, num_layers=2, cell="mlstm", slstm_at=[2])
     with pytest.raises(ValueError, match="heads=3"):
         RecurrentStack(4, 8, cell="mlstm", heads=3)
     with pytest.raises(ValueError, match="drop residual"):
@@ -275,10 +292,10 @@ def test_tagger_trains_with_a_modern_cell():
     assert emissions.shape == (2, 5, 3) and tagger.decode(emissions, mask).shape == (2, 5)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", STACKS)
 def test_language_model_exports_a_loop_that_matches_torch_and_generates(tmp_path, cell):
     torch.manual_seed(0)
-    arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8, "num_layers": 2, "cell": cell}
+    arguments = {"vocab_size": 23, "embedding_dim": 8, "hidden_size": 8, "num_layers": 2, **STACKS[cell]}
     arguments |= {"heads": 2, "block": "residual_mlp", "tie_weights": True}
     network = RNNLanguageModel(**arguments).eval()
     config = export(pretrained_folder(tmp_path / "lm", network, arguments), tmp_path / "onnx")

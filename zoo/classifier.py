@@ -14,7 +14,7 @@ class SequenceClassifier(nn.Module):
     Args:
         vocab_size, num_classes: sizes set by the data.
         embedding_dim, hidden_size, num_layers, cell, bidirectional, residual, recurrent_init, nonlinearity,
-            heads, block: the stack (see ``RecurrentStack``).
+            heads, block, slstm_at: the stack (see ``RecurrentStack``).
         dropout: on the embeddings, between layers and on the pooled vector.
         locked_dropout: one dropout mask per sequence instead of one per step.
         pooling: ``last`` (final state; both directions of a BiRNN), ``mean``, ``max``,
@@ -39,6 +39,7 @@ class SequenceClassifier(nn.Module):
         nonlinearity: Nonlinearity = "tanh",
         heads: int = 4,
         block: Block = "none",
+        slstm_at: list[int] | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:

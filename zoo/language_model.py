@@ -19,7 +19,7 @@ class RNNLanguageModel(nn.Module):
     Args:
         vocab_size: number of tokens.
         embedding_dim: size of the input embedding.
-        hidden_size, num_layers, cell, residual, recurrent_init, nonlinearity, heads, block: the recurrent
+        hidden_size, num_layers, cell, residual, recurrent_init, nonlinearity, heads, block, slstm_at: the recurrent
             stack (see ``RecurrentStack``).
         dropout: dropout on the embedding output, between layers and before the projection
             (the non-recurrent connections, as in Zaremba et al.).
@@ -57,6 +57,7 @@ class RNNLanguageModel(nn.Module):
         nonlinearity: Nonlinearity = "tanh",
         heads: int = 4,
         block: Block = "none",
+        slstm_at: list[int] | None = None,
         word_encoder: Literal["embedding", "char_cnn"] = "embedding",
         char_embedding_dim: int = 15,
         char_filters: list[int] | None = None,

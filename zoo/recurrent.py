@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from zoo.blocks import BLOCKS, ResidualMLPBlock, RMSNorm
 from zoo.cells import LOOP_CELLS, LoopRecurrence
@@ -81,6 +82,7 @@ class StackConfig:
     nonlinearity: Nonlinearity = "tanh"
     heads: int = 4
     block: Block = "none"
+    slstm_at: list[int] | None = None
 
     @classmethod
     def pick(cls, arguments: dict, **changes) -> "StackConfig":
@@ -113,6 +115,9 @@ class RecurrentStack(nn.Module):
         heads: heads of the ``mlstm``, ``slstm`` and ``mamba2`` cells.
         block: ``none`` (bare layers) or ``residual_mlp``: each layer in a pre-norm residual block with
             a gated MLP, and a final RMSNorm (``zoo.blocks``), as xLSTM, Griffin and minGRU stack them.
+        slstm_at: with ``cell="mlstm"``, the layers (from 0) that are ``slstm`` instead: xLSTM's mixed
+            ``[m:s]`` stacks (Beck et al. 2024), named as in their ``xLSTMBlockStackConfig``. The layers'
+            states differ in size; each is stored in the first columns of the stack's widest.
     """
 
     def __init__(
@@ -129,6 +134,7 @@ class RecurrentStack(nn.Module):
         nonlinearity: Nonlinearity = "tanh",
         heads: int = 4,
         block: Block = "none",
+        slstm_at: list[int] | None = None,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -147,7 +153,13 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"block={block!r} already adds each layer's input to its output: drop residual")
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
+        slstm_at = sorted(set(slstm_at or ()))
+        if slstm_at and cell != "mlstm":
+            raise ValueError(f"slstm_at mixes sLSTM layers into an mLSTM stack: it needs cell='mlstm', not {cell!r}")
+        if any(not 0 <= i < num_layers for i in slstm_at):
+            raise ValueError(f"slstm_at={slstm_at} names layers outside 0..{num_layers - 1}")
         self.cell = cell
+        self.layer_cells = ["slstm" if i in slstm_at else cell for i in range(num_layers)]
         self.nonlinearity = nonlinearity
         self.recurrent_init = recurrent_init
         self.hidden_size = hidden_size
@@ -156,7 +168,8 @@ class RecurrentStack(nn.Module):
         self.residual = residual
         self.heads = heads
         self.layers = nn.ModuleList(
-            self._make_layer(input_size if i == 0 else self.output_size, bidirectional) for i in range(num_layers)
+            self._make_layer(cell, input_size if i == 0 else self.output_size, bidirectional)
+            for i, cell in enumerate(self.layer_cells)
         )
         self.blocks = None
         if block == "residual_mlp":
@@ -166,17 +179,17 @@ class RecurrentStack(nn.Module):
         self.inter_layer_dropout = make_dropout(dropout, locked_dropout)
         self.init_recurrent_weights()
 
-    def _make_layer(self, input_size: int, bidirectional: bool) -> nn.Module:
-        options = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
-        if self.cell in FUSED_CELLS and bidirectional:
-            return FusedBidirectional(FUSED_CELLS[self.cell], input_size, self.hidden_size, **options)
-        if self.cell in FUSED_CELLS:
-            return FUSED_CELLS[self.cell](input_size, self.hidden_size, batch_first=True, **options)
-        if self.cell in MINIMAL_CELLS:
-            return MinimalRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
-        if self.cell in MODERN_CELLS:
-            return ModernRecurrence(self.cell, input_size, self.hidden_size, bidirectional, self.heads)
-        return LoopRecurrence(self.cell, input_size, self.hidden_size, bidirectional)
+    def _make_layer(self, cell: str, input_size: int, bidirectional: bool) -> nn.Module:
+        options = {"nonlinearity": self.nonlinearity} if cell == "rnn" else {}
+        if cell in FUSED_CELLS and bidirectional:
+            return FusedBidirectional(FUSED_CELLS[cell], input_size, self.hidden_size, **options)
+        if cell in FUSED_CELLS:
+            return FUSED_CELLS[cell](input_size, self.hidden_size, batch_first=True, **options)
+        if cell in MINIMAL_CELLS:
+            return MinimalRecurrence(cell, input_size, self.hidden_size, bidirectional)
+        if cell in MODERN_CELLS:
+            return ModernRecurrence(cell, input_size, self.hidden_size, bidirectional, self.heads)
+        return LoopRecurrence(cell, input_size, self.hidden_size, bidirectional)
 
     def init_recurrent_weights(self) -> None:
         """Apply ``recurrent_init`` and the initialisation that the modern cells and the blocks need
@@ -208,8 +221,11 @@ class RecurrentStack(nn.Module):
 
     @property
     def state_size(self) -> int:
-        """Columns of each layer's state: ``hidden_size``, or a modern cell's packed parts."""
-        layer = self.layers[0]
+        """Columns of each layer's state: ``hidden_size``, or a modern cell's packed parts (the widest
+        layer's, in a mixed stack)."""
+        return max(self._layer_state_size(layer) for layer in self.layers)
+
+    def _layer_state_size(self, layer: nn.Module) -> int:
         return layer.state_size if isinstance(layer, ModernRecurrence) else self.hidden_size
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -220,7 +236,8 @@ class RecurrentStack(nn.Module):
 
     def _layer_state(self, state: State | None, i: int) -> State | None:
         rows = slice(i * self.num_directions, (i + 1) * self.num_directions)
-        return map_state(state, lambda s: s[rows].contiguous())
+        columns = slice(0, self._layer_state_size(self.layers[i]))
+        return map_state(state, lambda s: s[rows, :, columns].contiguous())
 
     def _run_layer(self, layer: nn.Module, x, state, lengths):
         if isinstance(layer, LoopRecurrence | MinimalRecurrence | ModernRecurrence):
@@ -250,7 +267,9 @@ class RecurrentStack(nn.Module):
                 block = self.blocks[i]
                 out, layer_state = self._run_layer(layer, block.norm(layer_input), self._layer_state(state, i), lengths)
                 x = block.finish(layer_input, out)
-            final_states.append(layer_state)
+            # A mixed stack's narrower layer states are padded with zeros to the widest.
+            padding = (0, self.state_size - self._layer_state_size(layer))
+            final_states.append(map_state(layer_state, lambda s, padding=padding: F.pad(s, padding)))
         if self.blocks is not None:
             x = self.final_norm(x)
         if self.cell == "lstm":

@@ -54,7 +54,9 @@ class RGLRUBlock(nn.Module):
         log_a = -GATE_SCALE * r * F.softplus(-self.log_base)  # (B, T, H), < 0
         # sqrt(1 - a^2) without the cancellation of 1 - a^2 near a = 1: 1 - exp(2x) = tanh(-x) (1 + exp(2x)),
         # expm1's accuracy from ops that the ONNX exporter has (it has neither expm1 nor sinh).
-        b = torch.sqrt(torch.tanh(-log_a) * (1 + torch.exp(2 * log_a))) * (i * u)
+        # The floor bounds sqrt's derivative (500) where a -> 1: without it a PTB run's gradients
+        # became inf and its loss nan after 794 steps (Griffin bounds this derivative too).
+        b = torch.sqrt((torch.tanh(-log_a) * (1 + torch.exp(2 * log_a))).clamp_min(1e-6)) * (i * u)
         if valid is not None:  # a = 1, b = 0 past the length: the state stays
             log_a, b = log_a.masked_fill(~valid, 0.0), b.masked_fill(~valid, 0.0)
         if parallel:

@@ -63,7 +63,7 @@ class SequenceTagger(nn.Module):
             ``char_hidden_size`` per direction, Lample et al. 2016) or ``cnn`` (``char_filters``
             filters of width ``char_width``, max over the word, Ma & Hovy 2016).
         output: ``softmax`` (independent per-token decisions) or ``crf`` (Viterbi over the sentence).
-        recurrent_init, nonlinearity, heads, block: of the word-level stack (see ``RecurrentStack``); the
+        recurrent_init, nonlinearity, heads, block, slstm_at: of the word-level stack (see ``RecurrentStack``); the
             character encoder keeps torch's initialisation.
     """
 
@@ -89,6 +89,7 @@ class SequenceTagger(nn.Module):
         nonlinearity: Nonlinearity = "tanh",
         heads: int = 4,
         block: Block = "none",
+        slstm_at: list[int] | None = None,
     ):
         super().__init__()
         if output not in ("softmax", "crf"):
