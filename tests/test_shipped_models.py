@@ -164,7 +164,10 @@ EXPORT_INPUTS = {
 
 # A 1000-unit LSTM's states drift apart by ~2e-4 in float32 over the 48 random steps of the check
 # (onnxruntime's LSTM op against torch's kernel); on real test rows their perplexities agree to 1e-7.
-EXPORT_TOLERANCE = {"ptb-char-lstm": 5e-4}
+# Measured float32 differences between onnxruntime and PyTorch on the exported state, over the
+# parity inputs: Hawk 1.7e-3 (its packed state holds the conv inputs and
+# decayed sums of the trained model, where the two runtimes' summation orders differ).
+EXPORT_TOLERANCE = {"ptb-char-lstm": 5e-4, "ptb-hawk-small": 5e-3}
 
 
 @pytest.mark.parametrize("name", shipped())
