@@ -130,7 +130,9 @@ def test_a_cluster_that_is_not_there_is_one_line(tmp_path_factory):
     folder = exported_models(tmp_path_factory)["sentiment"]
     # In a fresh process, as a user runs it: Ray caches the GCS addresses it has seen in a process, so
     # in this one `auto` would find the local instance an earlier test shut down and wait on it for minutes.
-    result = rnnzoo(folder, "serve", str(folder), "--ray", "--ray_address", "auto", check=False)
+    # A GCS process an earlier test left behind can still be listed; Ray would retry it for minutes.
+    quick = {"RAY_gcs_server_port_wait_time_s": "5"}
+    result = rnnzoo(folder, "serve", str(folder), "--ray", "--ray_address", "auto", env=quick, check=False)
     assert result.returncode != 0
     assert "could not join the Ray cluster at auto" in result.stderr
     assert "Traceback" not in result.stderr
