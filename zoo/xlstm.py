@@ -37,6 +37,13 @@ from zoo.chunked import causal_log_weights, split_chunks
 from zoo.packed_state import StateLayout, split_heads
 
 
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(x))`` as ``-softplus(-x)``: ``F.logsigmoid`` exports as ``Log(Sigmoid(x))``, and
+    onnxruntime's Sigmoid rounds to 0 below about -20, where a shut forget gate's log became -inf
+    (a trained mLSTM's exported logits were 1.04 off PyTorch's; its Softplus is exact there)."""
+    return -F.softplus(-x)
+
+
 def _forget_bias(heads: int) -> torch.Tensor:
     # Forget-gate biases spread over [3, 6] across heads: decays from fast to slow from the start.
     return torch.linspace(3.0, 6.0, heads)
@@ -123,7 +130,7 @@ class MLSTMCell(nn.Module):
         q, k, v, o = (split_heads(part, self.heads) for part in self.qkvo(x).chunk(4, dim=-1))  # (B, T, heads, d)
         k = k / math.sqrt(self.head_size)
         log_i, f = self.gates(x).chunk(2, dim=-1)  # (B, T, heads) each
-        log_f = F.logsigmoid(f)
+        log_f = log_sigmoid(f)
         if valid is not None:  # f = 1, i = 0 past the length: the state stays
             log_f, log_i = log_f.masked_fill(~valid, 0.0), log_i.masked_fill(~valid, float("-inf"))
         run = partial(mlstm_chunkwise, chunk_size=self.chunk_size) if parallel else mlstm_recurrence
@@ -150,7 +157,7 @@ def slstm_recurrence(
     for t in range(projected.size(1)):
         gates = projected[:, t] + torch.einsum("bhd,hde->bhe", h, recurrent)  # (B, heads, 4d)
         z, log_i, f, o = gates.chunk(4, dim=-1)  # (B, heads, d) each
-        log_f = F.logsigmoid(f)
+        log_f = log_sigmoid(f)
         new_m = torch.maximum(log_f + m, log_i)
         write, forget = torch.exp(log_i - new_m), torch.exp(log_f + m - new_m)
         new_c = forget * c + write * torch.tanh(z)
