@@ -164,9 +164,10 @@ EXPORT_INPUTS = {
 
 # A 1000-unit LSTM's states drift apart by ~2e-4 in float32 over the 48 random steps of the check
 # (onnxruntime's LSTM op against torch's kernel); on real test rows their perplexities agree to 1e-7.
-# Hawk's exported state is 1.7e-3 from PyTorch's over the parity inputs, while PyTorch's own float32
-# state is 3.7e-3 from float64 (its logits agree with both to 1e-5): with a close to 1 the RG-LRU sums
-# about 1 / (1 - a) inputs scaled by sqrt(1 - a^2), a small difference of float32 values.
+# Hawk's exported state is 3.8e-3 from PyTorch's over the check's inputs; over random tokens (11 to 204
+# steps) PyTorch's own float32 state is up to 1.1e-3 from float64 and the exported one 1.5e-3, while the
+# logits of all three agree to 5e-5: with a close to 1 the RG-LRU sums about 1 / (1 - a) inputs scaled by
+# sqrt(1 - a^2), a small difference of float32 values.
 EXPORT_TOLERANCE = {"ptb-char-lstm": 5e-4, "ptb-hawk-small": 5e-3}
 
 
