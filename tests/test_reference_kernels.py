@@ -20,6 +20,12 @@ from zoo.modern import ModernRecurrence
 BATCH, TIME, FEATURES, HIDDEN, HEADS = 3, 11, 5, 8, 2
 
 
+def cell_parts(layer, state):
+    """The cell's own state parts in one direction's packed state (``ModernRecurrence.layout``)."""
+    _, inner = layer.layout.unpack(state[0].detach())
+    return layer.directions[0].layout.unpack(inner)
+
+
 def layer_and_input(cell: str):
     torch.manual_seed(0)
     layer = small_chunks(ModernRecurrence(cell, FEATURES, HIDDEN, heads=HEADS).double())
@@ -33,7 +39,7 @@ def test_mlstm_equals_the_authors_native_recurrence(grad):
     # A state from an earlier call, so that the initial state's handling is compared too.
     with torch.no_grad():
         first_state = layer(torch.randn(BATCH, 4, FEATURES, dtype=torch.float64))[1]
-    memory, normaliser, stabiliser = cell.layout.unpack(first_state[0, :, HIDDEN:])
+    memory, normaliser, stabiliser = cell_parts(layer, first_state)
     with torch.set_grad_enabled(grad):
         out, state = layer(x, first_state)
     with torch.no_grad():
@@ -47,7 +53,7 @@ def test_mlstm_equals_the_authors_native_recurrence(grad):
         )  # fmt: skip
         expected = torch.sigmoid(o) * F.layer_norm(h, (d,)) * cell.head_norm.unsqueeze(1)  # (B, heads, T, d)
     torch.testing.assert_close(out.detach(), expected.transpose(1, 2).flatten(2))
-    got_memory, got_normaliser, got_stabiliser = cell.layout.unpack(state[0, :, HIDDEN:].detach())
+    got_memory, got_normaliser, got_stabiliser = cell_parts(layer, state)
     torch.testing.assert_close(got_memory * scale, their_memory)
     torch.testing.assert_close(got_normaliser * scale, their_normaliser)
     torch.testing.assert_close(got_stabiliser, their_stabiliser.squeeze(-1))
@@ -69,7 +75,7 @@ def test_slstm_equals_the_authors_vanilla_recurrence():
         zero_state = torch.zeros(4, BATCH, HIDDEN, dtype=torch.float64)  # y, c, n, m
         every, last, _ = slstm_forward(projected, zero_state, recurrent, zero_bias, slstm_forward_pointwise)
     torch.testing.assert_close(out.detach(), every[0, 1:].transpose(0, 1))  # every step's h
-    h, c, n, _ = cell.layout.unpack(state[0, :, HIDDEN:].detach())
+    h, c, n, _ = cell_parts(layer, state)
     # Their first step takes m = i~ where ours takes max(log f + 0, i~): both valid stabilisers, which scale
     # c and n alike, so h and c / n must agree.
     torch.testing.assert_close(h.flatten(1), last[0])
