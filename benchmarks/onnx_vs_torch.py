@@ -4,7 +4,8 @@ For each ``--source`` (default: the four shipped text entries), each thread coun
 size: the classifier over texts of 200 tokens, the tagger over sentences of 14 words (CRF decoding
 included), the translator's decoder step (a batch of beams) and the language model over 35 tokens
 (and one generation step at batch 1). Both runtimes get the same number of threads; the three run
-in turns, call by call, and each figure is the median of its calls over ``--seconds``.
+in turns, in blocks of calls (``interleaved_medians``), and each figure is the median of its calls
+over ``--seconds``.
 
     python benchmarks/onnx_vs_torch.py [--source imdb-bilstm ...] [--threads 1 2] [--batches 1 8 32 64]
     python benchmarks/onnx_vs_torch.py --kernels   # a bare LSTM/BiLSTM layer: the whole-sequence ceiling
@@ -85,18 +86,29 @@ def cases(network, exported: dict, batch: int):
         raise SystemExit(f"no benchmark case for {type(network).__name__}")
 
 
-def interleaved_medians(calls: dict[str, Callable], seconds: float) -> dict[str, float]:
-    """The median time of each call, the calls taking turns (A B C A B C ...) so that a slower or
-    faster stretch of the machine falls on all of them alike; at least 5 rounds and ``seconds`` in all."""
-    for call in calls.values():  # warm-up
-        call()
+def interleaved_medians(calls: dict[str, Callable], seconds: float, block: float = 0.2) -> dict[str, float]:
+    """The median time of each call. The calls run in blocks of ``block`` seconds taking turns (A B C A
+    B C ...), so that a slower or faster stretch of the machine falls on all of them alike; at least 5
+    rounds and ``seconds`` in all. Between blocks the process sleeps and each block's first call is
+    dropped: a runtime's idle worker threads keep spinning for milliseconds after its call (PyTorch's
+    OpenMP and onnxruntime's pool both do), and taking turns call by call let them take the core
+    from the next runtime (PyTorch's classifier at 32 x 200 tokens on 2 threads: 58 ms alone, 96 ms
+    after each onnxruntime call)."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
-    while min(map(len, times.values())) < 5 or time.perf_counter() - start < seconds:
+    rounds = 0
+    while rounds < 5 or time.perf_counter() - start < seconds:
         for name, call in calls.items():
+            time.sleep(0.05)  # the other runtime's spinning threads go to sleep
+            call()  # dropped: wakes this runtime's threads
             began = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - began)
+            while True:
+                before = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - before)
+                if before - began >= block:
+                    break
+        rounds += 1
     return {name: statistics.median(values) for name, values in times.items()}
 
 

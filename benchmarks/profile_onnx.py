@@ -1,12 +1,13 @@
 """Where an exported model's onnxruntime time goes, by operator type (onnxruntime's own profiler).
 
-Exports ``--source`` (a zoo entry, checkpoint or pretrained folder) in float32, runs the cases of
+Exports ``--source`` (a zoo entry, checkpoint or pretrained folder) in float32 (``--quantize
+int8``: int8), runs the cases of
 ``benchmarks/onnx_vs_torch.py`` for its task (``--calls`` times each, after warm-up) with
 ``SessionOptions.enable_profiling``, and prints, per case, each operator type's share of the time
 spent in graph nodes and the share of the whole ``run`` that no node accounts for (feeding and
 fetching tensors, the executor).
 
-    python benchmarks/profile_onnx.py --source imdb-bilstm [--threads 1] [--calls 50]
+    python benchmarks/profile_onnx.py --source imdb-bilstm [--threads 1] [--calls 50] [--quantize int8]
 """
 
 import argparse
@@ -31,7 +32,6 @@ def profiled(predictor, threads: int, prefix: Path):
     for name in list(predictor.sessions):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_cpu_mem_arena = False
         options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = str(prefix / name)
@@ -58,11 +58,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--quantize", choices=["int8"], help="profile the int8 export instead of float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp, as_pretrained_folder(args.source) as (source, _):
-        folder = Path(tmp) / "fp32"
-        export(source, folder)
+        folder = Path(tmp) / "exported"
+        export(source, folder, quantize=args.quantize)
         network = load_source(source)[0].network.eval()
         every_case = [
             (batch, index)

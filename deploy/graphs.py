@@ -20,6 +20,7 @@ from zoo.classifier import SequenceClassifier
 from zoo.ensemble import Ensemble, Seq2SeqEnsemble
 from zoo.forecaster import Forecaster
 from zoo.formats import MemberSpec, StateSpec
+from zoo.fused import SingleStep
 from zoo.language_model import RNNLanguageModel
 from zoo.pooling import valid_mask
 from zoo.seq2seq import DecoderState, Memory, Seq2Seq
@@ -181,6 +182,10 @@ class DecoderStepGraph(nn.Module):
     def __init__(self, network: Seq2Seq):
         super().__init__()
         self.network = network
+        layers = network.decoder.layers  # the export copy's: its decoder runs only in this graph
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nn.RNNBase):
+                layers[i] = SingleStep(layer)
 
     def forward(self, tokens, *inputs):
         network = self.network

@@ -5,7 +5,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo import CELLS, GatedCell, JordanCell, LockedDropout, RecurrentStack
 from zoo.cells import reverse_padded
-from zoo.fused import FusedBidirectional, prepare_for_onnx_export, run_to_lengths
+from zoo.fused import FusedBidirectional, SingleStep, prepare_for_onnx_export, run_to_lengths
 
 B, T, F, H = 3, 7, 5, 4
 
@@ -180,6 +180,24 @@ def test_onnx_export_path_matches_the_training_path(cell, bidirectional, monkeyp
     torch.testing.assert_close(out, expected_out)
     for actual, expected in zip(state_tensors(state), state_tensors(expected_state), strict=True):
         torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize(
+    "rnn", [nn.RNN(F, H, batch_first=True), nn.RNN(F, H, nonlinearity="relu", batch_first=True),
+            nn.LSTM(F, H, batch_first=True), nn.GRU(F, H, batch_first=True)],
+    ids=["rnn-tanh", "rnn-relu", "lstm", "gru"],
+)  # fmt: skip
+def test_single_step_equations_match_the_fused_kernel(rnn):
+    step = SingleStep(rnn.eval())
+    x = inputs()[:, :1]
+    for state in (None, rnn(inputs(1))[1]):
+        expected_out, expected_state = rnn(x, state)
+        out, new_state = step.equations(x, state)
+        torch.testing.assert_close(out, expected_out)
+        for actual, expected in zip(state_tensors(new_state), state_tensors(expected_state), strict=True):
+            torch.testing.assert_close(actual, expected)
+    with pytest.raises(ValueError, match="one-layer, one-direction"):
+        SingleStep(nn.GRU(F, H, batch_first=True, bidirectional=True))
 
 
 def test_every_model_passes_its_stack_options_to_its_stack():

@@ -149,3 +149,50 @@ def _direction(state, i):
     if isinstance(state, tuple):
         return tuple(s[i : i + 1].contiguous() for s in state)
     return state[i : i + 1].contiguous()
+
+
+class SingleStep(nn.Module):
+    """One step of a one-layer, one-direction ``nn.GRU``/``nn.LSTM``/``nn.RNN``, exported as its gate
+    equations: the export form of a decoder step (``deploy.graphs``), whose input is always one step.
+
+    onnxruntime has no integer GRU, so with the fused ONNX op a ``--quantize int8`` decoder step kept
+    its recurrence in float32, half of its time (batch 32 on one thread); as matrix products its
+    weights are quantized with the rest. Outside the exporter it runs the fused module itself, so the
+    export's check compares these equations with PyTorch's kernel.
+    """
+
+    def __init__(self, rnn: nn.RNNBase):
+        super().__init__()
+        if rnn.num_layers != 1 or rnn.bidirectional or not rnn.batch_first or not rnn.bias:
+            raise ValueError("SingleStep takes a one-layer, one-direction, batch-first recurrence with biases")
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor, state: State | None = None):
+        return self.equations(x, state) if torch.onnx.is_in_onnx_export() else self.rnn(x, state)
+
+    def equations(self, x: torch.Tensor, state: State | None = None):
+        """``x`` ``(B, 1, I)`` -> output ``(B, 1, H)`` and the state ``(1, B, H)`` (an ``(h, c)`` pair)."""
+        rnn, is_lstm = self.rnn, isinstance(self.rnn, nn.LSTM)
+        if state is None:
+            zeros = x.new_zeros(1, x.size(0), rnn.hidden_size)
+            state = (zeros, zeros) if is_lstm else zeros
+        h = (state[0] if is_lstm else state).transpose(0, 1)  # (B, 1, H)
+        # x @ W.T + b, not F.linear: the exporter writes a 3-D MatMul, which dynamic quantization
+        # turns into an integer product (a 2-D F.linear becomes a Gemm, which it leaves in float).
+        from_input = x @ rnn.weight_ih_l0.t() + rnn.bias_ih_l0
+        from_state = h @ rnn.weight_hh_l0.t() + rnn.bias_hh_l0
+        if isinstance(rnn, nn.GRU):  # PyTorch's gate order: reset, update, new
+            reset_i, update_i, new_i = from_input.chunk(3, dim=-1)
+            reset_h, update_h, new_h = from_state.chunk(3, dim=-1)
+            reset, update = torch.sigmoid(reset_i + reset_h), torch.sigmoid(update_i + update_h)
+            new = torch.tanh(new_i + reset * new_h)
+            out = new + update * (h - new)
+            return out, out.transpose(0, 1)
+        if is_lstm:  # input, forget, cell, output
+            i, f, g, o = (from_input + from_state).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * state[1].transpose(0, 1) + torch.sigmoid(i) * torch.tanh(g)
+            out = torch.sigmoid(o) * torch.tanh(c)
+            return out, (out.transpose(0, 1), c.transpose(0, 1))
+        activation = torch.tanh if rnn.nonlinearity == "tanh" else torch.relu
+        out = activation(from_input + from_state)
+        return out, out.transpose(0, 1)
