@@ -5,7 +5,8 @@ predictor its task names (``zoo.tasks``). Text goes through the same pipeline as
 the PyTorch tasks (``zoo.text``), and decoding through the same loops (``zoo.decoding``), so a folder
 predicts what its network predicts. Sessions are tuned for throughput: every graph optimization, and
 ``threads`` intra-op threads (default: onnxruntime's choice, one per core); one thread per session is
-best when many processes or requests run side by side.
+best when many processes or requests run side by side. ``memory_arena`` (``make_session``) keeps each
+call's buffers for the next; ``rnnzoo serve`` turns it off.
 """
 
 import functools
@@ -64,15 +65,16 @@ def check_cancelled() -> None:
         raise Cancelled
 
 
-def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+def make_session(path: Path, threads: int | None = None, memory_arena: bool = True) -> ort.InferenceSession:
     check_no_external_data(path)  # before onnxruntime reads it (deploy.external_data says why)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # onnxruntime's memory arena (its default) keeps the pages of one call's buffers for the next: without
     # it every call maps and faults in its buffers afresh, which made the language model's 45 MB of
-    # logits at 32 x 35 tokens 1.66x slower (99.2 -> 59.7 ms on 1 thread of a 2-core CPU). What the
-    # arena keeps is one call's peak, and the call budgets above bound that to 50-80 MB per session.
-    options.enable_cpu_mem_arena = True
+    # logits at 32 x 35 tokens 1.66x slower (99.2 -> 59.7 ms on 1 thread of a 2-core CPU). It keeps
+    # them for good, though: a service answering calls of every size stays at the sum of each
+    # session's largest, which is why ``rnnzoo serve`` runs without it (docs/export.md has the figures).
+    options.enable_cpu_mem_arena = memory_arena
     if threads is not None:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -84,7 +86,7 @@ class Predictor:
     graph_files: tuple[str, ...] = ("model.onnx",)
     needs_labels = False
 
-    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None):
+    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None, memory_arena: bool = True):
         self.folder, self.config = folder, config
         if set(config.graphs) != set(self.graph_files):
             raise ValueError(f"{folder}: a {config.task} export has the graphs {list(self.graph_files)}")
@@ -93,7 +95,7 @@ class Predictor:
         self.tokenizers = {name: text.read_tokenizer(folder, file) for name, file in config.tokenizers.items()}
         self.sessions = {}
         for name in self.graph_files:
-            session = make_session(folder_file(folder, name), threads)
+            session = make_session(folder_file(folder, name), threads, memory_arena)
             inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
             described = config.graphs[name]
             if (inputs, outputs) != (described.input_names(), described.output_names()):
@@ -273,12 +275,12 @@ class TranslatorPredictor(Predictor):
     """Greedy and beam search (``zoo.decoding``) over the encoder graph and the decoder-step graph,
     or over every member's pair for an ensemble, whose next-word probabilities each step averages."""
 
-    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None):
+    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None, memory_arena: bool = True):
         self.members = config.translator_members()
         if not self.members:
             raise FormatError(f"{folder / CONFIG_FILE}: malformed members; export the model again")
         self.graph_files = tuple(file for member in self.members for file in (member.encoder, member.decoder))
-        super().__init__(folder, config, threads)
+        super().__init__(folder, config, threads, memory_arena)
         # Where each decoder input's batch axis is, from the shapes in config.json (beam search reorders it).
         self.batch_axis = [
             {value.name: value.shape.index("batch") for value in config.graphs[member.decoder].inputs}
@@ -427,8 +429,8 @@ class TranslatorPredictor(Predictor):
 class ForecasterPredictor(Predictor):
     """The forecast of windows in the data's units (the graph scales them as the network was trained)."""
 
-    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None):
-        super().__init__(folder, config, threads)
+    def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None, memory_arena: bool = True):
+        super().__init__(folder, config, threads, memory_arena)
         graph = config.graphs["model.onnx"]
         shapes = [value.shape for value in (*graph.inputs, *graph.outputs)]
         fixed = all(len(shape) == 3 and all(isinstance(size, int) for size in shape[1:]) for shape in shapes)
@@ -472,9 +474,9 @@ def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:
     return groups
 
 
-def load(directory: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """The predictor of an exported folder (written by ``rnnzoo export``)."""
+def load(directory: str | os.PathLike, threads: int | None = None, memory_arena: bool = True) -> Predictor:
+    """The predictor of an exported folder (written by ``rnnzoo export``); ``memory_arena``: see ``make_session``."""
     folder = Path(directory)
     config = read_export_config(folder)
     predictor = tasks.get(config.task, str(folder / CONFIG_FILE)).load("predictor")
-    return predictor(folder, config, threads)
+    return predictor(folder, config, threads, memory_arena)

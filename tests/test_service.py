@@ -202,7 +202,7 @@ def gated_service(exported, monkeypatch):
 
     def start(**limits):
         gate, arrivals = Gate(load(exported["sentiment"], threads=1)), Arrivals()
-        monkeypatch.setattr(service, "load", lambda folder, threads=None: gate)
+        monkeypatch.setattr(service, "load", lambda folder, threads=None, memory_arena=True: gate)
         monkeypatch.setattr(service, "MicroBatcher", arrivals.batcher())
         limits = service.Limits(**limits)
         server = InProcessServer(service.create_app([exported["sentiment"]], limits), limits)
@@ -438,6 +438,16 @@ def test_tagger_work_is_bounded_by_word_length_and_budget(server, exported):
     status, body = server.post("/v1/models/tagger/predict", {"sentences": [sentence, "w1 w2"]})
     assert status == 200 and [len(row["tags"]) for row in body["predictions"]] == [501, 2]
     assert server.rss_mb() - before < 100
+
+
+def test_the_service_runs_its_sessions_without_the_memory_arena(exported, monkeypatch):
+    # The arena would keep each session's largest call for good; in-process predictors keep it for speed.
+    loaded = []
+    monkeypatch.setattr(service, "load", lambda *args, **kwargs: loaded.append(load(*args, **kwargs)) or loaded[-1])
+    service.create_app([exported["sentiment"], exported["translator"]], threads=1)
+    arenas = [session.get_session_options().enable_cpu_mem_arena for p in loaded for session in p.sessions.values()]
+    assert arenas == [False, False, False]  # the classifier's graph, the translator's encoder and decoder
+    assert load(exported["sentiment"]).sessions["model.onnx"].get_session_options().enable_cpu_mem_arena
 
 
 def test_classification_is_split_under_the_token_budget(exported):
