@@ -155,7 +155,8 @@ def quantize_int8(path: Path) -> None:
     """onnxruntime dynamic int8 quantization, in place: int8 weights, activations quantized per call.
 
     LSTM layers become ``DynamicQuantizeLSTM``; ONNX Runtime has no integer GRU or RNN op, so for
-    those only the matrix products outside the recurrence and the embeddings are quantized.
+    those only the matrix products outside the recurrence and the embeddings are quantized (a
+    translator's decoder step writes its recurrence as matrix products: ``zoo.fused.SingleStep``).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
