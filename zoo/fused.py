@@ -177,10 +177,8 @@ class SingleStep(nn.Module):
             zeros = x.new_zeros(1, x.size(0), rnn.hidden_size)
             state = (zeros, zeros) if is_lstm else zeros
         h = (state[0] if is_lstm else state).transpose(0, 1)  # (B, 1, H)
-        # x @ W.T + b, not F.linear: the exporter writes a 3-D MatMul, which dynamic quantization
-        # turns into an integer product (a 2-D F.linear becomes a Gemm, which it leaves in float).
-        from_input = x @ rnn.weight_ih_l0.t() + rnn.bias_ih_l0
-        from_state = h @ rnn.weight_hh_l0.t() + rnn.bias_hh_l0
+        from_input = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)
+        from_state = F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
         if isinstance(rnn, nn.GRU):  # PyTorch's gate order: reset, update, new
             reset_i, update_i, new_i = from_input.chunk(3, dim=-1)
             reset_h, update_h, new_h = from_state.chunk(3, dim=-1)
