@@ -122,7 +122,7 @@ def bare_kernels(threads: int, seconds: float) -> None:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     inputs = torch.randn(32, 200, 200)
-    print(f"\nbare nn.LSTM 200 -> 256, batch 32 x 200 steps, {threads} thread(s), interleaved medians")
+    print(f"\nbare nn.LSTM 200 -> 256, batch 32 x 200 steps, {threads} thread(s), medians of blocks taking turns")
     print("| layer | torch eager | onnxruntime | speed-up |")
     print("| --- | ---: | ---: | ---: |")
     for bidirectional in (False, True):
