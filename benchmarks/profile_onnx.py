@@ -1,11 +1,10 @@
 """Where an exported model's onnxruntime time goes, by operator type (onnxruntime's own profiler).
 
-Exports ``--source`` (a zoo entry, checkpoint or pretrained folder) in float32 (``--quantize
-int8``: int8), runs the cases of
-``benchmarks/onnx_vs_torch.py`` for its task (``--calls`` times each, after warm-up) with
-``SessionOptions.enable_profiling``, and prints, per case, each operator type's share of the time
-spent in graph nodes and the share of the whole ``run`` that no node accounts for (feeding and
-fetching tensors, the executor).
+Exports ``--source`` (a zoo entry, checkpoint or pretrained folder) in float32, or int8 with
+``--quantize int8``, runs the cases of ``benchmarks/onnx_vs_torch.py`` for its task (``--calls``
+times each, after warm-up) with ``SessionOptions.enable_profiling``, and prints, per case, each
+operator type's share of the time spent in graph nodes and the share of the whole ``run`` that no
+node accounts for (feeding and fetching tensors, the executor).
 
     python benchmarks/profile_onnx.py --source imdb-bilstm [--threads 1] [--calls 50] [--quantize int8]
 """
@@ -22,17 +21,16 @@ from onnx_vs_torch import cases  # this folder is on the path when a benchmark r
 
 import deploy
 from deploy.export import export, load_source
+from deploy.runtime import session_options
 from lightning_modules.task_io import as_pretrained_folder
 
 WARMUP = 5  # calls left out of each trace's figures
 
 
 def profiled(predictor, threads: int, prefix: Path):
-    """The predictor with profiling sessions on the same graphs and options (``deploy.runtime.make_session``)."""
+    """The predictor with profiling sessions on the same graphs and options (``deploy.runtime.session_options``)."""
     for name in list(predictor.sessions):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
+        options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(prefix / name)
         path = str(predictor.folder / name)

@@ -5,7 +5,7 @@ predictor its task names (``zoo.tasks``). Text goes through the same pipeline as
 the PyTorch tasks (``zoo.text``), and decoding through the same loops (``zoo.decoding``), so a folder
 predicts what its network predicts. Sessions are tuned for throughput: every graph optimization, and
 ``threads`` intra-op threads (default: onnxruntime's choice, one per core); one thread per session is
-best when many processes or requests run side by side. ``memory_arena`` (``make_session``) keeps each
+best when many processes or requests run side by side. ``memory_arena`` (``session_options``) keeps each
 call's buffers for the next; ``rnnzoo serve`` turns it off.
 """
 
@@ -67,6 +67,10 @@ def check_cancelled() -> None:
 
 def make_session(path: Path, threads: int | None = None, memory_arena: bool = True) -> ort.InferenceSession:
     check_no_external_data(path)  # before onnxruntime reads it (deploy.external_data says why)
+    return ort.InferenceSession(str(path), session_options(threads, memory_arena), providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int | None = None, memory_arena: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # onnxruntime's memory arena (its default) keeps the pages of one call's buffers for the next: without
@@ -77,7 +81,7 @@ def make_session(path: Path, threads: int | None = None, memory_arena: bool = Tr
     options.enable_cpu_mem_arena = memory_arena
     if threads is not None:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 class Predictor:
@@ -475,7 +479,7 @@ def sub_batches(sizes: list[tuple[int, ...]], budget: int) -> list[list[int]]:
 
 
 def load(directory: str | os.PathLike, threads: int | None = None, memory_arena: bool = True) -> Predictor:
-    """The predictor of an exported folder (written by ``rnnzoo export``); ``memory_arena``: see ``make_session``."""
+    """The predictor of an exported folder (written by ``rnnzoo export``); ``memory_arena``: see ``session_options``."""
     folder = Path(directory)
     config = read_export_config(folder)
     predictor = tasks.get(config.task, str(folder / CONFIG_FILE)).load("predictor")
