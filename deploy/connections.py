@@ -1,4 +1,5 @@
-"""Connection guards under uvicorn: a deadline for each request's headers and a bound on open connections.
+"""Connection guards under uvicorn: a deadline and a size cap for each request's head, and a bound on open
+connections.
 
 uvicorn has neither. Its keep-alive timeout restarts with every byte received, so a client that
 trickles its headers (slowloris) holds a connection, and a file descriptor, for as long as it likes;
@@ -7,12 +8,19 @@ headers within ``header_timeout_s`` of connecting (or of its previous answer), e
 is closed. And once ``max_connections`` are open, a new connection closes the one that has waited
 longest for its headers: a valid client sends its headers at once, so the connections that wait are
 slow or idle ones. If every open connection is busy with a request instead, the new one gets a 503.
-Bodies have their own deadline (``deploy.service.TransportLimits``, ``body_timeout_s``).
+Nor does uvicorn cap a request's head: it appends each piece of an endless request line to what it has
+(quadratic), so one connection sending megabytes of header slows every other. Here a head (request
+line and headers) over ``MAX_HEAD_BYTES`` is a 431 and the connection is closed, whether it arrived
+whole or is still coming. Bodies have their own deadline (``deploy.service.TransportLimits``,
+``body_timeout_s``).
 """
 
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers; browsers and HTTP clients send a few KB
+HEAD_TOO_LARGE = f"the request line and headers are over {MAX_HEAD_BYTES} bytes"
 
 
 def refusal(status: int, reason: str, detail: str) -> bytes:
@@ -25,33 +33,45 @@ def refusal(status: int, reason: str, detail: str) -> bytes:
     return head.encode() + body
 
 
+async def answer_too_large(scope, receive, send) -> None:
+    """The ASGI answer to a head over ``MAX_HEAD_BYTES`` that arrived whole; the connection closes after it."""
+    body = json.dumps({"detail": HEAD_TOO_LARGE}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 431, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with the header deadline and the connection bound, for
-    ``uvicorn.Config(http=...)``."""
+    """uvicorn's httptools protocol with the header deadline, the head cap and the connection bound,
+    for ``uvicorn.Config(http=...)``."""
     late = f"the request headers took longer than header_timeout_s={header_timeout_s:g} s"
     too_slow = refusal(408, "Request Timeout", late)
     full = f"the server holds max_connections={max_connections} connections, all busy; retry later"
     busy = refusal(503, "Service Unavailable", full)
+    too_large = refusal(431, "Request Header Fields Too Large", HEAD_TOO_LARGE)
 
     class GuardedProtocol(HttpToolsProtocol):
         waiting_since: float | None = None  # when it began waiting for a request's headers; None while serving one
         deadline = None  # the timer that closes it if the headers are late
+        in_body = False  # from a request's headers to the end of its body; else the bytes are a head's
+        head_bytes = 0  # bytes of the head being read, counted while it is incomplete
+        heads = 0  # heads completed on this connection
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.deadline = None
+            self.wait_for_headers()  # first, so that no error below can leave it without a deadline
             if len(self.connections) > max_connections:
-                waiting = [c for c in self.connections if c is not self and c.waiting_since is not None]
+                # Only this class's connections wait for headers; any other protocol object counts as busy.
+                waiting = [c for c in self.connections if c is not self and getattr(c, "waiting_since", None)]
                 if not waiting:
-                    transport.write(busy)
-                    transport.close()
+                    self.refuse(busy)
                     return
-                min(waiting, key=lambda c: c.waiting_since).headers_timed_out()
-            self.wait_for_headers()
+                min(waiting, key=lambda c: c.waiting_since).refuse(too_slow)
 
         def wait_for_headers(self) -> None:
             self.waiting_since = self.loop.time()
-            self.deadline = self.loop.call_later(header_timeout_s, self.headers_timed_out)
+            self.deadline = self.loop.call_later(header_timeout_s, self.refuse, too_slow)
 
         def stop_waiting(self) -> None:
             self.waiting_since = None
@@ -59,15 +79,43 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Http
                 self.deadline.cancel()
                 self.deadline = None
 
-        def headers_timed_out(self) -> None:
+        def refuse(self, response: bytes) -> None:
             self.stop_waiting()
             if not self.transport.is_closing():
-                self.transport.write(too_slow)
+                self.transport.write(response)
                 self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            reading, heads = not self.in_body, self.heads
+            super().data_received(data)
+            # Counted when the whole chunk belongs to one head still incomplete after it; a head that
+            # begins inside a chunk after a body is counted from the next chunk, so it may run one
+            # chunk (at most 256 KiB) past the cap before it is refused.
+            if reading and not self.in_body and self.heads == heads:
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    self.refuse(too_large)
 
         def on_headers_complete(self) -> None:
             self.stop_waiting()
-            super().on_headers_complete()
+            self.in_body, self.heads = True, self.heads + 1
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size <= MAX_HEAD_BYTES:
+                super().on_headers_complete()
+                return
+            app, self.app = self.app, answer_too_large  # the request cycle as usual, answered 431
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.in_body = False
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

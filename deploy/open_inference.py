@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 VERSION = "1"  # every model's one version
 HEADER_LENGTH = "inference-header-content-length"
 # Request parameters the protocol itself defines: not the task's options.
-PROTOCOL_PARAMETERS = {"binary_data_output", "sequence_id", "sequence_start", "sequence_end"}
+SEQUENCE_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end"}
+PROTOCOL_PARAMETERS = {"binary_data_output", *SEQUENCE_PARAMETERS}
 DATATYPES = {"BYTES": None, "FP32": np.dtype("<f4")}
+MAX_INT_DIGITS = 20  # a uint64 sequence_id
 
 
 class BadRequest(ValueError):
@@ -136,11 +138,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.strip().isdigit() or not 0 < int(header_length) <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a size within the body")
-        json_part, binary = body[: int(header_length)], body[int(header_length) :]
+        # ASCII digits only, and few of them: ``str.isdigit`` takes "²", and ``int`` refuses 5,000 digits.
+        digits = header_length.strip()
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and 0 < int(digits) <= len(body)):
+            raise BadRequest(f"Inference-Header-Content-Length {brief(header_length)} is not a size within the body")
+        json_part, binary = body[: int(digits)], body[int(digits) :]
     try:
-        request = json.loads(json_part)
+        request = json.loads(json_part, parse_int=bounded_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: arrays nested too deep
         raise BadRequest(f"the request is not valid JSON ({err})") from None
     if not isinstance(request, dict):
@@ -148,16 +152,52 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return request, binary
 
 
-def element_count(shape) -> int:
-    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise BadRequest(f"shape {shape!r} is not a list of sizes")
-    return math.prod(shape)
+def bounded_int(digits: str) -> int:
+    """A JSON integer of at most ``MAX_INT_DIGITS`` digits: reading one of thousands costs quadratic time,
+    and no size, id or parameter of the protocol needs more."""
+    if len(digits) > MAX_INT_DIGITS + 1:  # + 1: a minus sign
+        raise ValueError(f"an integer of {len(digits)} digits; the protocol's have at most {MAX_INT_DIGITS}")
+    return int(digits)
+
+
+def brief(value) -> str:
+    """A value from a request, shown in a message at a bounded cost: never a whole list or a huge number."""
+    if isinstance(value, str):
+        return repr(value[:40] + ("..." if len(value) > 40 else ""))
+    if value is None or isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 2**64):
+        return repr(value)
+    return "a large integer" if isinstance(value, int) else f"a JSON {'array' if isinstance(value, list) else 'object'}"
+
+
+def checked_shape(shape, spec: Tensors, predictor, max_items: int) -> list[int]:
+    """The input's shape, checked against what the model reads (its rank first, then each size) before
+    anything is computed from it: a size of 0 or of 10**30 must not make the server count, multiply or
+    allocate by the others."""
+    expected = spec.input_shape(predictor)  # -1: the items, any number
+    if spec.datatype == "BYTES":
+        ranks, wanted = (1, 2), "[n] (or [n, 1])"
+    else:
+        ranks, wanted = (len(expected),), str(expected).replace("-1", "n")
+    if not isinstance(shape, list) or len(shape) not in ranks:
+        rank = f"rank {len(shape)}" if isinstance(shape, list) else brief(shape)
+        raise BadRequest(f"input {spec.input!r} has shape {wanted}, not {rank}")
+    for i, size in enumerate(shape):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"shape[{i}] of input {spec.input!r} is {brief(size)}, not a size (an integer >= 0)")
+    if shape[0] > max_items:
+        raise TooMany(f"{brief(shape[0])} items in {spec.input!r}; at most {max_items} per request")
+    inner = [1] if spec.datatype == "BYTES" else expected[1:]
+    if shape[1:] != inner[: len(shape) - 1]:
+        raise BadRequest(f"input {spec.input!r} has shape {wanted}, not {[brief(size) for size in shape]}")
+    return shape
 
 
 def parse_bytes(data: bytes, count: int) -> list[bytes]:
     """``count`` elements of the binary ``BYTES`` encoding, which must use all of ``data``."""
     elements, offset = [], 0
     while offset < len(data):
+        if len(elements) == count:  # stop here: 8 MiB of empty elements are two million of them
+            raise BadRequest(f"binary BYTES data holds more elements than the shape's {count}")
         if offset + 4 > len(data):
             raise BadRequest("binary BYTES data ends inside an element's 4-byte length")
         (size,) = struct.unpack_from("<I", data, offset)
@@ -183,31 +223,25 @@ def flatten(data, depth: int) -> list:
     return flat
 
 
-def read_input(request: dict, binary: bytes, spec: Tensors, max_items: int) -> list:
+def read_input(request: dict, binary: bytes, spec: Tensors, predictor, max_items: int) -> list:
     """The task's items from the request's one input tensor (at most ``max_items``)."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f"give one input tensor, {spec.input!r}")
     tensor = inputs[0]
     if tensor.get("name") != spec.input:
-        raise BadRequest(f"unknown input {tensor.get('name')!r}; this model reads {spec.input!r}")
+        raise BadRequest(f"unknown input {brief(tensor.get('name'))}; this model reads {spec.input!r}")
     if tensor.get("datatype") != spec.datatype:
-        raise BadRequest(f"input {spec.input!r} is {spec.datatype}, not {tensor.get('datatype')!r}")
-    shape = tensor.get("shape")
-    count = element_count(shape)
-    ranks = (1, 2) if spec.datatype == "BYTES" else (3,)
-    if len(shape) not in ranks or (spec.datatype == "BYTES" and len(shape) == 2 and shape[1] != 1):
-        expected = "[n] (or [n, 1])" if spec.datatype == "BYTES" else "[n, rows, columns]"
-        raise BadRequest(f"input {spec.input!r} has shape {expected}, not {shape}")
-    if shape[0] > max_items:
-        raise TooMany(f"{shape[0]} items in {spec.input!r}; at most {max_items} per request")
+        raise BadRequest(f"input {spec.input!r} is {spec.datatype}, not {brief(tensor.get('datatype'))}")
+    shape = checked_shape(tensor.get("shape"), spec, predictor, max_items)
+    count = math.prod(shape)  # every size is bounded now
     parameters = tensor.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("an input's parameters must be a JSON object")
     size = parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
-            raise BadRequest(f"binary_data_size {size!r}, but {len(binary)} bytes follow the JSON")
+            raise BadRequest(f"binary_data_size {brief(size)}, but {len(binary)} bytes follow the JSON")
         if spec.datatype == "BYTES":
             values = parse_bytes(binary, count)
         elif len(binary) != 4 * count:
@@ -222,10 +256,17 @@ def read_input(request: dict, binary: bytes, spec: Tensors, max_items: int) -> l
             raise BadRequest(f"input {spec.input!r} has {len(values)} values; its shape {shape} says {count}")
     if spec.datatype == "BYTES":
         return [text_of(value, i) for i, value in enumerate(values)]
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise BadRequest(f"input {spec.input!r} holds values that are not numbers")
-    rows = np.asarray(values, dtype=np.float64).reshape(shape)
-    return rows.tolist()
+    numbers = [number_of(value, i) for i, value in enumerate(values)]
+    return np.asarray(numbers, dtype=np.float64).reshape(shape).tolist()
+
+
+def number_of(value, index: int) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer of 400 digits
+            pass
+    raise BadRequest(f"value {index} of the input is {brief(value)}, not an FP32 number")
 
 
 def text_of(value, index: int) -> str:
@@ -250,7 +291,7 @@ def options(request: dict, model: "ServedModel", items: list) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         takes = f"the parameters {', '.join(sorted(known))}" if known else "no parameters"
-        raise BadRequest(f"unknown parameters {', '.join(unknown)}; {model.name} takes {takes}")
+        raise BadRequest(f"unknown parameters {', '.join(key[:40] for key in unknown[:5])}; {model.name} takes {takes}")
     try:
         checked = schema.model_validate({field: items, **values})
     except ValidationError as err:
@@ -269,10 +310,12 @@ def requested_outputs(request: dict, spec: Tensors) -> list[tuple[str, bool]]:
         raise BadRequest("outputs must be a list of objects")
     chosen = []
     for output in asked:
-        if output.get("name") not in spec.outputs:
-            raise BadRequest(f"unknown output {output.get('name')!r}; this model has {', '.join(spec.outputs)}")
-        parameters = output.get("parameters") or {}
-        chosen.append((output["name"], bool(parameters.get("binary_data", everything_binary))))
+        name, parameters = output.get("name"), output.get("parameters") or {}
+        if not isinstance(name, str) or name not in spec.outputs:
+            raise BadRequest(f"unknown output {brief(name)}; this model has {', '.join(spec.outputs)}")
+        if not isinstance(parameters, dict):
+            raise BadRequest(f"the parameters of output {name!r} must be a JSON object")
+        chosen.append((name, bool(parameters.get("binary_data", everything_binary))))
     return chosen
 
 
@@ -305,7 +348,7 @@ def answer(model: "ServedModel", request: dict, records: list[dict], chosen: lis
     head = {"model_name": model.name, "model_version": VERSION, "outputs": outputs}
     if isinstance(request.get("id"), str):
         head["id"] = request["id"]
-    head_bytes = json.dumps(head).encode()
+    head_bytes = json.dumps(head, allow_nan=False).encode()  # a bare NaN is not JSON: fail loudly instead
     if not binary:
         return Response(head_bytes, media_type="application/json")
     headers = {"Inference-Header-Content-Length": str(len(head_bytes))}
@@ -353,7 +396,10 @@ def generate_input(body: dict, model: "ServedModel") -> tuple[str, dict]:
         raise BadRequest(f"model {model.name!r} ({model.predictor.task}) does not generate text; use its infer")
     unknown = sorted(set(body) - {"id", "text_input", "parameters"})
     if unknown:
-        raise BadRequest(f"unknown fields {', '.join(unknown)}; send text_input and parameters")
+        raise BadRequest(f"unknown fields {', '.join(key[:40] for key in unknown[:5])}; send text_input and parameters")
+    parameters = body.get("parameters")
+    if isinstance(parameters, dict) and SEQUENCE_PARAMETERS & set(parameters):
+        raise BadRequest("generate keeps no sequence: send a sequence's requests to infer")
     text = body.get("text_input")
     if not isinstance(text, str):
         raise BadRequest("give text_input, a string")
@@ -426,7 +472,7 @@ def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
         spec = tensors(model)
         try:
             body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-            items = read_input(body, binary, spec, model.limits.max_items)
+            items = read_input(body, binary, spec, model.predictor, model.limits.max_items)
             if not items:
                 raise BadRequest(f"input {spec.input!r} is empty")
             params = options(body, model, items)

@@ -27,8 +27,8 @@ import os
 import resource
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, NamedTuple
@@ -233,18 +233,24 @@ class MicroBatcher:
         self.worker: asyncio.Task | None = None
         self.running: set[asyncio.Task] = set()
 
+    @contextmanager
+    def reserve(self, count: int) -> Iterator[None]:
+        """Room for ``count`` texts in the queue, from before a request waits for anything until it is
+        answered (``QueueFull`` beyond ``max_queue``)."""
+        if self.in_flight + count > self.limits.max_queue:
+            raise QueueFull
+        self.in_flight += count
+        try:
+            yield
+        finally:
+            self.in_flight -= count
+
     async def submit(self, items: list[str], params: dict, run: Callable[[list], list] | None = None) -> list:
         """The results for ``items``; with ``run`` (items -> results: a stream, a sequence) they run
-        alone, through it, in a call slot as any other batch."""
-        if self.in_flight + len(items) > self.limits.max_queue:
-            raise QueueFull
-        self.in_flight += len(items)
+        alone, through it, in a call slot as any other batch. The caller holds room (``reserve``)."""
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Queued(items, params, future, run))
-        try:
-            return await future
-        finally:
-            self.in_flight -= len(items)
+        return await future
 
     async def work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -452,9 +458,10 @@ class ServedModel:
     def ready(self) -> bool:
         return self.batcher.worker is not None and not self.batcher.worker.done()
 
-    async def predict(self, items: list, params: dict, run: Callable[[list], list] | None = None) -> list:
-        """The records for ``items``, or an ``HTTPException`` with the status and message; ``run``: how
-        they run instead of the task's batched ``predict`` (``MicroBatcher.submit``)."""
+    async def predict(self, items: list, params: dict, submit: Callable[[], Awaitable[list]] | None = None) -> list:
+        """The records for ``items``, or an ``HTTPException`` with the status and message; ``submit``: how
+        they reach the micro-batcher instead of batched with others (a stream, a sequence's turn). Its
+        whole wait is queued and timed."""
         name, api, limits = self.name, self.api, self.limits
         start, status = time.perf_counter(), 200
         try:
@@ -470,7 +477,9 @@ class ServedModel:
             try:
                 if api.texts:
                     check_texts(items, api.items_field)
-                return await asyncio.wait_for(self.batcher.submit(items, params, run), limits.request_timeout_s)
+                with self.batcher.reserve(len(items)):
+                    call = submit() if submit is not None else self.batcher.submit(items, params)
+                    return await asyncio.wait_for(call, limits.request_timeout_s)
             except QueueFull:
                 message = f"model {name!r} is at capacity ({limits.max_queue} queued texts); retry later"
                 raise HTTPException(503, message) from None
@@ -509,7 +518,7 @@ class ServedModel:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
             return [None]
 
-        work = asyncio.ensure_future(self.predict([item], params, run))
+        work = asyncio.ensure_future(self.predict([item], params, lambda: self.batcher.submit([item], params, run)))
         try:
             while True:
                 piece = asyncio.ensure_future(pieces.get())
@@ -527,15 +536,21 @@ class ServedModel:
 
     async def continue_sequence(self, sequence: Sequence, start: bool, prompt: str, params: dict) -> dict:
         """``prompt`` read into ``sequence`` (from an empty state when ``start``) and continued
-        (``LanguageModelPredictor.continue_sequence``); the sequence's requests run in turn."""
-        async with sequence.lock:
-            carried = None if start else sequence.carried
+        (``LanguageModelPredictor.continue_sequence``). The sequence's requests run in turn; waiting for
+        its turn counts as queued and runs under the request's timeout, as any wait does."""
 
-            def run(items: list[str]) -> list:
-                options = options_for(self.predictor.task, **params)
-                return [self.predictor.continue_sequence(carried, items[0], options)]
+        async def in_turn() -> list:
+            async with sequence.lock:
+                carried = None if start else sequence.carried
 
-            ((record, sequence.carried),) = await self.predict([prompt], params, run)
+                def run(items: list[str]) -> list:
+                    options = options_for(self.predictor.task, **params)
+                    return [self.predictor.continue_sequence(carried, items[0], options)]
+
+                ((record, sequence.carried),) = await self.batcher.submit([prompt], params, run)
+                return [record]
+
+        (record,) = await self.predict([prompt], params, in_turn)
         return record
 
 
@@ -651,12 +666,13 @@ def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8000, **optio
 
 
 def uvicorn_config(app: FastAPI, limits: Limits, **options):
-    """uvicorn's settings for the service: its HTTP protocol with the header deadline and the bound on
-    connections (``deploy.connections``); ``options`` go to ``uvicorn.Config`` (host, port...)."""
+    """uvicorn's settings for the service: its HTTP protocol with the header deadline, the head cap and
+    the bound on connections (``deploy.connections``), and no WebSockets, which no route uses;
+    ``options`` go to ``uvicorn.Config`` (host, port...)."""
     import uvicorn
 
     protocol = connections.guarded_protocol(limits.header_timeout_s, limits.max_connections)
-    return uvicorn.Config(app, http=protocol, log_level="warning", **options)
+    return uvicorn.Config(app, http=protocol, ws="none", log_level="warning", **options)
 
 
 RESERVED_DESCRIPTORS = 64  # model files, onnxruntime, logs: beside one descriptor per connection

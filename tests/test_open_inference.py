@@ -3,15 +3,16 @@ metadata, every task's inference with binary and JSON tensors, and bad input alw
 
 import http.client
 import json
+import logging
 import struct
 
 import numpy as np
 import pytest
 
 from deploy import service
-from deploy.runtime import load
+from deploy.runtime import ForecasterPredictor, load
 from tests.exports import FORECASTER, exported_models
-from tests.test_service import InProcessServer
+from tests.test_service import InProcessServer, loop_in_debug_mode, slow_callbacks
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -167,6 +168,26 @@ BAD_REQUESTS = [
     ("an element longer than the data", *binary_request([b"w1"], data=struct.pack("<I", 50) + b"w1"), 400),
     ("more elements than the shape", *binary_request([b"w1", b"w2"], count=1), 400),
     ("invalid UTF-8", *binary_request([b"\xff\xfe"]), 400),
+    ("header length a superscript digit", *binary_request([b"w1"], header="\u00b2"), 400),
+    ("header length of superscripts", *binary_request([b"w1"], header="\u00b9\u00b3"), 400),
+    ("header length of 5,000 digits", *binary_request([b"w1"], header="9" * 5000), 400),
+    ("an output's parameters a list", json_request(["w1"], outputs=[{"name": "label", "parameters": [1]}]), {}, 400),
+    ("an output's parameters a string", json_request(["w1"], outputs=[{"name": "label", "parameters": "x"}]), {}, 400),
+    ("an output's name a list", json_request(["w1"], outputs=[{"name": ["label"]}]), {}, 400),
+    ("an output's name an object", json_request(["w1"], outputs=[{"name": {"label": 1}}]), {}, 400),
+    ("a shape of rank 0", json_request(["w1"], shape=[]), {}, 400),
+    ("a shape of 600 sizes of 4,000 digits", json_request([], shape=[10**3999] * 600), {}, 400),
+    ("more elements than the shape, all empty", *binary_request([b""] * 2_000_000, count=1), 400),
+]
+# The forecaster reads FP32 windows of 8 rows x 2 columns.
+BAD_FORECASTS = [
+    ("a zero-size dimension beside a large one", json_request([], [1, 4_000_000, 0], "series", "FP32"), 400),
+    ("a dimension of 10**30", json_request([], [1, 10**30, 0], "series", "FP32"), 400),
+    ("a dimension of 2**63", json_request([], [1, 2**63, 0], "series", "FP32"), 400),
+    ("a boolean dimension", json_request([1.0] * 16, [True, 8, 2], "series", "FP32"), 400),
+    ("a value of 10**400", json_request([10**400] + [1.0] * 15, [1, 8, 2], "series", "FP32"), 400),
+    ("a value that is a string", json_request(["1"] + [1.0] * 15, [1, 8, 2], "series", "FP32"), 400),
+    ("rank 4", json_request([1.0] * 16, [1, 8, 2, 1], "series", "FP32"), 400),
 ]
 
 
@@ -175,6 +196,32 @@ def test_bad_v2_input_is_a_4xx_with_an_error(server, what, body, headers, status
     got, answer = post(server.port, "/v2/models/sentiment/infer", body, headers)
     assert got == status and answer["error"], (what, answer)
     assert post(server.port, "/v2/models/sentiment/infer", json_request(["w1"]))[0] == 200  # the service goes on
+
+
+@pytest.mark.parametrize(("what", "body", "status"), BAD_FORECASTS, ids=[r[0] for r in BAD_FORECASTS])
+def test_bad_v2_windows_are_a_4xx_that_says_what_the_model_reads(server, what, body, status):
+    got, answer = post(server.port, "/v2/models/forecaster/infer", body)
+    assert got == status and answer["error"], (what, answer)
+    assert len(answer["error"]) < 200  # never the request's sizes or values echoed whole
+
+
+ATTACKS = ["a shape of 600 sizes of 4,000 digits", "more elements than the shape, all empty"]
+
+
+def test_huge_shapes_and_counts_are_refused_without_holding_the_event_loop(exported, caplog):
+    """Refused before anything is computed from them: the loop's own report shows no request that held it."""
+    limits = service.Limits(max_items=8)
+    server = InProcessServer(loop_in_debug_mode(service.create_app([exported["forecaster"], exported["sentiment"]],
+                                                                   limits, threads=1)), limits)  # fmt: skip
+    attacks = [("sentiment", *request[1:3]) for request in BAD_REQUESTS if request[0] in ATTACKS]
+    attacks += [("forecaster", body, {}) for what, body, _ in BAD_FORECASTS if "dimension" in what]
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for model, body, headers in attacks:
+                assert post(server.port, f"/v2/models/{model}/infer", body, headers)[0] == 400
+        assert slow_callbacks(caplog) == []
+    finally:
+        server.close()
 
 
 def test_v2_errors_for_other_models_and_tasks(server):
@@ -186,3 +233,28 @@ def test_v2_errors_for_other_models_and_tasks(server):
     assert status == 200 and np.shape(answer["outputs"][0]["data"]) == (8,)  # 4 rows x 2 columns, flattened
     window = json_request([1.0] * 14, [1, 7, 2], "series", "FP32")
     assert post(server.port, "/v2/models/forecaster/infer", window)[0] == 400  # 7 rows where the model reads 8
+
+
+def test_a_forecast_beyond_float32_is_a_4xx_in_valid_json(server, monkeypatch):
+    """Windows near float32's limit can overflow inside a network: there is no number to answer."""
+    forecast_values = ForecasterPredictor.forecast_values
+
+    def overflowing(predictor, windows, **limits):  # a network whose forecast overflows float32
+        return forecast_values(predictor, windows, **limits) * np.float32(1e38)
+
+    monkeypatch.setattr(ForecasterPredictor, "forecast_values", overflowing)
+    window = WINDOWS[:1].tolist()
+    status, text = server.request("POST", "/v1/models/forecaster/predict", json.dumps({"series": window}).encode())
+    answer = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert status == 422 and "windows [0]" in answer["detail"]
+    body = json_request(WINDOWS[:1].reshape(-1).tolist(), [1, 8, 2], "series", "FP32")
+    status, answer = post(server.port, "/v2/models/forecaster/infer", body)
+    assert status == 400 and "windows [0]" in answer["error"]
+
+
+def test_generate_refuses_sequence_parameters(server):
+    """A sequence's state is kept by infer; generate would drop it silently."""
+    for route in ("generate", "generate_stream"):
+        body = {"text_input": "w1", "parameters": {"sequence_id": 5, "sequence_start": True}}
+        status, answer = post(server.port, f"/v2/models/lm/{route}", json.dumps(body).encode())
+        assert status == 400 and "infer" in answer["error"]

@@ -3,6 +3,8 @@ HTTP client: a text sent in chunks continues as the whole text does, only the ne
 store is bounded, and every misuse is a 4xx with a message."""
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from deploy import service
 from deploy.runtime import LanguageModelPredictor, load
 from deploy.sequences import SequenceError, SequenceStore, sequence_key
 from tests.test_open_inference import strings, text_input, triton_client
-from tests.test_service import InProcessServer, metric
+from tests.test_service import HANG, InProcessServer, metric
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -169,6 +171,45 @@ def test_a_service_of_several_replicas_refuses_sequences(exported):
         assert status == 400 and "several replicas" in body["error"]
         assert "sequence" not in json.loads(server.get("/v2")[1])["extensions"]
     finally:
+        server.close()
+
+
+class HeldSequences:
+    """A language model whose sequence calls wait until the test lets them run (``entered``, ``opened``)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.predictor, name)
+
+    def continue_sequence(self, *arguments):
+        self.entered.set()
+        assert self.opened.wait(HANG), "the test never let the call run"
+        return self.predictor.continue_sequence(*arguments)
+
+
+def test_waiting_for_a_sequences_turn_counts_as_queued(exported, monkeypatch):
+    """A chunk waits while the sequence's earlier chunk runs; that wait takes room in the queue, so a
+    flood of chunks to one sequence meets max_queue (503) as any other flood does."""
+    held = HeldSequences(load(exported["lm"], threads=1))
+    monkeypatch.setattr(service, "load", lambda folder, threads=None, memory_arena=True: held)
+    limits = service.Limits(max_items=1, max_queue=1)
+    server = InProcessServer(service.create_app([exported["lm"]], limits), limits)
+    chunk = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["w1"]}]}
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            start = {"sequence_id": 51, "sequence_start": True}
+            first = pool.submit(server.post, "/v2/models/lm/infer", chunk | {"parameters": start})
+            assert held.entered.wait(HANG)
+            status, body = server.post( "/v2/models/lm/infer", chunk | {"parameters": {"sequence_id": 51}})
+            assert status == 503 and "at capacity" in body["error"]
+            held.opened.set()
+            assert first.result(HANG)[0] == 200
+        assert server.post("/v2/models/lm/infer", chunk | {"parameters": {"sequence_id": 51}})[0] == 200
+    finally:
+        held.opened.set()
         server.close()
 
 

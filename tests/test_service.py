@@ -140,6 +140,22 @@ class InProcessServer(Endpoint):
         self.socket.close()
 
 
+def loop_in_debug_mode(app):
+    """``app`` on an event loop in asyncio's debug mode (turned on at start-up), in which the loop itself
+    reports, on the ``asyncio`` logger, every callback that held it over ``slow_callback_duration`` (0.1 s)."""
+
+    async def debugged(scope, receive, send):
+        asyncio.get_running_loop().set_debug(True)
+        await app(scope, receive, send)
+
+    return debugged
+
+
+def slow_callbacks(caplog) -> list[str]:
+    """The loop's reports of callbacks that held it too long (``loop_in_debug_mode``), from ``caplog``."""
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.getMessage().startswith("Executing")]
+
+
 class Gate:
     """A predictor whose calls wait until the test opens the gate, then run the real ``predictor``:
     the test, not a clock, decides when the model answers. ``entered`` is set once a call has come
@@ -737,3 +753,42 @@ def test_connections_beyond_the_bound_are_503_when_every_one_is_busy(gated_servi
             assert refused_status(third) == 503
         gate.opened.set()
         assert running.result()[0] == 200 and queued.result()[0] == 200
+
+
+def test_a_websocket_upgrade_is_an_ordinary_request(gated_service):
+    """The service has no WebSocket route, and uvicorn's WebSockets are off: an Upgrade header changes nothing."""
+    server, gate, _ = gated_service()
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    status, body, _ = raw_response(server.port, upgrade)
+    assert (status, body) == (200, {"status": "ok"})
+
+
+def test_the_connection_bound_skips_connections_it_does_not_own(gated_service):
+    """uvicorn's list of connections may hold protocol objects of other kinds (a WebSocket's did): the bound
+    counts them as busy and still closes the slow connection that makes room."""
+    server, gate, _ = gated_service(max_connections=3, header_timeout_s=HANG)
+    gate.opened.set()
+    foreign = [object(), object()]
+    server.server.server_state.connections.update(foreign)
+    try:
+        slow = slow_headers(server.port)
+        assert server.post(SENTIMENT, {"texts": ["w1"]})[0] == 200  # the fourth connection of three
+        assert refused_status(slow) == 408
+        slow.close()
+    finally:
+        server.server.server_state.connections.difference_update(foreign)  # uvicorn shuts each down at exit
+
+
+def test_a_request_head_over_64_kib_is_a_431_whether_whole_or_still_coming(gated_service):
+    server, gate, _ = gated_service(header_timeout_s=HANG)
+    gate.opened.set()
+    whole = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + b"a" * 70_000 + b"\r\n\r\n"
+    status, body, closed = raw_response(server.port, whole)
+    assert status == 431 and "65536 bytes" in body["detail"] and closed
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as endless:
+        endless.sendall(b"GET /" + b"a" * 100_000)  # a request line that has not ended yet
+        assert refused_status(endless) == 431
+    assert server.get("/healthz")[0] == 200

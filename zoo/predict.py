@@ -218,6 +218,9 @@ def forecast(model, series: list, options: ForecastOptions, **limits) -> list[Fo
     """Each window (``input_length`` rows of one number per column, the data's units) -> the next rows."""
     windows = check_windows(series, model.input_length, model.columns)
     values = model.forecast_values(windows, **limits)
+    overflowed = [i for i, forecast in enumerate(values) if not np.isfinite(forecast).all()]
+    if overflowed:  # float32 inputs near its limit can overflow inside the network: no number to answer
+        raise ValueError(f"windows {overflowed} have forecasts beyond float32 (their values are too large)")
     return [{"columns": model.columns, "forecast": np.round(v.astype(np.float64), 4).tolist()} for v in values]
 
 
