@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "onnx", "safetensors")
+TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "safetensors")
 
 
 def generate_main(argv: list[str]) -> None:

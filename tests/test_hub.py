@@ -3,12 +3,11 @@
 import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -111,7 +110,7 @@ def test_offline_serves_the_cache_or_says_why(published, monkeypatch):
     from_pretrained("tiny-clf")
     monkeypatch.setenv("RNNZOO_OFFLINE", "1")
     assert isinstance(from_pretrained("tiny-clf").network, SequenceClassifier)
-    with pytest.raises(ZooError, match="Hugging Face cache"):
+    with pytest.raises(ZooError, match="not in the cache .* offline mode is set"):
         from_pretrained("hf://rnnzoo/not-downloaded@main")
 
 
@@ -260,46 +259,137 @@ def test_a_folder_named_like_an_entry_does_not_replace_it(published, tmp_path, m
     assert from_pretrained("./tiny-clf").config.arguments == arguments  # the folder, asked for explicitly
 
 
-class FakeHub:
-    """``huggingface_hub``'s two downloads, served from a local repository folder, recording each call."""
-
-    def __init__(self, repository: Path):
-        self.repository, self.calls = repository, []
-
-    def hf_hub_download(self, repo_id, filename, revision=None, local_files_only=False):
-        self.calls.append(("file", filename))
-        return str(self.repository / filename)
-
-    def snapshot_download(self, repo_id, revision=None, allow_patterns=None, local_files_only=False):
-        import fnmatch
-
-        self.calls.append(("snapshot", sorted(allow_patterns)))
-        snapshot = self.repository.parent / "snapshot"
-        snapshot.mkdir(exist_ok=True)
-        for path in self.repository.iterdir():
-            if any(fnmatch.fnmatchcase(path.name, pattern) for pattern in allow_patterns):
-                shutil.copy(path, snapshot / path.name)
-        return str(snapshot)
+FLOOD = 64 << 20  # what a lying Hub sends for a file: far more than any entry allows
 
 
-def test_hf_reads_entry_json_first_and_then_fetches_only_the_files_it_lists(published, monkeypatch):
-    import huggingface_hub
+class FakeHub(BaseHTTPRequestHandler):
+    """The Hub's download URLs (``/{org}/{repo}/resolve/{revision}/{file}``) served from ``repository``.
+    A file in ``flood`` is answered with ``FLOOD`` bytes instead (``written`` counts what got out), one
+    in ``redirect`` through a storage URL on another host. Records each request with its token."""
 
+    repository: Path
+    flood: set[str]
+    redirect: set[str]
+    requests: list[tuple[str, str | None]]
+    written = 0
+
+    def do_GET(self):
+        if not self.path.startswith("/api/"):  # (huggingface_hub's own telemetry calls are not recorded)
+            self.requests.append((self.path, self.headers.get("Authorization")))
+        file_name = self.path.rsplit("/", 1)[-1]
+        if file_name in self.redirect and "/resolve/" in self.path:
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/storage/{file_name}")
+            self.end_headers()
+        elif file_name in self.flood:
+            self.send_response(200)
+            self.send_header("Content-Length", str(FLOOD))
+            self.end_headers()
+            try:
+                while type(self).written < FLOOD:
+                    self.wfile.write(b"\0" * (1 << 16))
+                    type(self).written += 1 << 16
+            except OSError:  # the client hung up
+                self.close_connection = True
+        elif (self.repository / file_name).is_file():
+            data = (self.repository / file_name).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(published, tmp_path, monkeypatch):
+    """``HF_ENDPOINT`` on a loopback Hub serving the published folder, a token, and a Hugging Face cache in
+    ``tmp_path/hf``."""
+    from huggingface_hub import constants
+
+    handler = type("Hub", (FakeHub,), {"repository": published["folder"], "flood": set(), "redirect": set()})
+    handler.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # read by huggingface_hub at import
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    yield handler, server
+    server.shutdown()
+
+
+def cached_files(tmp_path) -> list[Path]:
+    """Every file in rnnzoo's and in the Hugging Face cache (lock files aside)."""
+    folders = [tmp_path / "cache", tmp_path / "hf"]
+    return [p for folder in folders for p in folder.rglob("*") if p.is_file() and p.suffix != ".lock"]
+
+
+def test_hf_reads_entry_json_first_and_then_fetches_only_the_files_it_lists(published, fake_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    handler, server = fake_hub
     repository = published["folder"]
     (repository / "huge-unlisted.bin").write_bytes(b"\0" * 1000)  # in the repository, not in entry.json
-    hub_fake = FakeHub(repository)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_fake.hf_hub_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_fake.snapshot_download)
+    handler.redirect = {"model.safetensors"}
     folder = hub.resolve("hf://rnnzoo/tiny-clf@main")
-    listed = sorted(published["entry"]["files"])
-    assert hub_fake.calls == [("file", "entry.json"), ("snapshot", sorted(["entry.json", *listed]))]
+    paths, resolve = [path for path, _ in handler.requests], "/rnnzoo/tiny-clf/resolve/main/"
+    assert paths[0] == resolve + "entry.json"  # first, and then only the files it lists
+    listed = [resolve + name for name in published["entry"]["files"]]
+    assert sorted(paths[1:]) == sorted([*listed, "/storage/model.safetensors"])
+    for path, token in handler.requests:  # the token goes to the Hub, never to the storage it redirects to
+        assert token == (None if path.startswith("/storage/") else "Bearer hf_test")
     assert not (folder / "huge-unlisted.bin").exists()
-    assert isinstance(from_pretrained("hf://rnnzoo/tiny-clf").network, SequenceClassifier)
+    assert isinstance(from_pretrained("hf://rnnzoo/tiny-clf@main").network, SequenceClassifier)
 
     crafted = json.loads((repository / "entry.json").read_text())
     crafted["files"]["model.safetensors"]["size"] = 10**15
     (repository / "entry.json").write_text(json.dumps(crafted))
-    hub_fake.calls.clear()
+    handler.requests.clear()
     with pytest.raises(ZooError, match="entry.json: missing or malformed files"):
         hub.resolve("hf://rnnzoo/tiny-clf")
-    assert hub_fake.calls == [("file", "entry.json")]  # refused before any other download
+    assert [path for path, _ in handler.requests] == ["/rnnzoo/tiny-clf/resolve/main/entry.json"]
+    (repository / "entry.json").unlink()
+    with pytest.raises(ZooError, match="holds no entry.json: publish the folder"):
+        hub.resolve("hf://rnnzoo/tiny-clf")
+
+    handler.requests.clear()  # offline mode, or an unreachable Hub, serves the copy in the cache, or says why
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.resolve("hf://rnnzoo/tiny-clf@main") == folder and handler.requests == []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    server.shutdown()
+    server.server_close()
+    assert hub.resolve("hf://rnnzoo/tiny-clf@main") == folder
+    with pytest.raises(ZooError, match="not in the cache .* the Hub cannot be reached"):
+        hub.resolve("hf://rnnzoo/tiny-clf@other")
+
+
+def test_hf_download_stops_at_the_size_the_entry_states_and_leaves_nothing(published, fake_hub, tmp_path):
+    handler, _ = fake_hub
+    entry = json.loads((published["folder"] / "entry.json").read_text())
+    entry["files"]["model.safetensors"]["size"] = 1000
+    (published["folder"] / "entry.json").write_text(json.dumps(entry))
+    handler.flood = {"model.safetensors"}
+    with pytest.raises(ZooError, match="more than the 1000 bytes the entry states"):
+        hub.resolve("hf://rnnzoo/tiny-clf")
+    assert handler.written < FLOOD // 2  # the client hung up after 1,001 bytes: the rest is what socket buffers took
+    assert cached_files(tmp_path) == []
+
+
+def test_hf_an_oversized_entry_json_is_refused_unread(published, fake_hub, tmp_path):
+    handler, _ = fake_hub
+    handler.flood = {"entry.json"}
+    with pytest.raises(ZooError, match=f"{hub.MAX_ENTRY_BYTES} bytes"):
+        hub.resolve("hf://rnnzoo/tiny-clf")
+    assert handler.written < FLOOD // 2
+    assert cached_files(tmp_path) == []

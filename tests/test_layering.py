@@ -32,7 +32,7 @@ TORCH_FREE = (
     "zoo.formats",
     "zoo.predict",
 )
-TRAINING_STACK = ("torch", "lightning", "datasets", "torchmetrics", "onnx", "safetensors")
+TRAINING_STACK = ("torch", "lightning", "datasets", "torchmetrics", "safetensors")
 
 
 def module_name(path: Path) -> str:

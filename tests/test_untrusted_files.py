@@ -182,6 +182,63 @@ def test_onnx_external_data_is_refused_before_onnxruntime_reads_it(exported_clas
     assert deploy.load(exported_classifier).classify(["w1 w2"])[0]["label"] in ("n", "p")  # the real export loads
 
 
+def overlong_tag(field: int, wire: int) -> bytes:
+    """The tag of ``field`` as a 5-byte varint with bit 32 set: protobuf keeps a tag's low 32 bits, so it
+    still reads ``field``, and a reader that keeps all 64 sees another field."""
+    key = 1 << 32 | field << 3 | wire
+    return bytes([0x80 | key >> shift & 0x7F for shift in (0, 7, 14, 21)] + [key >> 28])
+
+
+def varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value >= 0x80:
+        encoded.append(0x80 | value & 0x7F)
+        value >>= 7
+    return bytes(encoded + bytes([value]))
+
+
+def length_delimited(tag: bytes, data: bytes) -> bytes:
+    return tag + varint(len(data)) + data
+
+
+def test_external_data_behind_overlong_field_tags_is_refused(exported_classifier, tmp_path):
+    """``external_data`` (13) and ``data_location`` (14) tagged with 5-byte varints: a reader that keeps 64 bits
+    of a tag sees other fields, onnxruntime sees an external tensor."""
+    import subprocess
+    import sys
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import deploy
+    from zoo.formats import FormatError
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(exported_classifier, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    tensor = model.graph.initializer.pop(0)
+    (folder / "weights.bin").write_bytes(numpy_helper.to_array(tensor).tobytes())
+    tensor.ClearField("raw_data")  # its values are now only in weights.bin
+    entries = {"location": "weights.bin", "offset": "0", "length": str((folder / "weights.bin").stat().st_size)}
+    entries = [onnx.StringStringEntryProto(key=k, value=v).SerializeToString() for k, v in entries.items()]
+    hidden = b"".join(length_delimited(overlong_tag(13, 2), entry) for entry in entries)  # external_data
+    hidden += overlong_tag(14, 0) + varint(onnx.TensorProto.EXTERNAL)  # data_location
+    graph = length_delimited(varint(5 << 3 | 2), tensor.SerializeToString() + hidden)  # GraphProto.initializer
+    # A second ModelProto.graph is merged into the first: the crafted tensor joins its initializers.
+    (folder / "model.onnx").write_bytes(model.SerializeToString() + length_delimited(varint(7 << 3 | 2), graph))
+    ort.InferenceSession(str(folder / "model.onnx"))  # it loads without the raw_data: onnxruntime read weights.bin
+
+    with pytest.raises(FormatError, match="not a valid ONNX file"):  # upb, protobuf's default parser
+        deploy.load(folder)
+    check = f"import deploy.external_data as e; e.check_no_external_data({str(folder / 'model.onnx')!r})"
+    pure_python = subprocess.run(  # protobuf's pure-Python parser keeps the 5-byte tags as unknown fields
+        [sys.executable, "-c", check], env={**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"},
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "TensorProto has fields onnx" in pure_python.stderr, pure_python.stderr
+
+
 def test_a_symlinked_file_in_a_folder_is_refused(exported_classifier, tmp_path):
     import deploy
     from zoo.formats import FormatError
@@ -199,6 +256,34 @@ def test_a_symlinked_file_in_a_folder_is_refused(exported_classifier, tmp_path):
     (source / "model.safetensors").symlink_to(tmp_path / "weights")
     with pytest.raises(FormatError, match="model.safetensors is a symbolic link"):
         load_pretrained(source)
+
+
+def test_symlinked_json_files_of_a_folder_are_refused(exported_classifier, tmp_path):
+    """config.json, entry.json and metrics.json go through the same check as the weights and tokenizers."""
+    import deploy
+    from zoo.formats import FormatError
+    from zoo.hub import from_pretrained, write_entry
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = tmp_path / "linked"
+    shutil.copytree(exported_classifier, folder)
+    (folder / "config.json").rename(outside / "config.json")
+    (folder / "config.json").symlink_to(outside / "config.json")
+    with pytest.raises(FormatError, match="config.json is a symbolic link"):
+        deploy.load(folder)
+
+    source = pretrained_folder(tmp_path / "pretrained", SequenceClassifier(**ARGUMENTS), ARGUMENTS)
+    (outside / "metrics.json").write_text(json.dumps({"outside": "secret"}))
+    (source / "metrics.json").symlink_to(outside / "metrics.json")
+    with pytest.raises(FormatError, match="metrics.json is a symbolic link"):
+        from_pretrained(source)
+    (source / "metrics.json").unlink()
+    write_entry(source, "linked")
+    (source / "entry.json").rename(outside / "entry.json")
+    (source / "entry.json").symlink_to(outside / "entry.json")
+    with pytest.raises(FormatError, match="entry.json is a symbolic link"):
+        from_pretrained(source)
 
 
 def test_a_tokenizer_file_cannot_pad_or_hang_or_exhaust_the_reader(exported_classifier, tmp_path):

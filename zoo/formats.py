@@ -256,7 +256,7 @@ def read_pretrained_config(folder: Path, listed: set[str] | None = None) -> Pret
 
 def read_export_config(folder: Path) -> ExportConfig:
     """The checked ``config.json`` of an exported folder."""
-    path = Path(folder) / CONFIG_FILE
+    path = folder_file(Path(folder), CONFIG_FILE, max_bytes=MAX_JSON_BYTES)
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not an exported model folder: it has no {CONFIG_FILE}")
     value = read_json(path)
@@ -279,7 +279,7 @@ def read_export_config(folder: Path) -> ExportConfig:
 def read_written_config(folder: Path) -> PretrainedConfig | ExportConfig | None:
     """The config of a folder rnnzoo wrote (pretrained or exported), ``None`` for any other folder."""
     try:
-        value = read_json(Path(folder) / CONFIG_FILE)
+        value = read_json(folder_file(Path(folder), CONFIG_FILE, max_bytes=MAX_JSON_BYTES))
         schema = ExportConfig if isinstance(value, dict) and "graphs" in value else PretrainedConfig
         return parse(schema, value, str(folder))
     except (OSError, FormatError):
@@ -298,7 +298,7 @@ def is_plain_name(file_name) -> bool:
 
 def listed_files(folder: Path) -> set[str] | None:
     """The files ``entry.json`` lists with their sha256, or ``None`` for a folder without one."""
-    path = Path(folder) / ENTRY_FILE
+    path = folder_file(Path(folder), ENTRY_FILE, max_bytes=MAX_JSON_BYTES)
     if not path.is_file():
         return None
     try:

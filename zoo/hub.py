@@ -9,17 +9,17 @@
 - a local folder;
 - an ``http(s)://`` or ``file://`` URL of a published folder (it holds ``entry.json``, written by
   ``rnnzoo zoo publish``, which lists its files with their sha256);
-- ``hf://org/repo`` or ``hf://org/repo@revision``: a Hugging Face Hub repository.
+- ``hf://org/repo`` or ``hf://org/repo@revision``: a Hugging Face Hub repository (``HF_ENDPOINT``, the
+  user's token) holding a published folder, fetched like a URL's folder.
 
 Downloads go to ``RNNZOO_CACHE`` (default ``~/.cache/rnnzoo``), one folder per source (a URL's
 folder is keyed by the whole URL), through a temporary file that is renamed into place only once its
 size and sha256 match; a mismatch or a cut transfer deletes it and tries the next mirror. Reading
 stops at the size the entry states, and ``entry.json`` itself at ``MAX_ENTRY_BYTES``. A file lock
 makes concurrent processes fetch an entry once. ``RNNZOO_OFFLINE=1`` (or no network) serves from the
-cache or fails saying so.
+cache or fails saying so; for ``hf://``, ``HF_HUB_OFFLINE=1`` does too.
 """
 
-import glob
 import hashlib
 import http.client
 import json
@@ -34,7 +34,17 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from zoo.formats import ENTRY_FILE, EntryInfo, FileInfo, FormatError, Manifest, is_plain_name, parse, write_json
+from zoo.formats import (
+    ENTRY_FILE,
+    EntryInfo,
+    FileInfo,
+    FormatError,
+    Manifest,
+    folder_file,
+    is_plain_name,
+    parse,
+    write_json,
+)
 from zoo.pretrained import Pretrained, load_pretrained
 
 PACKAGE_DIR = Path(__file__).parent
@@ -125,9 +135,12 @@ def resolve(source: str | os.PathLike) -> Path:
     return fetch_entry(text, entry_info(text))
 
 
-def fetch_entry(name: str, entry: EntryInfo | dict, cache_key: str | None = None) -> Path:
+def fetch_entry(
+    name: str, entry: EntryInfo | dict, cache_key: str | None = None, headers: dict[str, str] | None = None
+) -> Path:
     """The verified folder of ``entry`` (checked against ``EntryInfo`` when given as JSON): the
-    packaged copy, the cache (``cache_key``, default the name), or a download into the cache."""
+    packaged copy, the cache (``cache_key``, default the name), or a download into the cache (sending
+    ``headers``)."""
     entry = entry if isinstance(entry, EntryInfo) else _checked_entry(entry, f"zoo entry {name!r}")
     files = entry.files
     if not files:
@@ -152,7 +165,7 @@ def fetch_entry(name: str, entry: EntryInfo | dict, cache_key: str | None = None
         try:
             for file_name, expected in files.items():
                 if not _matches(folder / file_name, expected):
-                    _download(urls, file_name, folder, expected)
+                    _download(urls, file_name, folder, expected, headers)
         except BaseException:
             if new:  # a failed first download leaves no trace
                 shutil.rmtree(folder, ignore_errors=True)
@@ -197,7 +210,9 @@ def _verified(folder: Path, files: dict[str, FileInfo], raise_on_mismatch: bool 
     return True
 
 
-def _download(urls: list[str], file_name: str, folder: Path, expected: FileInfo) -> None:
+def _download(
+    urls: list[str], file_name: str, folder: Path, expected: FileInfo, headers: dict[str, str] | None = None
+) -> None:
     """Fetch ``file_name`` from the first URL whose bytes match its size and sha256 (a mismatch or a
     cut transfer tries the next mirror); renamed into place only once it matches."""
     errors = []
@@ -205,7 +220,7 @@ def _download(urls: list[str], file_name: str, folder: Path, expected: FileInfo)
         url = f"{base.rstrip('/')}/{file_name}"
         handle, temporary = tempfile.mkstemp(prefix=f".{file_name}.", dir=folder)
         try:
-            with os.fdopen(handle, "wb") as out, _open(url) as response, _progress(file_name, expected) as bar:
+            with os.fdopen(handle, "wb") as out, _open(url, headers) as response, _progress(file_name, expected) as bar:
                 digest, size = _copy_at_most(response, out, expected.size, url, bar.update)
             if size < expected.size:
                 raise ZooError(f"{url}: the transfer was cut after {size} of {expected.size} bytes")
@@ -240,18 +255,35 @@ def _describe_error(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
-def _open(url: str):
-    return urllib.request.urlopen(url, timeout=60)
+class _TokenStaysOnItsHost(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, dropping ``Authorization`` when one leaves the host it was sent to: the Hub
+    redirects file downloads to storage hosts (signed URLs) that must never see the user's token."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl)[:2] != urllib.parse.urlsplit(req.full_url)[:2]:
+            new.remove_header("Authorization")
+        return new
+
+
+def _open(url: str, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(url, headers=headers or {})
+    return urllib.request.build_opener(_TokenStaysOnItsHost).open(request, timeout=60)
 
 
 def _fetch_bytes(url: str, limit: int) -> bytes:
     if offline():
         raise ZooError(f"RNNZOO_OFFLINE is set: cannot fetch {url}")
     try:
-        with _open(url) as response:
-            data = response.read(limit + 1)
+        return _read_at_most(url, limit)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise ZooError(f"could not fetch {url}: {_describe_error(err)}") from err
+
+
+def _read_at_most(url: str, limit: int, headers: dict[str, str] | None = None) -> bytes:
+    """The body of ``url``, refused once it passes ``limit`` bytes (the rest is never read)."""
+    with _open(url, headers) as response:
+        data = response.read(limit + 1)
     if len(data) > limit:
         raise ZooError(f"{url} is larger than {limit} bytes: not an rnnzoo {ENTRY_FILE}")
     return data
@@ -268,32 +300,58 @@ def _name_from_url(url: str) -> str:
 
 
 def _from_hub(spec: str) -> Path:
-    """``org/repo[@revision]`` through ``huggingface_hub`` (its own cache, hashes and locks): ``entry.json``
-    first, checked, and then only the files it lists."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    """``org/repo[@revision]``: its ``entry.json`` first, checked, and then only the files it lists,
+    each streamed from the Hub's download URL through the same capped, sha256-checked copy as a URL's
+    folder (whatever size the Hub announces, reading stops at the entry's), into this cache."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import HFValidationError, build_hf_headers, validate_repo_id
 
     repo_id, _, revision = spec.partition("@")
     try:
-        entry_path = Path(hf_hub_download(repo_id, ENTRY_FILE, revision=revision or None, local_files_only=offline()))
-        if entry_path.stat().st_size > MAX_ENTRY_BYTES:
-            raise ZooError(f"hf://{spec}: its {ENTRY_FILE} is over {MAX_ENTRY_BYTES} bytes, which no entry is")
-        files = _read_entry(entry_path.read_bytes(), f"hf://{spec}").files
-        for file_name in files:
-            _check_plain_name(file_name)
-        patterns = [glob.escape(name) for name in (ENTRY_FILE, *files)]  # the listed names, not patterns
-        folder = Path(
-            snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=offline())
-        )
-    except LocalEntryNotFoundError as err:  # (a kind of EntryNotFoundError: first)
-        raise ZooError(f"hf://{spec} is not in the Hugging Face cache and the Hub cannot be reached: {err}") from err
-    except EntryNotFoundError:
-        raise ZooError(f"hf://{spec} holds no {ENTRY_FILE}: publish the folder with `rnnzoo zoo publish`") from None
-    except HfHubHTTPError as err:
-        raise ZooError(f"hf://{spec}: {err}") from err
-    if not _verified(folder, files, raise_on_mismatch=True):
-        raise ZooError(f"hf://{spec} lacks files its {ENTRY_FILE} lists")
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ZooError(f"hf://{spec}: {err}") from None
+    url = hf_hub_url(repo_id, ENTRY_FILE, revision=revision or None)  # on HF_ENDPOINT
+    base = url.removesuffix(f"/{ENTRY_FILE}")
+    folder = cache_dir() / f"{repo_id.replace('/', '--')}-{hashlib.sha256(base.encode()).hexdigest()[:16]}"
+    if offline() or constants.HF_HUB_OFFLINE:
+        return _hub_cache(spec, folder, "offline mode is set (RNNZOO_OFFLINE or HF_HUB_OFFLINE)")
+    headers = build_hf_headers()
+    try:
+        data = _read_at_most(url, MAX_ENTRY_BYTES, headers)
+    except urllib.error.HTTPError as err:
+        raise ZooError(_hub_error(spec, err)) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        return _hub_cache(spec, folder, f"the Hub cannot be reached ({_describe_error(err)})")
+    entry = _read_entry(data, f"hf://{spec}").model_copy(update={"local": None, "urls": [base]})
+    fetch_entry(entry.name or repo_id.rsplit("/", 1)[-1], entry, folder.name, headers)
+    # Kept with the files it lists, for an offline load to check them against.
+    handle, temporary = tempfile.mkstemp(prefix=f".{ENTRY_FILE}.", dir=folder)
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    os.replace(temporary, folder / ENTRY_FILE)
     return folder
+
+
+def _hub_cache(spec: str, folder: Path, why: str) -> Path:
+    """``folder`` when it holds a verified copy of ``hf://spec`` (by the ``entry.json`` kept with it)."""
+    entry_path = folder_file(folder, ENTRY_FILE, max_bytes=MAX_ENTRY_BYTES)
+    if not entry_path.is_file():
+        raise ZooError(f"hf://{spec} is not in the cache ({folder}) and {why}")
+    files = _read_entry(entry_path.read_bytes(), str(folder)).files
+    for file_name in files:
+        _check_plain_name(file_name)
+    if not _verified(folder, files):
+        raise ZooError(f"hf://{spec}: its copy in the cache ({folder}) is incomplete and {why}")
+    return folder
+
+
+def _hub_error(spec: str, err: urllib.error.HTTPError) -> str:
+    code = err.headers.get("X-Error-Code")  # how the Hub tells a missing file from a missing repository
+    if code == "EntryNotFound" or (err.code == 404 and code is None):
+        return f"hf://{spec} holds no {ENTRY_FILE}: publish the folder with `rnnzoo zoo publish`"
+    login = " (a private or gated repository needs `hf auth login` or HF_TOKEN)" if err.code in (401, 403) else ""
+    return f"hf://{spec}: the Hub answered {err.code} {err.headers.get('X-Error-Message') or err.reason}{login}"
 
 
 def write_entry(folder: Path, name: str, **fields) -> EntryInfo:

@@ -24,6 +24,7 @@ from torch import nn
 from zoo import tasks
 from zoo.formats import (
     CONFIG_FILE,
+    MAX_JSON_BYTES,
     METRICS_FILE,
     WEIGHTS_FILE,
     PretrainedConfig,
@@ -217,7 +218,7 @@ def load_pretrained(directory: str | os.PathLike) -> Pretrained:
     except RuntimeError as err:
         raise ValueError(f"{folder}: the weights do not fit {architecture_call}: {err}") from err
     tokenizers = load_tokenizers(folder, config, listed)
-    metrics_path = folder / METRICS_FILE
+    metrics_path = folder_file(folder, METRICS_FILE, max_bytes=MAX_JSON_BYTES)
     has_metrics = metrics_path.is_file() and (listed is None or METRICS_FILE in listed)
     metrics = read_json(metrics_path) if has_metrics else {}
     return Pretrained(network.eval(), config, tokenizers, metrics)
