@@ -27,6 +27,7 @@ side with the throughput ratio to ``rnnzoo serve`` (memory: the replicas' proces
 
 import argparse
 import http.client
+import itertools
 import json
 import select
 import socket
@@ -46,7 +47,8 @@ from deploy import open_inference
 from deploy.ray_serve import replica_processes
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRIES = ("imdb-bilstm", "multi30k-bahdanau", "conll-bilstm-crf", "ptb-lstm-small-tied")
+ENTRIES = ("imdb-bilstm", "multi30k-bahdanau", "conll-bilstm-crf", "ptb-lstm-small-tied", "etth1-segrnn-96")
+WINDOW_ROWS, COLUMNS = 720, 7  # etth1-segrnn-96 reads 720 hours of 7 series
 MAX_ITEMS, MAX_TEXT_CHARS, MAX_BODY_BYTES = 64, 10_000, 8 * 2**20  # the service's default limits
 # Below the default 262,144 (which a request refused before decoding passes only with 262,144 source
 # tokens to read first): the valid attention requests here need under 1,000 cells.
@@ -77,6 +79,13 @@ ENGLISH = [
 ]
 PROMPTS = ["the company said", "in the first quarter", "", "shares of the bank", "the new york stock exchange"]
 OVERSIZE = b'{"texts": ["' + b"x" * MAX_BODY_BYTES + b'"]}'
+# The third hardening pass's attacks: a shape of 600 sizes of 4,000 digits (2.4 MB), 1 MiB of empty BYTES
+# elements for a shape of one, and a zero-size dimension beside a huge one.
+LONG_SHAPE = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [10**3999] * 600}]}).encode()
+EMPTY_ELEMENTS_HEAD = json.dumps(
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 2**20}}]}
+).encode()
+EMPTY_ELEMENTS = EMPTY_ELEMENTS_HEAD + bytes(2**20)
 
 
 def export_entries(folder: Path) -> dict[str, Path]:
@@ -97,7 +106,9 @@ def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
     def pick(pool: list[str], n: int) -> list[str]:
         return [str(text) for text in rng.choice(pool, n)]
 
-    kind = rng.integers(8)
+    kind = rng.integers(9)
+    if kind == 8:
+        return "forecast", "etth1-segrnn-96", {"series": windows(rng, int(rng.integers(1, 3))).tolist()}
     if kind <= 1:
         texts = pick(REVIEWS, rng.integers(1, 9))
         if rng.random() < 0.1:  # one long review among short ones
@@ -120,6 +131,12 @@ def valid_request(rng: np.random.Generator) -> tuple[str, str, dict]:
     return "generate", "ptb-lstm-small-tied", payload
 
 
+def windows(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` random-walk windows of etth1-segrnn-96's shape, near the data's range."""
+    steps = rng.normal(0, 0.5, (count, WINDOW_ROWS, COLUMNS))
+    return (np.cumsum(steps, axis=1) + rng.uniform(0, 20, (count, 1, COLUMNS))).astype(np.float32).round(3)
+
+
 def v2_tensor(texts: list[str], binary: bool) -> tuple[dict, bytes]:
     """The ``text`` input tensor of ``texts``, with its data in JSON or as binary (BYTES encoding)."""
     shape, data, json_data = open_inference.encode("BYTES", texts)  # the service's own encoding of its answers
@@ -132,7 +149,16 @@ def v2_tensor(texts: list[str], binary: bool) -> tuple[dict, bytes]:
 def v2_request(rng: np.random.Generator) -> tuple[str, str, bytes, dict]:
     """(label, path, body, headers) of a valid Open Inference Protocol request."""
     binary = bool(rng.random() < 0.5)
-    kind = rng.integers(4)
+    kind = rng.integers(5)
+    if kind == 4:
+        series = windows(rng, 1)
+        tensor = {"name": "series", "datatype": "FP32", "shape": list(series.shape)}
+        if not binary:
+            return "v2 forecast", "/v2/models/etth1-segrnn-96/infer", json.dumps({"inputs": [tensor | {
+                "data": series.reshape(-1).tolist()}]}).encode(), {}  # fmt: skip
+        head = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": series.nbytes}}]}).encode()
+        headers = {"Inference-Header-Content-Length": str(len(head))}
+        return "v2 forecast", "/v2/models/etth1-segrnn-96/infer", head + series.tobytes(), headers
     if kind == 0:
         model, texts, parameters = "imdb-bilstm", [str(t) for t in rng.choice(REVIEWS, rng.integers(1, 9))], {}
     elif kind == 1:
@@ -187,6 +213,7 @@ def invalid_request(rng: np.random.Generator) -> tuple[str, str, dict | bytes]:
         ("oversize body", "imdb-bilstm", OVERSIZE),
         ("unknown model", "no-such-model", {"texts": ["good"]}),
         ("missing field", "multi30k-bahdanau", {"text": ["Ein Hund."]}),
+        ("forecast beyond float32", "etth1-segrnn-96", {"series": [[[3e38] * COLUMNS] * WINDOW_ROWS]}),
     ]
     return kinds[rng.integers(len(kinds))]
 
@@ -194,12 +221,26 @@ def invalid_request(rng: np.random.Generator) -> tuple[str, str, dict | bytes]:
 def invalid_v2_request(rng: np.random.Generator) -> tuple[str, str, bytes, dict]:
     """(label, path, body, headers) of an Open Inference Protocol request that must be a 4xx."""
     text = {"inputs": [v2_tensor(["the company said"], False)[0]]}
+    head_length = str(len(EMPTY_ELEMENTS_HEAD))
+
+    def series(shape: list[int]) -> dict:
+        return {"inputs": [{"name": "series", "datatype": "FP32", "shape": shape, "data": []}]}
+
+    if rng.random() < 0.1:
+        generate = {"text_input": "the", "parameters": {"sequence_id": 9, "sequence_start": True}}
+        return "v2 generate in a sequence", "/v2/models/ptb-lstm-small-tied/generate", json.dumps(generate).encode(), {}
     kinds = [
         ("v2 unknown sequence", "ptb-lstm-small-tied", text | {"parameters": {"sequence_id": 2**63 + 1}}, {}),
         ("v2 sequence of a classifier", "imdb-bilstm", text | {"parameters": {"sequence_id": 5}}, {}),
         ("v2 binary too short", "imdb-bilstm", b'{"inputs": []}', {"Inference-Header-Content-Length": "99"}),
         ("v2 wrong datatype", "imdb-bilstm", {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1]}]}, {}),
         ("v2 unknown parameter", "multi30k-bahdanau", text | {"parameters": {"beam": 3}}, {}),
+        ("v2 zero-size shape", "etth1-segrnn-96", series([1, 4_000_000, 0]), {}),
+        ("v2 shape of 2**63", "etth1-segrnn-96", series([1, 2**63, 0]), {}),
+        ("v2 long shape", "imdb-bilstm", LONG_SHAPE, {}),
+        ("v2 empty elements", "imdb-bilstm", EMPTY_ELEMENTS, {"Inference-Header-Content-Length": head_length}),
+        ("v2 malformed outputs", "imdb-bilstm", text | {"outputs": [{"name": ["label"]}]}, {}),
+        ("v2 superscript header length", "imdb-bilstm", EMPTY_ELEMENTS, {"Inference-Header-Content-Length": "\u00b2"}),
     ]
     label, model, payload, headers = kinds[rng.integers(len(kinds))]
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -270,15 +311,26 @@ class Client:
 
 class Nuisances:
     """Beside the requests: ``slow`` connections that send half their headers and then nothing (each
-    replaced once the server closes it), and every ``abandon_every`` seconds a 1,000-token generation
-    whose client leaves as soon as it is sent. Counts the 408s the slow ones got and the generations left."""
+    replaced once the server closes it); every ``abandon_every`` seconds a 1,000-token generation whose
+    client leaves as soon as it is sent; and, unless ``attacks`` is off, the third hardening pass's
+    attackers in turn: a request line sent in 64 KiB pieces for ever (endless head), a WebSocket upgrade,
+    and a flood of twenty 10,000-character chunks at once to one language-model sequence. Counts what
+    each got."""
 
     GENERATION = json.dumps({"prompts": ["the company said"], "max_new_tokens": 1000, "temperature": 1.0}).encode()
+    UPGRADE = (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    FLOOD = 20
 
-    def __init__(self, port: int, slow: int, abandon_every: float):
+    def __init__(self, port: int, slow: int, abandon_every: float, attacks: bool):
         self.port, self.slow, self.abandon_every = port, slow, abandon_every
         self.stop, self.timed_out, self.abandoned = threading.Event(), 0, 0
+        self.attacked: Counter = Counter()  # (attack, status or error) -> count
         self.threads = [threading.Thread(target=self.slow_headers), threading.Thread(target=self.abandon)]
+        if attacks:
+            self.threads.append(threading.Thread(target=self.attack))
 
     def __enter__(self):
         for thread in self.threads:
@@ -312,6 +364,54 @@ class Nuisances:
             with socket.create_connection(("127.0.0.1", self.port)) as sock:
                 sock.sendall(head.encode() + self.GENERATION)
             self.abandoned += 1
+
+    def attack(self) -> None:
+        attacks = [self.endless_head, self.upgrade, self.sequence_flood]
+        for turn in itertools.count():
+            if self.stop.wait(0.5):
+                return
+            attacks[turn % len(attacks)]()
+
+    def endless_head(self) -> None:
+        """64 KiB of request line every 10 ms until the server answers (the pause lets it read each piece,
+        so that its answer is not lost to a reset)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            try:
+                sock.sendall(b"GET /")
+                while not self.stop.is_set() and not select.select([sock], [], [], 0.01)[0]:
+                    sock.sendall(b"a" * 65536)
+                status = int(sock.recv(4096).split(b" ", 2)[1]) if not self.stop.is_set() else "stopped"
+            except (OSError, IndexError, ValueError) as err:
+                status = type(err).__name__
+        self.attacked["endless head", status] += 1
+
+    def upgrade(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.sendall(self.UPGRADE)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            self.attacked["WebSocket upgrade", response.status] += 1
+
+    def sequence_flood(self) -> None:
+        key, path = int(time.monotonic_ns()), "/v2/models/ptb-lstm-small-tied/infer"
+
+        def chunk(parameters: dict) -> int | str:
+            text = " ".join(["the company said"] * 600)[:MAX_TEXT_CHARS]
+            body = {"inputs": [v2_tensor([text], False)[0]], "parameters": {"max_new_tokens": 1, **parameters}}
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            try:
+                connection.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+                return connection.getresponse().status
+            except (OSError, http.client.HTTPException) as err:
+                return type(err).__name__
+            finally:
+                connection.close()
+
+        chunk({"sequence_id": key, "sequence_start": True})
+        with ThreadPoolExecutor(self.FLOOD) as pool:
+            statuses = list(pool.map(lambda _: chunk({"sequence_id": key}), range(self.FLOOD)))
+        chunk({"sequence_id": key, "sequence_end": True})
+        self.attacked.update(("sequence flood", status) for status in statuses)
 
 
 def memory_mb(pids: list[int], field: str = "VmRSS") -> float:
@@ -357,7 +457,7 @@ def soak(folders: list[Path], args, options: list[str]) -> dict:
         pids = replica_processes() if "--ray" in options else [server.pid]
         before = memory_mb(pids)
         client = Client(port)
-        with Nuisances(port, args.slow_connections, args.abandon_every) as nuisances:
+        with Nuisances(port, args.slow_connections, args.abandon_every, args.attacks) as nuisances:
             requests = make_requests(args.requests, args.seed, conversations)
             seconds = client.run(requests, args.concurrency, args.max_seconds)
         after, peak = memory_mb(pids), memory_mb(pids, "VmHWM")
@@ -384,6 +484,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slow_connections", type=int, default=32, help="half-sent headers held open throughout")
     parser.add_argument("--abandon_every", type=float, default=0.5, help="seconds between abandoned generations")
+    parser.add_argument(
+        "--attacks", action=argparse.BooleanOptionalAction, default=True,
+        help="endless heads, WebSocket upgrades and sequence floods beside the requests",
+    )  # fmt: skip
     parser.add_argument("--ray", action="store_true", help="compare rnnzoo serve with Ray Serve deployments")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="with --ray: the replica counts")
     args = parser.parse_args()
@@ -396,8 +500,16 @@ def main():
             f"beside them: {nuisances.timed_out} slow-header connections closed with a 408 ({args.slow_connections} "
             f"open at a time), {nuisances.abandoned} 1,000-token generations abandoned by their clients"
         )
+        for (attack, status), count in sorted(nuisances.attacked.items(), key=str):
+            print(f"  {attack}: {count} x {status}")
         print(f"open sequences at the end: {run['sequences']:.0f} (--max_sequences {MAX_SEQUENCES})")
-        report(run["outcomes"], run["seconds"], run["before"], run["after"], run["peak"], args, run["sequences"])
+        beside = [
+            f"{count} x {attack} -> {status}"
+            for (attack, status), count in nuisances.attacked.items()
+            if status not in ATTACK_ANSWERS[attack]
+        ]
+        memory = run["before"], run["after"], run["peak"]
+        report(run["outcomes"], run["seconds"], *memory, args, run["sequences"], beside)
         return
     runs = {"rnnzoo serve": soak(folders, args, [])}
     for replicas in args.replicas:
@@ -425,7 +537,14 @@ def compare(runs: dict[str, dict], args) -> None:
         sys.exit(1)
 
 
-def report(outcomes: list, seconds: float, before: float, after: float, peak: float, args, sequences=0.0) -> None:
+# What each attacker beside the requests must get: a refused head, an ordinary answer, and for a flood
+# of chunks to one sequence its answers or, beyond the queue or the timeout, a 503 or 504.
+ATTACK_ANSWERS = {"endless head": {431, "stopped"}, "WebSocket upgrade": {200}, "sequence flood": {200, 503, 504}}
+
+
+def report(
+    outcomes: list, seconds: float, before: float, after: float, peak: float, args, sequences=0.0, beside=()
+) -> None:
     statuses = {valid: Counter(outcome for v, _, outcome, _ in outcomes if v == valid) for valid in (True, False)}
     wrong = Counter((label, outcome) for valid, label, outcome, _ in outcomes if not expected(valid, outcome))
     errors = sum(not isinstance(outcome, int) for _, _, outcome, _ in outcomes)
@@ -445,7 +564,7 @@ def report(outcomes: list, seconds: float, before: float, after: float, peak: fl
     growth = after - before
     print(f"server memory (VmRSS): {before:.0f} MB after warm-up, {after:.0f} MB at the end ({growth:+.0f} MB)")
     print(f"server peak memory (VmHWM): {peak:.0f} MB")
-    missed = [f"{count} x {label} -> {outcome}" for (label, outcome), count in wrong.items()]
+    missed = [f"{count} x {label} -> {outcome}" for (label, outcome), count in wrong.items()] + list(beside)
     if sequences > MAX_SEQUENCES:
         missed.append(f"{sequences:.0f} sequences open (bound {MAX_SEQUENCES})")
     if growth > 50:

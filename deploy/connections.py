@@ -124,6 +124,9 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Http
             if idle and not self.transport.is_closing() and self.deadline is None:
                 self.wait_for_headers()
 
+        def _unsupported_upgrade_warning(self) -> None:
+            pass  # WebSockets are off (no route uses them): an Upgrade header is ignored, not logged twice a request
+
         def connection_lost(self, exc) -> None:
             self.stop_waiting()
             super().connection_lost(exc)

@@ -2,16 +2,19 @@
 HTTP client: a text sent in chunks continues as the whole text does, only the new chunk is read, the
 store is bounded, and every misuse is a 4xx with a message."""
 
+import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from fastapi import HTTPException
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from deploy import service
 from deploy.runtime import LanguageModelPredictor, load
-from deploy.sequences import SequenceError, SequenceStore, sequence_key
+from deploy.sequences import Sequence, SequenceError, SequenceStore, sequence_key
 from tests.test_open_inference import strings, text_input, triton_client
 from tests.test_service import HANG, InProcessServer, metric
 
@@ -211,6 +214,27 @@ def test_waiting_for_a_sequences_turn_counts_as_queued(exported, monkeypatch):
     finally:
         held.opened.set()
         server.close()
+
+
+def test_waiting_for_a_sequences_turn_runs_under_the_request_timeout(exported):
+    """A chunk whose sequence is busy (its lock held here, as a running chunk holds it) gets its 504
+    once request_timeout_s is up, not whenever the chunks before it are done."""
+    limits = service.Limits(request_timeout_s=0.1)
+    predictor = load(exported["lm"], threads=1)
+    registry = CollectorRegistry()
+    requests = Counter("requests", "", ["model", "status"], registry=registry)
+    metrics = requests, Histogram("seconds", "", ["model"], registry=registry)
+    batcher = service.MicroBatcher(None, limits, lambda texts: None)
+    model = service.ServedModel("lm", predictor, service.task_api(predictor), batcher, limits, *metrics)
+
+    async def chunk_while_the_sequence_is_busy() -> int:
+        sequence = Sequence()
+        await sequence.lock.acquire()
+        with pytest.raises(HTTPException) as refused:
+            await asyncio.wait_for(model.continue_sequence(sequence, False, "w1", {}), HANG)
+        return refused.value.status_code
+
+    assert asyncio.run(chunk_while_the_sequence_is_busy()) == 504
 
 
 class Clock:
