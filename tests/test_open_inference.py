@@ -3,7 +3,6 @@ metadata, every task's inference with binary and JSON tensors, and bad input alw
 
 import http.client
 import json
-import logging
 import struct
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from deploy import service
 from deploy.runtime import ForecasterPredictor, load
 from tests.exports import FORECASTER, exported_models
-from tests.test_service import InProcessServer, loop_in_debug_mode, slow_callbacks
+from tests.test_service import InProcessServer, SlowCallbacks, loop_in_debug_mode
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -208,7 +207,7 @@ def test_bad_v2_windows_are_a_4xx_that_says_what_the_model_reads(server, what, b
 ATTACKS = ["a shape of 600 sizes of 4,000 digits", "more elements than the shape, all empty"]
 
 
-def test_huge_shapes_and_counts_are_refused_without_holding_the_event_loop(exported, caplog):
+def test_huge_shapes_and_counts_are_refused_without_holding_the_event_loop(exported):
     """Refused before anything is computed from them: the loop's own report shows no request that held it."""
     limits = service.Limits(max_items=8)
     server = InProcessServer(loop_in_debug_mode(service.create_app([exported["forecaster"], exported["sentiment"]],
@@ -216,10 +215,13 @@ def test_huge_shapes_and_counts_are_refused_without_holding_the_event_loop(expor
     attacks = [("sentiment", *request[1:3]) for request in BAD_REQUESTS if request[0] in ATTACKS]
     attacks += [("forecaster", body, {}) for what, body, _ in BAD_FORECASTS if "dimension" in what]
     try:
-        with caplog.at_level(logging.WARNING, logger="asyncio"):
+        with SlowCallbacks() as watch:
             for model, body, headers in attacks:
-                assert post(server.port, f"/v2/models/{model}/infer", body, headers)[0] == 400
-        assert slow_callbacks(caplog) == []
+
+                def send(model=model, body=body, headers=headers):
+                    assert post(server.port, f"/v2/models/{model}/infer", body, headers)[0] == 400
+
+                assert watch.every_time(send) == [], model
     finally:
         server.close()
 

@@ -7,8 +7,10 @@ events by waiting for them, never by sleeping, and asserts no durations.
 """
 
 import asyncio
+import gc
 import http.client
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -151,9 +153,35 @@ def loop_in_debug_mode(app):
     return debugged
 
 
-def slow_callbacks(caplog) -> list[str]:
-    """The loop's reports of callbacks that held it too long (``loop_in_debug_mode``), from ``caplog``."""
-    return [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.getMessage().startswith("Executing")]
+class SlowCallbacks(logging.Handler):
+    """The loop's reports of callbacks that held it too long (``loop_in_debug_mode``), while in a ``with``."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Executing"):
+            self.reports.append(record.getMessage())
+
+    def __enter__(self) -> "SlowCallbacks":
+        logging.getLogger("asyncio").addHandler(self)
+        return self
+
+    def __exit__(self, *_) -> None:
+        logging.getLogger("asyncio").removeHandler(self)
+
+    def every_time(self, send, tries: int = 3) -> list[str]:
+        """The reports if ``send()`` held the loop each of ``tries`` times, else none: a request that
+        holds it does so every time, while a pause of the whole process (a garbage collection, other
+        processes on the cores) comes once."""
+        for _ in range(tries):
+            before = len(self.reports)
+            send()
+            if len(self.reports) == before:
+                return []
+            gc.collect()
+        return self.reports[-tries:]
 
 
 class Gate:
