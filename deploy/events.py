@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 
 async def event_stream(pieces: AsyncIterator[str], event: Callable[[str], dict]) -> StreamingResponse:
-    """``event(piece)`` for each of ``pieces`` (``deploy.service.ServedModel.stream``). A refusal before
+    """``event(piece)`` for each of ``pieces`` (``deploy.serving.ServedModel.stream``). A refusal before
     the first piece raises its ``HTTPException`` here, so the request is answered with its status; an
     error after it, once the 200 has been sent, is the last event: ``{"error": "..."}``."""
     try:

@@ -22,7 +22,7 @@ body, and each tensor with a ``binary_data_size`` parameter takes that many of t
 in order (``BYTES`` elements as 4-byte little-endian lengths, each followed by its bytes;
 ``FP32`` little-endian). Outputs are binary when the request asks for it (``binary_data`` on an
 output, or ``binary_data_output``). A request goes through the same prediction as ``/v1``
-(``deploy.service.ServedModel``), so every limit applies with the same status; malformed input
+(``deploy.serving.ServedModel``), so every limit applies with the same status; malformed input
 that ``/v1`` answers 422 is a 400 here, as the protocol says, and errors are ``{"error": "..."}``.
 """
 
@@ -33,7 +33,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -42,10 +41,8 @@ from pydantic import ValidationError
 
 from deploy import sequences
 from deploy.events import event_stream
+from deploy.serving import ServedModel
 from zoo import tasks
-
-if TYPE_CHECKING:
-    from deploy.service import ServedModel
 
 VERSION = "1"  # every model's one version
 HEADER_LENGTH = "inference-header-content-length"
@@ -81,42 +78,21 @@ class Tensors:
     input_shape: Callable[[object], list[int]] = lambda predictor: [-1]
 
 
-def _joined(key: str) -> Callable[[list[dict]], list]:
-    return lambda records: [" ".join(record[key]) for record in records]
-
-
-def _field(key: str) -> Callable[[list[dict]], list]:
+def values_of(key: str) -> Callable[[list[dict]], list]:
+    """An output's values: each record's ``key``."""
     return lambda records: [record[key] for record in records]
 
 
-CLASSIFICATION_TENSORS = Tensors(
-    "text",
-    "BYTES",
-    {
-        "label": Output("BYTES", _field("label")),
-        "probabilities": Output(
-            "FP32",
-            lambda records: [list(record["probabilities"].values()) for record in records],
-            lambda predictor: [-1, len(predictor.labels)],
-        ),
-    },
-)
-TAGGING_TENSORS = Tensors("text", "BYTES", {"tags": Output("BYTES", _joined("tags"))})
-TRANSLATION_TENSORS = Tensors("text", "BYTES", {"translation": Output("BYTES", _field("translation"))})
-GENERATION_TENSORS = Tensors("text", "BYTES", {"continuation": Output("BYTES", _field("continuation"))})
-FORECAST_TENSORS = Tensors(
-    "series",
-    "FP32",
-    {"forecast": Output("FP32", _field("forecast"), lambda p: [-1, p.horizon, len(p.columns)])},
-    lambda p: [-1, p.input_length, len(p.columns)],
-)
+def joined_values_of(key: str) -> Callable[[list[dict]], list]:
+    """An output's values: each record's ``key``, a list of words, joined by spaces."""
+    return lambda records: [" ".join(record[key]) for record in records]
 
 
-def tensors(model: "ServedModel") -> Tensors:
+def tensors(model: ServedModel) -> Tensors:
     return tasks.get(model.predictor.task).load("tensors")
 
 
-def model_metadata(model: "ServedModel") -> dict:
+def model_metadata(model: ServedModel) -> dict:
     spec, predictor = tensors(model), model.predictor
     return {
         "name": model.name,
@@ -280,7 +256,7 @@ def text_of(value, index: int) -> str:
     return value
 
 
-def options(request: dict, model: "ServedModel", items: list) -> dict:
+def options(request: dict, model: ServedModel, items: list) -> dict:
     """The task's options from the request's parameters, checked by the task's ``/v1`` schema."""
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -332,7 +308,7 @@ def encode(datatype: str, values: list) -> tuple[list[int], bytes, list]:
     return list(array.shape), array.tobytes(), array.reshape(-1).tolist()
 
 
-def answer(model: "ServedModel", request: dict, records: list[dict], chosen: list[tuple[str, bool]]) -> Response:
+def answer(model: ServedModel, request: dict, records: list[dict], chosen: list[tuple[str, bool]]) -> Response:
     spec = tensors(model)
     outputs, binary = [], b""
     for name, as_binary in chosen:
@@ -355,7 +331,7 @@ def answer(model: "ServedModel", request: dict, records: list[dict], chosen: lis
     return Response(head_bytes + binary, media_type="application/octet-stream", headers=headers)
 
 
-def sequence_of(request: dict, model: "ServedModel", items: list) -> tuple[sequences.Key, bool, bool] | None:
+def sequence_of(request: dict, model: ServedModel, items: list) -> tuple[sequences.Key, bool, bool] | None:
     """The sequence a request belongs to (its id, and whether it starts and ends it), or None."""
     parameters = request.get("parameters") or {}
     try:
@@ -376,7 +352,7 @@ def sequence_of(request: dict, model: "ServedModel", items: list) -> tuple[seque
     return key, parameters.get("sequence_start", False), parameters.get("sequence_end", False)
 
 
-async def in_sequence(model: "ServedModel", key: sequences.Key, start: bool, end: bool, text: str, params: dict):
+async def in_sequence(model: ServedModel, key: sequences.Key, start: bool, end: bool, text: str, params: dict):
     """The record of ``text`` read into sequence ``key`` and continued (``ServedModel.continue_sequence``)."""
     try:
         sequence = model.sequences.open(key, start)
@@ -390,7 +366,7 @@ async def in_sequence(model: "ServedModel", key: sequences.Key, start: bool, end
         model.sequences.close(key, sequence, end)
 
 
-def generate_input(body: dict, model: "ServedModel") -> tuple[str, dict]:
+def generate_input(body: dict, model: ServedModel) -> tuple[str, dict]:
     """The text and the task's options of a ``generate`` request (``{"text_input", "parameters"}``)."""
     if model.api.stream is None:
         raise BadRequest(f"model {model.name!r} ({model.predictor.task}) does not generate text; use its infer")
@@ -406,7 +382,7 @@ def generate_input(body: dict, model: "ServedModel") -> tuple[str, dict]:
     return text, options(body, model, [text])
 
 
-def text_output(model: "ServedModel", record: dict) -> str:
+def text_output(model: ServedModel, record: dict) -> str:
     """A generating task's text: its one output (a continuation, a translation)."""
     (output,) = tensors(model).outputs.values()
     return output.values([record])[0]
@@ -416,14 +392,14 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
+def add_routes(app: FastAPI, served: dict[str, ServedModel]) -> None:
     """The protocol's routes on the service's ``app`` for its models ``served`` (by name)."""
     try:
         server_version = version("rnnzoo")
     except PackageNotFoundError:  # run from a source tree
         server_version = "0"
 
-    def find(name: str, version: str | None) -> "ServedModel":
+    def find(name: str, version: str | None) -> ServedModel:
         if name not in served:
             raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(sorted(served))}")
         if version not in (None, VERSION):
@@ -486,7 +462,7 @@ def add_routes(app: FastAPI, served: dict[str, "ServedModel"]) -> None:
             records = [await in_sequence(model, *sequence, items[0], params)]
         return answer(model, body, records, chosen)
 
-    async def generate_request(name: str, request: Request, version: str | None) -> tuple["ServedModel", str, dict]:
+    async def generate_request(name: str, request: Request, version: str | None) -> tuple[ServedModel, str, dict]:
         model = find(name, version)
         try:
             body, _ = split_body(await request.body(), None)

@@ -3,7 +3,7 @@ sequence extension (``sequence_id``, ``sequence_start``, ``sequence_end`` in a r
 
 A recurrent network's whole past is its state, of a size fixed by its config, so a client that sends a
 conversation in chunks need not resend its history: the service keeps each sequence's state
-(``deploy.runtime.Carried``) and reads only the new chunk into it. The store is bounded: at most
+(``deploy.tasks.language_model.Carried``) and reads only the new chunk into it. The store is bounded: at most
 ``max_sequences`` at once, each dropped after ``idle_s`` without a request; a new sequence beyond the
 bound is refused (``Full``, a 429) rather than evicting one a client still uses.
 """
@@ -12,8 +12,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from deploy.runtime import Carried
 
 
 class SequenceError(ValueError):
@@ -28,7 +26,7 @@ class Full(Exception):
 class Sequence:
     """One client's conversation: what its model carries from one request to the next."""
 
-    carried: Carried | None = None  # None until its first request has been read
+    carried: object = None  # what its model carries (the predictor's ``Carried``); None until its first request
     used: float = 0.0  # when its last request ended (time.monotonic)
     running: int = 0  # its requests waiting or running; a running sequence does not expire
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # its requests run one at a time, in order

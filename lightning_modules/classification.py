@@ -56,6 +56,9 @@ class ClassificationTask(TaskModule):
         self.test_metrics = metrics.clone(prefix="test_")
         self.confusion = MulticlassConfusionMatrix(n)
 
+    def fit_extensions(self) -> tuple:
+        return tuple(extension for extension in (self.transfer, self.distillation) if extension is not None)
+
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids, lengths)
 

@@ -69,6 +69,9 @@ class TaggingTask(TaskModule):
         self._gold: list[list[str]] = []
         self._predicted: list[list[str]] = []
 
+    def fit_extensions(self) -> tuple:
+        return tuple(extension for extension in (self.transfer, self.distillation) if extension is not None)
+
     def forward(self, batch) -> torch.Tensor:
         return self.net(batch["input_ids"], batch["lengths"], batch.get("chars"), batch.get("char_lengths"))
 

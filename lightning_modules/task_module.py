@@ -2,7 +2,6 @@
 and refuse a checkpoint whose vocabulary or labels differ from the data it is used with."""
 
 import math
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -12,10 +11,6 @@ from zoo import tasks, text
 from zoo.formats import DecodingSpec
 from zoo.predict import predict
 from zoo.text import vocabulary_difference
-
-if TYPE_CHECKING:  # the tasks set these; importing them here would run an import circle
-    from lightning_modules.distillation import Distillation
-    from lightning_modules.transfer import Transfer
 
 
 class NonFiniteLoss(RuntimeError):
@@ -34,8 +29,6 @@ class TaskModule(L.LightningModule):
     # The arguments of the zoo architecture in ``self.net``. Each task still calls the architecture
     # with ``**architecture`` spelled out: LightningCLI reads that call to learn the accepted options.
     network_arguments: dict
-    distillation: "Distillation | None" = None  # soft targets from a ``teacher`` (lightning_modules.distillation)
-    transfer: "Transfer | None" = None  # first weights from a language model or vectors (lightning_modules.transfer)
 
     def __init__(self):
         super().__init__()
@@ -71,10 +64,14 @@ class TaskModule(L.LightningModule):
             tokenizer = getattr(datamodule, name, None)
             if tokenizer is not None and name not in self.tokenizer_jsons:
                 self.tokenizer_jsons[name] = tokenizer.to_str()
-        if stage == "fit" and self.transfer is not None:
-            self.transfer.apply(self)
-        if stage == "fit" and self.distillation is not None:
-            self.distillation.attach(self)
+        if stage == "fit":
+            for extension in self.fit_extensions():
+                extension.attach(self)
+
+    def fit_extensions(self) -> tuple:
+        """What the task adds to its training, each ``attach``ed before fit, in order: first weights
+        (``lightning_modules.transfer``), then a teacher (``lightning_modules.distillation``)."""
+        return ()
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         """Stop before a NaN/inf loss reaches the weights: no backward, no optimizer step, and no

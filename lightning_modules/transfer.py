@@ -53,7 +53,7 @@ class Transfer:
         self.freeze_embeddings = freeze_embeddings
         self.applied = False
 
-    def apply(self, task) -> None:
+    def attach(self, task) -> None:
         """Copy the weights into ``task.net`` (its tokenizers set from the data) and log what was copied."""
         if self.applied:
             return

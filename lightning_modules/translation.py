@@ -83,6 +83,9 @@ class TranslationTask(TaskModule):
         tokenizer = self.get_tokenizer("target_tokenizer")
         return tokenizer.token_to_id("<bos>"), tokenizer.token_to_id("<eos>")
 
+    def fit_extensions(self) -> tuple:
+        return () if self.distillation is None else (self.distillation,)
+
     def forward(self, source, lengths, target_in, teacher_forcing: float = 1.0) -> torch.Tensor:
         return self.net(source, lengths, target_in, teacher_forcing)
 
@@ -187,7 +190,7 @@ class TranslationTask(TaskModule):
     @torch.no_grad()
     def attention_weights(self, sources: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
         """Per text, the attention ``(target tokens + 1, source tokens)`` of the decoder reading its
-        target back (teacher forcing), as ``deploy.runtime.TranslatorPredictor.attention_weights``."""
+        target back (teacher forcing), as ``deploy.tasks.translation.TranslatorPredictor.attention_weights``."""
         bos, eos = self._special_ids
         source, lengths = self._padded(sources)
         memory, state = self.net.encode(source, lengths)

@@ -6,12 +6,13 @@ Imports are read with ``ast`` (module level and inside functions, which run too)
 """
 
 import ast
+import dataclasses
 import importlib
 from pathlib import Path
 
 import pytest
 
-from zoo.tasks import TASKS
+from zoo.tasks import TASKS, Task
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("zoo", "datamodules", "lightning_modules", "deploy")
@@ -25,12 +26,16 @@ ALLOWED = {
 TORCH_FREE = (
     "deploy.runtime",
     "deploy.sequences",
+    "deploy.serving",
     "deploy.service",
+    "deploy.open_inference",
     "deploy.signatures",
     "zoo.tasks",
     "zoo.text",
     "zoo.formats",
     "zoo.predict",
+    # each task's serving module (``deploy.tasks``)
+    *sorted({getattr(task, part).rpartition(".")[0] for task in TASKS.values() for part in ("predictor", "api")}),
 )
 TRAINING_STACK = ("torch", "lightning", "datasets", "torchmetrics", "safetensors")
 
@@ -41,7 +46,8 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
-    """The modules ``path`` imports: (at module level, anywhere but under ``TYPE_CHECKING``)."""
+    """The modules ``path`` imports: (when it loads, i.e. at module level and not under
+    ``TYPE_CHECKING``; anywhere, those for the type checker included)."""
     tree = ast.parse(path.read_text())
     type_only = {
         id(node)
@@ -54,8 +60,6 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
     }
     everywhere, module_level = set(), set()
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.Import):
             names = {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -63,7 +67,7 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
         else:
             continue
         everywhere |= names
-        if id(node) in top_level:
+        if id(node) in top_level and id(node) not in type_only:
             module_level |= names
     return module_level, everywhere
 
@@ -105,6 +109,8 @@ def test_the_zoo_imports_no_lightning():
 
 
 def test_no_import_circle():
+    """Not even one the type checker alone would follow (``TYPE_CHECKING``): a circle is one concept
+    split in two, whoever reads it."""
     # A package's __init__ runs before any of its modules: ``import deploy.x`` from another package
     # imports ``deploy`` too (within the package, its __init__ is already running or done).
     graph = {}
@@ -143,22 +149,33 @@ def test_the_runtime_and_service_never_import_the_training_stack(root):
     assert not external & set(TRAINING_STACK), (root, sorted(external & set(TRAINING_STACK)), sorted(seen))
 
 
+# The layer of each part a task record names, and the parts the torch-free runtime and service load.
+LAYERS = {
+    "predict": "zoo",
+    "options": "zoo",
+    "architecture": "zoo",
+    "ensemble": "zoo",
+    "lightning_module": "lightning_modules",
+    "datamodule": "datamodules",
+    "graphs": "deploy",
+    "predictor": "deploy",
+    "api": "deploy",
+    "tensors": "deploy",
+    "parity": "deploy",
+}
+SERVED_WITHOUT_TORCH = ("predict", "options", "predictor", "api", "tensors")
+
+
 @pytest.mark.parametrize("task", TASKS.values(), ids=lambda task: task.name)
 def test_every_part_a_task_names_lives_in_its_layer_and_exists(task):
-    layer = {
-        "architecture": "zoo",
-        "ensemble": "zoo",
-        "lightning_module": "lightning_modules",
-        "datamodule": "datamodules",
-        "graphs": "deploy",
-        "predictor": "deploy",
-        "api": "deploy",
-        "parity": "deploy",
-    }
-    for part, expected in layer.items():
-        path = getattr(task, part)
+    for field in dataclasses.fields(Task):
+        if field.name in ("name", "tokenizers"):  # not import paths
+            continue
+        assert field.name in LAYERS, f"tests/test_layering.py does not say where {field.name!r} lives"
+        path = getattr(task, field.name)
         module, _, attribute = path.rpartition(".")
-        assert package(module) == expected, f"{task.name}.{part} = {path} is not in {expected}"
+        where = LAYERS[field.name]
+        assert package(module) == where, f"{task.name}.{field.name} = {path} is not in {where}"
         assert module in SOURCES and hasattr(importlib.import_module(module), attribute), path
-    for part in ("predictor", "api"):  # what the torch-free runtime and service load
+    for part in SERVED_WITHOUT_TORCH:
         assert getattr(task, part).rpartition(".")[0] in TORCH_FREE, f"{task.name}.{part} is not torch-free"

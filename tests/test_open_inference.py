@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deploy import service
-from deploy.runtime import ForecasterPredictor, load
+from deploy.runtime import load
+from deploy.tasks.forecasting import ForecasterPredictor
 from tests.exports import FORECASTER, exported_models
 from tests.test_service import InProcessServer, SlowCallbacks, loop_in_debug_mode
 

@@ -13,8 +13,9 @@ from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from deploy import service
-from deploy.runtime import LanguageModelPredictor, load
+from deploy.runtime import load
 from deploy.sequences import Sequence, SequenceError, SequenceStore, sequence_key
+from deploy.tasks.language_model import LanguageModelPredictor
 from tests.test_open_inference import strings, text_input, triton_client
 from tests.test_service import HANG, InProcessServer, metric
 

@@ -27,11 +27,12 @@ import pytest
 import uvicorn
 
 from deploy import service
-from deploy.runtime import Cancelled, LanguageModelPredictor, TooLarge, load, sub_batches
+from deploy.runtime import Cancelled, load, sub_batches
+from deploy.tasks.language_model import LanguageModelPredictor
 from tests.conftest import REPO, WORDS
 from tests.exports import exported_models
 from zoo.decoding import PROMPT_CHUNK
-from zoo.predict import TranslationOptions
+from zoo.predict import TooLarge, TranslationOptions
 from zoo.text import MAX_WORD_CHARACTERS
 
 SENTIMENT = "/v1/models/sentiment/predict"

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy.runtime import load
-from deploy.service import Limits, create_app
+from deploy.service import create_app
+from deploy.serving import Limits
 from tests.exports import exported_models
 from tests.test_service import SlowCallbacks, loop_in_debug_mode
 from zoo import tasks

@@ -1,5 +1,6 @@
 """The task records: every part they name exists, and a name is found from whatever a file stores."""
 
+import dataclasses
 import inspect
 from functools import cached_property
 
@@ -7,27 +8,51 @@ import pytest
 from pydantic import BaseModel
 
 from deploy.graphs import Interface
+from deploy.open_inference import Tensors
 from deploy.runtime import Predictor
-from deploy.service import TaskAPI
+from deploy.serving import TaskAPI
 from lightning_modules.task_module import TaskModule
 from zoo import tasks
 
 
-@pytest.mark.parametrize("task", tasks.TASKS.values(), ids=lambda task: task.name)
-def test_every_part_a_task_names_exists_and_is_what_it_says(task):
+def part_checks() -> dict:
+    """For each field of ``Task``, what the part it names must be."""
     import lightning as L
     from torch import nn
 
-    assert issubclass(task.load("architecture"), nn.Module)
-    assert issubclass(task.load("lightning_module"), TaskModule)
-    assert issubclass(task.load("datamodule"), L.LightningDataModule)
-    assert inspect.signature(task.load("graphs")).return_annotation is Interface
-    assert issubclass(task.load("predictor"), Predictor)
-    api = task.load("api")
-    assert isinstance(api, TaskAPI) and issubclass(api.request, BaseModel)
-    assert list(inspect.signature(task.load("parity")).parameters) == ["predictor", "network", "rows", "batch_size"]
-    for name in task.tokenizers:  # the datamodule provides each tokenizer the task carries
-        assert isinstance(inspect.getattr_static(task.load("datamodule"), name), property | cached_property)
+    def subclass_of(base):
+        return lambda task, part: issubclass(task.load(part), base)
+
+    return {
+        "name": lambda task, part: tasks.get(task.name) is task,
+        # (model, items, options): the options the record names
+        "predict": lambda task, part: inspect.signature(task.load(part)).parameters["options"].annotation
+        is task.load("options"),
+        "options": lambda task, part: dataclasses.is_dataclass(task.load(part)),
+        "architecture": subclass_of(nn.Module),
+        "ensemble": subclass_of(nn.Module),
+        "lightning_module": subclass_of(TaskModule),
+        "datamodule": subclass_of(L.LightningDataModule),
+        "graphs": lambda task, part: inspect.signature(task.load(part)).return_annotation is Interface,
+        "predictor": subclass_of(Predictor),
+        "api": lambda task, part: isinstance(api := task.load(part), TaskAPI) and issubclass(api.request, BaseModel),
+        "tensors": lambda task, part: isinstance(task.load(part), Tensors),
+        "parity": lambda task, part: list(inspect.signature(task.load(part)).parameters)
+        == ["predictor", "network", "rows", "batch_size"],
+        # the datamodule provides each tokenizer the task carries
+        "tokenizers": lambda task, part: all(
+            isinstance(inspect.getattr_static(task.load("datamodule"), name), property | cached_property)
+            for name in task.tokenizers
+        ),
+    }
+
+
+@pytest.mark.parametrize("task", tasks.TASKS.values(), ids=lambda task: task.name)
+def test_every_part_a_task_names_exists_and_is_what_it_says(task):
+    checks = part_checks()
+    for field in dataclasses.fields(tasks.Task):  # a new part is checked for every task, or this fails
+        assert field.name in checks, f"tests/test_tasks.py has no check for the part {field.name!r}"
+        assert checks[field.name](task, field.name), (task.name, field.name)
     assert tasks.of_class(task.load("architecture")) is task is tasks.of_class(task.load("lightning_module"))
 
 

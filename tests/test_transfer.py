@@ -129,7 +129,7 @@ def test_embedding_file_rows_land_on_their_tokens_and_can_stay_frozen(tmp_path, 
     vectors.write_text("w3 1 2 3 4 5 6 7 8\nw5 8 7 6 5 4 3 2 1\nnot-in-vocabulary 0 0 0 0 0 0 0 0\n")
     task = classifier()
     untouched = task.net.embedding.weight[6].clone()
-    Transfer(pretrained_embeddings=str(vectors), freeze_embeddings=True).apply(task)
+    Transfer(pretrained_embeddings=str(vectors), freeze_embeddings=True).attach(task)
     vocabulary = Tokenizer.from_str(word_tokenizer()).get_vocab()
     weight = task.net.embedding.weight
     torch.testing.assert_close(weight[vocabulary["w3"]], torch.arange(1.0, 9.0))
@@ -140,7 +140,7 @@ def test_embedding_file_rows_land_on_their_tokens_and_can_stay_frozen(tmp_path, 
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("w3 1 2 3\n")
     with pytest.raises(TransferError, match="3-dimensional .* embedding_dim is 8"):
-        Transfer(pretrained_embeddings=str(wrong)).apply(classifier())
+        Transfer(pretrained_embeddings=str(wrong)).attach(classifier())
 
 
 # ---- layer-wise fine-tuning ----------------------------------------------------------------------------

@@ -74,6 +74,11 @@ class TaggingOptions:
     pass
 
 
+# Source tokens x beams a translation call decodes at most (every beam reads its own copy of the
+# encoder's memory); one text over it is refused (``TooLarge``).
+TOKEN_BEAMS = 8192
+
+
 @dataclass(frozen=True)
 class TranslationOptions:
     beam_size: int | None = None  # 1 is greedy; None: the model's (``decoding.beam_size``), else 5

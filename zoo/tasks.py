@@ -24,9 +24,9 @@ class Task:
     lightning_module: str  # trains, evaluates and predicts with the network
     datamodule: str  # the default data
     graphs: str  # ``deploy.graphs``: the network -> the ONNX graphs to write
-    predictor: str  # ``deploy.runtime``: runs an export with onnxruntime
-    api: str  # ``deploy.service``: the HTTP request schema and call
-    tensors: str  # ``deploy.open_inference``: its items and records as Open Inference Protocol tensors
+    predictor: str  # ``deploy.tasks.<task>``: runs an export with onnxruntime
+    api: str  # ``deploy.tasks.<task>``: the HTTP request schema and call (``deploy.serving.TaskAPI``)
+    tensors: str  # ``deploy.tasks.<task>``: its items and records as Open Inference Protocol tensors
     parity: str  # ``deploy.parity``: the export against the network on held-out rows
     tokenizers: tuple[str, ...] = ("tokenizer",)  # names of the tokenizers it carries
 
@@ -52,9 +52,9 @@ TASKS: dict[str, Task] = {
             lightning_module="lightning_modules.language_model.LanguageModelTask",
             datamodule="datamodules.ptb.PTBDataModule",
             graphs="deploy.graphs.language_model_graphs",
-            predictor="deploy.runtime.LanguageModelPredictor",
-            api="deploy.service.GENERATION_API",
-            tensors="deploy.open_inference.GENERATION_TENSORS",
+            predictor="deploy.tasks.language_model.LanguageModelPredictor",
+            api="deploy.tasks.language_model.API",
+            tensors="deploy.tasks.language_model.TENSORS",
             parity="deploy.parity.language_model_parity",
         ),
         Task(
@@ -66,9 +66,9 @@ TASKS: dict[str, Task] = {
             lightning_module="lightning_modules.classification.ClassificationTask",
             datamodule="datamodules.text_classification.IMDBDataModule",
             graphs="deploy.graphs.classifier_graphs",
-            predictor="deploy.runtime.ClassifierPredictor",
-            api="deploy.service.CLASSIFICATION_API",
-            tensors="deploy.open_inference.CLASSIFICATION_TENSORS",
+            predictor="deploy.tasks.classification.ClassifierPredictor",
+            api="deploy.tasks.classification.API",
+            tensors="deploy.tasks.classification.TENSORS",
             parity="deploy.parity.classification_parity",
         ),
         Task(
@@ -80,9 +80,9 @@ TASKS: dict[str, Task] = {
             lightning_module="lightning_modules.tagging.TaggingTask",
             datamodule="datamodules.conll.CoNLLDataModule",
             graphs="deploy.graphs.tagger_graphs",
-            predictor="deploy.runtime.TaggerPredictor",
-            api="deploy.service.TAGGING_API",
-            tensors="deploy.open_inference.TAGGING_TENSORS",
+            predictor="deploy.tasks.tagging.TaggerPredictor",
+            api="deploy.tasks.tagging.API",
+            tensors="deploy.tasks.tagging.TENSORS",
             parity="deploy.parity.tagging_parity",
             tokenizers=("tokenizer", "char_tokenizer"),
         ),
@@ -95,9 +95,9 @@ TASKS: dict[str, Task] = {
             lightning_module="lightning_modules.translation.TranslationTask",
             datamodule="datamodules.translation.TranslationDataModule",
             graphs="deploy.graphs.seq2seq_graphs",
-            predictor="deploy.runtime.TranslatorPredictor",
-            api="deploy.service.TRANSLATION_API",
-            tensors="deploy.open_inference.TRANSLATION_TENSORS",
+            predictor="deploy.tasks.translation.TranslatorPredictor",
+            api="deploy.tasks.translation.API",
+            tensors="deploy.tasks.translation.TENSORS",
             parity="deploy.parity.translation_parity",
             tokenizers=("source_tokenizer", "target_tokenizer"),
         ),
@@ -110,9 +110,9 @@ TASKS: dict[str, Task] = {
             lightning_module="lightning_modules.forecasting.ForecastingTask",
             datamodule="datamodules.ett.ETTDataModule",
             graphs="deploy.graphs.forecaster_graphs",
-            predictor="deploy.runtime.ForecasterPredictor",
-            api="deploy.service.FORECAST_API",
-            tensors="deploy.open_inference.FORECAST_TENSORS",
+            predictor="deploy.tasks.forecasting.ForecasterPredictor",
+            api="deploy.tasks.forecasting.API",
+            tensors="deploy.tasks.forecasting.TENSORS",
             parity="deploy.parity.forecasting_parity",
             tokenizers=(),
         ),
