@@ -59,10 +59,10 @@ def session_options(threads: int | None = None, memory_arena: bool = True) -> or
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # onnxruntime's memory arena (its default) keeps the pages of one call's buffers for the next: without
-    # it every call maps and faults in its buffers afresh, which made the language model's 45 MB of
-    # logits at 32 x 35 tokens 1.66x slower (99.2 -> 59.7 ms on 1 thread of a 2-core CPU). It keeps
-    # them for good, though: a service answering calls of every size stays at the sum of each
-    # session's largest, which is why ``rnnzoo serve`` runs without it (docs/export.md has the figures).
+    # it every call maps and faults in its buffers afresh (the language model's logits at 32 x 35 tokens
+    # most of all). It keeps them for good, though: a service answering calls of every size stays at
+    # the sum of each session's largest, which is why ``rnnzoo serve`` runs without it (docs/export.md
+    # has the figures).
     options.enable_cpu_mem_arena = memory_arena
     if threads is not None:
         options.intra_op_num_threads = threads

@@ -17,7 +17,6 @@ Each model is answered through ``deploy.serving`` (limits, micro-batching) by it
 """
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from deploy.events import event_stream
 from deploy.runtime import Predictor, load
 from deploy.sequences import SequenceStore, keeps_state
 from deploy.serving import Limits, MicroBatcher, ServedModel, task_api
+from zoo import allocator
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def create_app(
     for folder in map(Path, folders):
         if folder.name in predictors:
             raise ValueError(f"two model folders are named {folder.name!r}")
-        # Without onnxruntime's memory arena: it would hold each session's largest call for good (a soak of
-        # mixed requests: +165 MB after warm-up with it, +16 MB without, at 99.7 and 95.4 requests/s).
+        # Without onnxruntime's memory arena, which would hold each session's largest call for good
+        # (docs/security.md has what the soak measured with and without it).
         predictors[folder.name] = load(folder, threads, memory_arena=False)
     apis = {name: task_api(predictor) for name, predictor in predictors.items()}
     registry = CollectorRegistry()
@@ -281,7 +281,7 @@ def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8000, **optio
     limits = Limits(**{k: v for k, v in options.items() if k in Limits.__dataclass_fields__})
     check_descriptors(limits.max_connections)
     allowed_hosts = options.get("allowed_hosts") or default_allowed_hosts(host)
-    return_large_blocks_to_the_os()
+    allocator.return_freed_memory()  # or the server stays at the size of its largest calls
     app = create_app(folders, limits, options.get("threads"), allowed_hosts)
     uvicorn.Server(uvicorn_config(app, limits, host=host, port=port)).run()
 
@@ -318,14 +318,3 @@ def default_allowed_hosts(host: str) -> list[str]:
     """A service bound to the loopback answers only requests that name it so; one bound to another
     address answers any name (``--allowed_hosts`` narrows it)."""
     return LOOPBACK if host in LOOPBACK else ["*"]
-
-
-def return_large_blocks_to_the_os() -> None:
-    """glibc raises its mmap threshold as large blocks are freed and then serves them from heaps it
-    seldom trims: a soak of mixed requests left the server 200-250 MB above its size after warm-up.
-    A fixed threshold maps every block over 64 KB and unmaps it when freed, at no measured cost in speed."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD

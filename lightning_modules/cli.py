@@ -141,7 +141,7 @@ def zoo_main(argv: list[str]) -> None:
 def export_main(argv: list[str]) -> None:
     from deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export
     from lightning_modules.task_io import as_pretrained_folder
-    from zoo.hub import ZooError
+    from zoo.hub import ZooError, resolve
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo export", description="Export a checkpoint or pretrained folder to ONNX, verified against PyTorch."
@@ -162,6 +162,7 @@ def export_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     try:
         with as_pretrained_folder(args.ckpt) as (source, checkpoint_sha256):
+            source = resolve(source)  # once: a zoo entry, URL or hf:// source is fetched and checked here
             test = parity_rows(source, args.data_dir) if args.data_dir else None
             config = export(
                 source, args.out, args.opset, args.tolerance, args.quantize, test, args.parity_examples,
@@ -178,15 +179,14 @@ def export_main(argv: list[str]) -> None:
     print(f"wrote {args.out}")
 
 
-def parity_rows(source, data_dir: str):
-    """The held-out rows of ``data_dir`` that export's parity check reads, in the task's schema: the test
-    split's rows (``test.parquet``), or a forecaster's test windows of its series."""
+def parity_rows(folder, data_dir: str):
+    """The held-out rows of ``data_dir`` that export's parity check reads for the pretrained ``folder``,
+    in the task's schema: the test split's rows (``test.parquet``), or a forecaster's test windows."""
     from datamodules.loading import load_splits
     from zoo import tasks
     from zoo.formats import read_pretrained_config
-    from zoo.hub import resolve
 
-    config = read_pretrained_config(resolve(source))
+    config = read_pretrained_config(folder)
     datamodule = tasks.get(config.task).load("datamodule")
     if hasattr(datamodule, "test_rows"):
         return datamodule.test_rows(data_dir, config.task_arguments)

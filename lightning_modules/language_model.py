@@ -1,8 +1,6 @@
 """Language modelling task: truncated BPTT over a contiguous stream, token-weighted perplexity."""
 
-import ctypes
 import math
-import sys
 import warnings
 from typing import Literal
 
@@ -13,14 +11,12 @@ from torchmetrics import MeanMetric
 
 from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
-from zoo import decoding, text
+from zoo import allocator, decoding, text
 from zoo.language_model import RNNLanguageModel
 from zoo.language_model import generate as generate_ids
 from zoo.predict import GenerationOptions
 from zoo.recurrent import detach_state
 from zoo.text import IGNORE_INDEX
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 class LanguageModelTask(TaskModule):
@@ -104,9 +100,12 @@ class LanguageModelTask(TaskModule):
             tokenizer = Tokenizer.from_str(self.tokenizer_jsons["tokenizer"])
             self.net.set_words([tokenizer.id_to_token(i) for i in range(self.net.vocab_size)])
 
+    def fit_extensions(self) -> tuple:
+        return () if self.distillation is None else (self.distillation,)
+
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":
-            keep_freed_heap_memory()
+            allocator.keep_freed_memory()  # a CPU step's large buffers stay for the next one
 
     def on_train_start(self) -> None:
         """A resumed run: the carried state of a mid-epoch checkpoint (Lightning calls no
@@ -202,27 +201,6 @@ class LanguageModelTask(TaskModule):
         eos = text.special_id(self.tokenizer, text.EOS)
         o = options
         return generate_ids(self.net, prompt_ids, o.max_new_tokens, o.temperature, o.top_k, eos, o.seed)
-
-
-def keep_freed_heap_memory() -> None:
-    """Have glibc keep the heap memory a CPU training step frees for the next step.
-
-    Each step allocates and frees a few (B*T x vocab) buffers: the logits, their log-probabilities
-    and both gradients, 16 MB each for PTB's 10,000 words at batch 20 x bptt 20. With glibc's
-    adaptive defaults the free top of the heap is handed back to the OS at the end of a step and
-    page-faulted back in the next: 7,000 to 11,000 faults per step for PTB-small, 15-25% of its
-    step on a 2-core CPU. Buffers of up to 32 MB (glibc's ceiling for the mmap threshold) now stay
-    on the heap, which keeps up to 1 GB of free memory; the peak memory is the same. This is
-    process-wide: the rest of the process keeps these settings.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def rng_states() -> list[torch.Tensor]:

@@ -8,7 +8,7 @@ from deploy.runtime import Predictor, sub_batches
 from deploy.serving import TaskAPI, TextsRequest
 
 # Padded tokens (texts x tokens) per onnxruntime call, so that one long text neither pads the others
-# nor multiplies a call's memory (docs/serving.md has what a token costs).
+# nor multiplies a call's memory (docs/security.md has what a call costs).
 TOKENS = 4096
 
 

@@ -14,7 +14,7 @@ from deploy.runtime import Predictor, check_cancelled, sub_batches
 from deploy.serving import Limits, TaskAPI, TextsRequest
 from zoo import decoding, text
 from zoo.formats import CONFIG_FILE, ExportConfig, FormatError
-from zoo.predict import TOKEN_BEAMS, TooLarge, TranslationOptions, target_budget
+from zoo.predict import TOKEN_BEAMS, TooLarge, TranslationOptions, options_for, target_budget
 
 
 class TranslatorPredictor(Predictor):
@@ -185,9 +185,11 @@ class TranslateRequest(TextsRequest):
 
 
 def stream_translation(predictor: Predictor, params: dict, limits: Limits) -> Callable[[str], Iterator[str]]:
-    if params.get("beam_size", 1) != 1 or params.get("attention"):
+    options = options_for(predictor.task, **params)
+    if options.beam_size not in (None, 1) or options.attention:
         raise ValueError("a streamed translation is greedy and without attention: send beam_size 1 or none")
-    return lambda source: predictor.stream(source, params.get("max_new_tokens"), limits.max_beam_tokens)
+    return lambda source: predictor.stream(source, options.max_new_tokens, limits.max_beam_tokens)
+
 
 API = TaskAPI(
     TranslateRequest,
