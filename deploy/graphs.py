@@ -104,7 +104,7 @@ def language_model_graphs(network: RNNLanguageModel) -> Interface:
         state_shape = (stack.num_layers, batch, stack.hidden_size)
         return (tokens, *(torch.randn(state_shape, generator=generator) for _ in state))
 
-    state = names.state_names(stack.cell)
+    state = names.state_names(stack.state_names)
     inputs, outputs = [names.TOKENS, *state], [names.LOGITS, *names.next_state(state)]
     axes = {names.TOKENS: {0: "batch", 1: "time"}, names.LOGITS: {0: "batch", 1: "time"}}
     axes |= {name: {1: "batch"} for name in inputs[1:] + outputs[1:]}
@@ -189,8 +189,8 @@ class DecoderStepGraph(nn.Module):
 
     def forward(self, tokens, *inputs):
         network = self.network
-        state_count = 2 if network.cell == "lstm" else 1
-        rnn = inputs[:state_count] if state_count == 2 else inputs[0]
+        state_count = len(network.decoder.state_names)
+        rnn = inputs[:state_count] if state_count > 1 else inputs[0]
         feed = inputs[state_count] if network.input_feeding else None
         memory_fields = names.MEMORY[network.context]
         fields = dict(zip(memory_fields, inputs[state_count + network.input_feeding :], strict=True))
@@ -210,7 +210,7 @@ def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Inte
         return _seq2seq_ensemble_graphs(network)
     vocab, target_vocab = network.source_embedding.num_embeddings, network.target_embedding.num_embeddings
     memory_names = list(names.MEMORY[network.context].values())
-    state_names = names.state_names(network.cell, network.input_feeding)
+    state_names = names.state_names(network.decoder.state_names, network.input_feeding)
     encoder = EncoderGraph(network)
 
     def encoder_inputs(batch, time, generator):

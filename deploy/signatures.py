@@ -36,9 +36,10 @@ def tagger_inputs(characters: bool) -> list[str]:
     return [TOKENS, LENGTHS, *([CHARS, CHAR_LENGTHS] if characters else [])]
 
 
-def state_names(cell: str, input_feeding: bool = False) -> list[str]:
-    """The state tensors of a recurrent network with ``cell``, as graph inputs."""
-    return [*(["h", "c"] if cell == "lstm" else ["h"]), *(["feed"] if input_feeding else [])]
+def state_names(stack_state: tuple[str, ...], input_feeding: bool = False) -> list[str]:
+    """The state tensors of a recurrent network, as graph inputs: its stack's (``RecurrentStack.state_names``)
+    and, with input feeding, the attention vector fed back."""
+    return [*stack_state, *(["feed"] if input_feeding else [])]
 
 
 def next_state(names: list[str]) -> list[str]:

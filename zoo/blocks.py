@@ -11,11 +11,14 @@ When a layer's input is narrower or wider than its output (the first layer), the
 map, as in a ResNet's projection shortcut.
 """
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-BLOCKS = ("none", "residual_mlp")
+Block = Literal["none", "residual_mlp"]
+BLOCKS = get_args(Block)
 
 
 class RMSNorm(nn.Module):

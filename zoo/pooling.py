@@ -1,12 +1,12 @@
 """Pooling a recurrent stack's outputs into one vector per sequence, over valid positions only."""
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 Pooling = Literal["last", "mean", "max", "attention", "concat"]
-POOLINGS = ("last", "mean", "max", "attention", "concat")
+POOLINGS = get_args(Pooling)
 
 
 def pooled_size(kind: Pooling, output_size: int) -> int:

@@ -10,25 +10,26 @@ can sit between them.
 
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.blocks import BLOCKS, ResidualMLPBlock, RMSNorm
+from zoo.blocks import BLOCKS, Block, ResidualMLPBlock, RMSNorm
 from zoo.cells import LOOP_CELLS, LoopRecurrence
 from zoo.dropout import make_dropout
 from zoo.fused import FusedBidirectional, run_to_lengths
 from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence
 from zoo.modern import MODERN_CELLS, ModernRecurrence
 
-CellType = Literal["rnn", "lstm", "gru", "gated", "jordan", "mingru", "minlstm", "mlstm", "slstm", "mamba2", "rglru"]
 FUSED_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS) + tuple(MINIMAL_CELLS) + tuple(MODERN_CELLS)
-Block = Literal["none", "residual_mlp"]
+# The cells that exist, as the type LightningCLI checks flags against: a new cell registers in its
+# module's table and is a choice here without another edit (a Literal of a tuple is of its items).
+CellType = Literal[CELLS]
 RecurrentInit = Literal["default", "orthogonal", "identity"]
-RECURRENT_INITS = ("default", "orthogonal", "identity")
+RECURRENT_INITS = get_args(RecurrentInit)
 Nonlinearity = Literal["tanh", "relu"]
 
 # An LSTM state is (h, c); every other cell carries one tensor. Shapes follow torch:
@@ -159,6 +160,9 @@ class RecurrentStack(nn.Module):
         if any(not 0 <= i < num_layers for i in slstm_at):
             raise ValueError(f"slstm_at={slstm_at} names layers outside 0..{num_layers - 1}")
         self.cell = cell
+        # The tensors of the state it carries: an LSTM's hidden and cell state, one tensor for every
+        # other cell (the modern cells pack theirs into it, ``zoo.packed_state``).
+        self.state_names = ("h", "c") if FUSED_CELLS.get(cell) is nn.LSTM else ("h",)
         self.layer_cells = ["slstm" if i in slstm_at else cell for i in range(num_layers)]
         self.nonlinearity = nonlinearity
         self.recurrent_init = recurrent_init
@@ -232,7 +236,7 @@ class RecurrentStack(nn.Module):
         zeros = torch.zeros(
             self.num_layers * self.num_directions, batch_size, self.state_size, device=device, dtype=dtype
         )
-        return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
+        return zeros if len(self.state_names) == 1 else tuple(zeros.clone() for _ in self.state_names)
 
     def _layer_state(self, state: State | None, i: int) -> State | None:
         rows = slice(i * self.num_directions, (i + 1) * self.num_directions)
@@ -272,6 +276,6 @@ class RecurrentStack(nn.Module):
             final_states.append(map_state(layer_state, lambda s, padding=padding: F.pad(s, padding)))
         if self.blocks is not None:
             x = self.final_norm(x)
-        if self.cell == "lstm":
-            return x, (torch.cat([s[0] for s in final_states]), torch.cat([s[1] for s in final_states]))
+        if len(self.state_names) > 1:
+            return x, tuple(torch.cat(parts) for parts in zip(*final_states, strict=True))
         return x, torch.cat(final_states)

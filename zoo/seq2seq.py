@@ -126,7 +126,8 @@ class Seq2Seq(nn.Module):
         batch = source.size(0)
         initial = torch.tanh(self.bridge(summary)).view(batch, self.num_layers, self.decoder_size)
         initial = initial.transpose(0, 1).contiguous()
-        rnn_state = (initial, torch.zeros_like(initial)) if self.cell == "lstm" else initial
+        extra = [torch.zeros_like(initial) for _ in self.decoder.state_names[1:]]  # an LSTM's cell state
+        rnn_state = (initial, *extra) if extra else initial
         feed = outputs.new_zeros(batch, self.decoder_size) if self.input_feeding else None
         keys = self.attention.keys(outputs) if self.attention is not None else None
         mask = valid_mask(lengths.to(source.device), source.size(1))
