@@ -39,6 +39,7 @@ def part_checks() -> dict:
         "tensors": lambda task, part: isinstance(task.load(part), Tensors),
         "parity": lambda task, part: list(inspect.signature(task.load(part)).parameters)
         == ["predictor", "network", "rows", "batch_size"],
+        "usage": lambda task, part: task.usage.startswith(".") and "(" in task.usage,
         # the datamodule provides each tokenizer the task carries
         "tokenizers": lambda task, part: all(
             isinstance(inspect.getattr_static(task.load("datamodule"), name), property | cached_property)

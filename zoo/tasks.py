@@ -28,6 +28,7 @@ class Task:
     api: str  # ``deploy.tasks.<task>``: the HTTP request schema and call (``deploy.serving.TaskAPI``)
     tensors: str  # ``deploy.tasks.<task>``: its items and records as Open Inference Protocol tensors
     parity: str  # ``deploy.parity``: the export against the network on held-out rows
+    usage: str  # how a trained model of the task is called, shown in the README's zoo table
     tokenizers: tuple[str, ...] = ("tokenizer",)  # names of the tokenizers it carries
 
     def load(self, part: str):
@@ -56,6 +57,7 @@ TASKS: dict[str, Task] = {
             api="deploy.tasks.language_model.API",
             tensors="deploy.tasks.language_model.TENSORS",
             parity="deploy.parity.language_model_parity",
+            usage='.generate("the company said")',
         ),
         Task(
             "classification",
@@ -70,6 +72,7 @@ TASKS: dict[str, Task] = {
             api="deploy.tasks.classification.API",
             tensors="deploy.tasks.classification.TENSORS",
             parity="deploy.parity.classification_parity",
+            usage=".classify([...])",
         ),
         Task(
             "tagging",
@@ -84,6 +87,7 @@ TASKS: dict[str, Task] = {
             api="deploy.tasks.tagging.API",
             tensors="deploy.tasks.tagging.TENSORS",
             parity="deploy.parity.tagging_parity",
+            usage=".tag([...])",
             tokenizers=("tokenizer", "char_tokenizer"),
         ),
         Task(
@@ -99,6 +103,7 @@ TASKS: dict[str, Task] = {
             api="deploy.tasks.translation.API",
             tensors="deploy.tasks.translation.TENSORS",
             parity="deploy.parity.translation_parity",
+            usage=".translate([...])",
             tokenizers=("source_tokenizer", "target_tokenizer"),
         ),
         Task(
@@ -114,6 +119,7 @@ TASKS: dict[str, Task] = {
             api="deploy.tasks.forecasting.API",
             tensors="deploy.tasks.forecasting.TENSORS",
             parity="deploy.parity.forecasting_parity",
+            usage=".predict([window])",
             tokenizers=(),
         ),
     )

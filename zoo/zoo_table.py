@@ -21,15 +21,6 @@ END = "<!-- zoo-table:end -->"
 
 TASK_ORDER = tuple(tasks.TASKS)
 
-# How ``task_from_pretrained(name)`` is used for each task.
-USAGE = {
-    "language_model": '.generate("the company said")',
-    "classification": ".classify([...])",
-    "tagging": ".tag([...])",
-    "translation": ".translate([...])",
-    "forecasting": ".predict([window])",
-}
-
 # Metric key -> (label, format); the first metric an entry has in this order is its headline, the
 # others follow in parentheses. Fractions (accuracy, F1, precision, recall) are shown as percentages.
 METRICS = {
@@ -78,7 +69,7 @@ def row(entry: EntryInfo) -> list[str]:
     if not architecture:
         what, architecture = task, what
     params = f"{entry.parameters / 1e6:.1f} M" if entry.parameters is not None else ""
-    usage = f'`task_from_pretrained("{name}"){USAGE[task]}`' if task in USAGE else ""
+    usage = f'`task_from_pretrained("{name}"){tasks.TASKS[task].usage}`' if task in tasks.TASKS else ""
     cells = [f"`{name}`", what, architecture, params, metric_text(entry.metrics)]
     cells += [entry.anchor, f"{entry.size() / 1e6:.1f} MB", usage]
     return [cell(c) for c in cells]
