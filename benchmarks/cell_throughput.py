@@ -30,7 +30,7 @@ from torch import nn
 import deploy
 from deploy.export import export, load_source
 from lightning_modules.task_io import as_pretrained_folder
-from zoo.recurrent import RecurrentStack
+from zoo.cells.recurrent import RecurrentStack
 
 CELLS = ("lstm", "gru", "mingru", "mlstm", "slstm", "mamba2", "rglru")
 

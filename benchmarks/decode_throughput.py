@@ -17,7 +17,7 @@ from tqdm import tqdm
 from datamodules import TranslationDataModule
 from lightning_modules import TranslationTask
 from zoo import create_model
-from zoo.seq2seq import translate_ids
+from zoo.networks.seq2seq import translate_ids
 
 
 def load(args) -> tuple[torch.nn.Module, list[str], tuple[int, int], TranslationTask | None]:

@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from zoo.recurrent import RecurrentStack
+from zoo.cells.recurrent import RecurrentStack
 
 PAIRS = (("gru", "mingru"), ("lstm", "minlstm"))
 TORCH_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}

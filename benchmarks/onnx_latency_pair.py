@@ -21,8 +21,8 @@ import datasets
 import deploy
 from deploy.export import export
 from lightning_modules.task_io import as_pretrained_folder
-from zoo.hub import resolve
-from zoo.pretrained import load_pretrained
+from zoo.storage.hub import resolve
+from zoo.storage.pretrained import load_pretrained
 
 
 def inputs(predictor, data_dir: str, count: int) -> list:

@@ -35,7 +35,7 @@ def synthetic_classifier(folder: Path) -> Path:
 
     from deploy.export import export
     from zoo import SequenceClassifier
-    from zoo.pretrained import save_pretrained
+    from zoo.storage.pretrained import save_pretrained
 
     torch.manual_seed(0)
     vocab = {"<pad>": 0, "<unk>": 1} | {f"w{i}": i + 2 for i in range(29_998)}

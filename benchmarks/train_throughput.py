@@ -26,7 +26,7 @@ cuDNN; Lightning via ``torch.set_float32_matmul_precision("high")``) and ``bf16-
 epoch from a zero state. On CUDA the clock is read after ``torch.cuda.synchronize()``.
 
 The page faults show glibc handing the step's freed heap back to the OS and faulting it in again;
-rnnzoo's task stops that when a CPU fit starts (``zoo.allocator.keep_freed_memory``). To compare the two
+rnnzoo's task stops that when a CPU fit starts (``zoo.common.allocator.keep_freed_memory``). To compare the two
 loops without that difference, give both the same malloc settings:
 
     python benchmarks/train_throughput.py --data_dir ../shared/data/ptb

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from datamodules.batching import bucketed_loader
 from datamodules.loading import DataError, require_positive
 from datamodules.tokenization import pretrained_tokenizers
-from zoo import text
+from zoo.common import text
 
 
 def items_loader(items: list, key: str, batch_size: int) -> DataLoader:
@@ -60,7 +60,7 @@ class TextDataModule(L.LightningDataModule):
 
     def text_loader(self, texts: list[str], tokenizer: Tokenizer, end: str | None = None) -> DataLoader:
         """``rnnzoo predict``'s batches of raw ``texts`` (``{"texts": [...]}``), which the task encodes
-        with ``zoo.text`` (``task.predict``, as at every entry point); a text it would refuse is a
+        with ``zoo.common.text`` (``task.predict``, as at every entry point); a text it would refuse is a
         ``DataError`` here, before the run starts."""
         try:
             text.encode(tokenizer, texts, "predict_texts", end=end)

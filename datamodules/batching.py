@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from zoo.text import pad
+from zoo.common.text import pad
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(B, T)`` long tensor and the ``(B,)`` lengths (``zoo.text.pad``)."""
+    """Right-padded ``(B, T)`` long tensor and the ``(B,)`` lengths (``zoo.common.text.pad``)."""
     padded, lengths = pad(sequences, pad_value)
     return torch.from_numpy(padded), torch.from_numpy(lengths)
 

@@ -9,8 +9,8 @@ from datamodules.base import BucketedDataModule, items_loader
 from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column
 from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, text_normalizer
-from zoo import text
-from zoo.text import IGNORE_INDEX, PAD, UNK, log
+from zoo.common import text
+from zoo.common.text import IGNORE_INDEX, PAD, UNK, log
 
 SPLITS = ("train", "validation", "test")
 
@@ -101,7 +101,7 @@ class CoNLLDataModule(BucketedDataModule):
         return self.char_tokenizer.get_vocab_size() if self.char_tokenizer else 0
 
     def encode_sentences(self, sentences: list[list[str]]) -> list[tuple[list[int], list[list[int]]]]:
-        """Word ids and per-word character ids (``zoo.text.encode_words``)."""
+        """Word ids and per-word character ids (``zoo.common.text.encode_words``)."""
         try:
             return text.encode_words(self.tokenizer, self.char_tokenizer, sentences)
         except ValueError as err:

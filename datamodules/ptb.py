@@ -13,7 +13,7 @@ from datamodules.base import STAGE_SPLITS, TextDataModule
 from datamodules.loading import DataError, load_splits, require_column, require_positive
 from datamodules.streams import BPTTWindows, WindowLoader, stream_layout
 from datamodules.tokenization import fit_char_tokenizer, fit_word_tokenizer, text_normalizer
-from zoo.text import EOS, UNK
+from zoo.common.text import EOS, UNK
 
 SPLITS = ("train", "validation", "test")
 SPECIAL_TOKENS = [UNK, EOS]

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from zoo.text import IGNORE_INDEX
+from zoo.common.text import IGNORE_INDEX
 
 
 def stream_layout(

@@ -10,8 +10,8 @@ from datamodules.base import BucketedDataModule
 from datamodules.batching import pad_sequences
 from datamodules.loading import DataError, load_splits, require_column
 from datamodules.tokenization import fit_bpe_tokenizer, fit_word_tokenizer, text_normalizer
-from zoo import text
-from zoo.text import PAD, UNK, log
+from zoo.common import text
+from zoo.common.text import PAD, UNK, log
 
 
 class IMDBDataModule(BucketedDataModule):

@@ -157,9 +157,9 @@ def pretrained_tokenizers(
     ``optional`` that it has (a language model has no character vocabulary); {} for None."""
     if source is None:
         return {}
-    from zoo.checkpoint import checkpoint_tokenizers
-    from zoo.hub import resolve
-    from zoo.pretrained import load_tokenizers
+    from zoo.storage.checkpoint import checkpoint_tokenizers
+    from zoo.storage.hub import resolve
+    from zoo.storage.pretrained import load_tokenizers
 
     try:
         found = checkpoint_tokenizers(source) if str(source).endswith(".ckpt") else load_tokenizers(resolve(source))

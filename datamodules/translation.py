@@ -15,7 +15,7 @@ from datamodules.base import BucketedDataModule
 from datamodules.batching import bucket_batches, pad_sequences
 from datamodules.loading import DataError, load_splits, require_column
 from datamodules.tokenization import fit_reversible_tokenizer
-from zoo.text import BOS, EOS, IGNORE_INDEX, PAD, UNK, log
+from zoo.common.text import BOS, EOS, IGNORE_INDEX, PAD, UNK, log
 
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # ids 0..3 on both sides
 SPLITS = ("train", "validation", "test")

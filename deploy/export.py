@@ -14,7 +14,7 @@ export fails, writing nothing, when the outputs differ by more than the toleranc
 We use the TorchScript-based exporter (``dynamo=False``) on purpose: it maps ``nn.LSTM``/``GRU``/
 ``RNN`` (packed sequences included) to ONNX's fused LSTM/GRU/RNN ops with ``sequence_lens``, while
 the dynamo exporter in this torch decomposes recurrences and needs extra packages. ``mingru``,
-``minlstm`` and the modern cells (``zoo.modern``) export their recurrence as an ONNX Loop over time.
+``minlstm`` and the modern cells (``zoo.cells.modern``) export their recurrence as an ONNX Loop over time.
 """
 
 import os
@@ -29,14 +29,14 @@ import torch
 
 from deploy.graphs import Graph
 from deploy.parity import task_parity
-from zoo import tasks
-from zoo.cells import LOOP_CELLS
-from zoo.ensemble import LanguageModelEnsemble
-from zoo.formats import WEIGHTS_FILE, DecodingSpec, ExportConfig, GraphSpec, write_json
-from zoo.fused import prepare_for_onnx_export
-from zoo.hub import resolve, sha256_of
-from zoo.pretrained import Pretrained, load_pretrained, staged_folder
-from zoo.recurrent import RecurrentStack
+from zoo.cells.fused import prepare_for_onnx_export
+from zoo.cells.loop import LOOP_CELLS
+from zoo.cells.recurrent import RecurrentStack
+from zoo.common import tasks
+from zoo.common.formats import WEIGHTS_FILE, DecodingSpec, ExportConfig, GraphSpec, write_json
+from zoo.networks.ensemble import LanguageModelEnsemble
+from zoo.storage.hub import resolve, sha256_of
+from zoo.storage.pretrained import Pretrained, load_pretrained, staged_folder
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
@@ -51,7 +51,8 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
 def load_source(source: str | os.PathLike) -> tuple[Pretrained, str]:
-    """A pretrained folder, zoo entry, URL or ``hf://`` repository (``zoo.hub.resolve``) and its weights' sha256."""
+    """A pretrained folder, zoo entry, URL or ``hf://`` repository (``zoo.storage.hub.resolve``) and its
+    weights' sha256."""
     if Path(source).is_file():
         raise ValueError(f"{source} is a file: export reads pretrained folders (`rnnzoo export` converts a .ckpt)")
     folder = resolve(source)
@@ -156,7 +157,7 @@ def quantize_int8(path: Path) -> None:
 
     LSTM layers become ``DynamicQuantizeLSTM``; ONNX Runtime has no integer GRU or RNN op, so for
     those only the matrix products outside the recurrence and the embeddings are quantized (a
-    translator's decoder step writes its recurrence as matrix products: ``zoo.fused.SingleStep``).
+    translator's decoder step writes its recurrence as matrix products: ``zoo.cells.fused.SingleStep``).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from zoo.formats import FormatError
+from zoo.common.formats import FormatError
 
 
 def check_no_external_data(path: Path) -> None:

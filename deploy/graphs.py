@@ -5,7 +5,7 @@ lengths -> logits). Tagger: one graph (-> emissions and Viterbi tag ids). Transl
 graph and an incremental decoder-step graph; for an ensemble, a pair per member (``member0.encoder.onnx``...).
 Forecaster: one graph (a window in the data's units -> the forecast in the same units).
 
-A classifier or tagger ensemble (``zoo.ensemble``) is one graph with a single network's inputs and
+A classifier or tagger ensemble (``zoo.networks.ensemble``) is one graph with a single network's inputs and
 outputs, so its export runs where a single network's does.
 """
 
@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 from deploy import signatures as names
-from zoo.classifier import SequenceClassifier
-from zoo.ensemble import Ensemble, Seq2SeqEnsemble
-from zoo.forecaster import Forecaster
-from zoo.formats import MemberSpec, StateSpec
-from zoo.fused import SingleStep
-from zoo.language_model import RNNLanguageModel
-from zoo.pooling import valid_mask
-from zoo.seq2seq import DecoderState, Memory, Seq2Seq
-from zoo.tagger import SequenceTagger
+from zoo.cells.fused import SingleStep
+from zoo.common.formats import MemberSpec, StateSpec
+from zoo.networks.classifier import SequenceClassifier
+from zoo.networks.ensemble import Ensemble, Seq2SeqEnsemble
+from zoo.networks.forecaster import Forecaster
+from zoo.networks.language_model import RNNLanguageModel
+from zoo.networks.pooling import valid_mask
+from zoo.networks.seq2seq import DecoderState, Memory, Seq2Seq
+from zoo.networks.tagger import SequenceTagger
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Graph:
 @dataclass
 class Interface:
     """A network's graphs and the roles of their tensors (written to ``config.json``, see
-    ``zoo.formats.ExportConfig``): the state carried between calls and the translator's memory."""
+    ``zoo.common.formats.ExportConfig``): the state carried between calls and the translator's memory."""
 
     graphs: list[Graph]
     state: StateSpec = field(default_factory=StateSpec)
@@ -252,7 +252,7 @@ def seq2seq_graphs(network: Seq2Seq | Seq2SeqEnsemble, prefix: str = "") -> Inte
 
 def _seq2seq_ensemble_graphs(ensemble: Seq2SeqEnsemble) -> Interface:
     """Every member's own graphs: members may differ in cell, attention and state, and the runtime
-    averages their next-word probabilities at each step (``zoo.decoding.log_mean_probabilities``)."""
+    averages their next-word probabilities at each step (``zoo.common.decoding.log_mean_probabilities``)."""
     graphs, members = [], []
     for i, member in enumerate(ensemble.members):
         interface = seq2seq_graphs(member, prefix=f"member{i}.")

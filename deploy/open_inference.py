@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from deploy import sequences
 from deploy.events import event_stream
 from deploy.serving import ServedModel
-from zoo import tasks
+from zoo.common import tasks
 
 VERSION = "1"  # every model's one version
 HEADER_LENGTH = "inference-header-content-length"

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 import deploy
 from deploy import signatures as names
-from zoo import tasks
-from zoo.seq2seq import translate_ids
+from zoo.common import tasks
+from zoo.networks.seq2seq import translate_ids
 
 
 def _batches(items: list, size: int):

@@ -1,8 +1,8 @@
 """Predictors for exported folders: onnxruntime, numpy and ``tokenizers`` only, never torch.
 
-``load(folder)`` reads the folder's checked ``config.json`` (``zoo.formats.ExportConfig``) and returns the
-predictor its task names (``zoo.tasks``). Text goes through the same pipeline as in training and in
-the PyTorch tasks (``zoo.text``), and decoding through the same loops (``zoo.decoding``), so a folder
+``load(folder)`` reads the folder's checked ``config.json`` (``zoo.common.formats.ExportConfig``) and returns the
+predictor its task names (``zoo.common.tasks``). Text goes through the same pipeline as in training and in
+the PyTorch tasks (``zoo.common.text``), and decoding through the same loops (``zoo.common.decoding``), so a folder
 predicts what its network predicts. Sessions are tuned for throughput: every graph optimization, and
 ``threads`` intra-op threads (default: onnxruntime's choice, one per core); one thread per session is
 best when many processes or requests run side by side. ``memory_arena`` (``session_options``) keeps each
@@ -20,9 +20,9 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from deploy.external_data import check_no_external_data
-from zoo import tasks, text
-from zoo.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
-from zoo.predict import predict
+from zoo.common import tasks, text
+from zoo.common.formats import CONFIG_FILE, ExportConfig, FormatError, folder_file, read_export_config
+from zoo.common.predict import predict
 
 
 class Cancelled(Exception):
@@ -115,12 +115,12 @@ class Predictor:
         return {}
 
     def predict(self, items: list, options=None, **limits) -> list[dict]:
-        """The task's records for ``items`` (``zoo.predict``: the same at every entry point);
+        """The task's records for ``items`` (``zoo.common.predict``: the same at every entry point);
         ``limits`` bound the work per onnxruntime call (``budget``)."""
         return predict(self, items, options, **limits)
 
     def encode(self, texts: list[str], tokenizer: str = "tokenizer", end: str | None = None):
-        """Right-padded ids ``(B, T)`` and lengths ``(B,)`` of raw texts (``zoo.text``)."""
+        """Right-padded ids ``(B, T)`` and lengths ``(B,)`` of raw texts (``zoo.common.text``)."""
         tokenizer = self.tokenizers[tokenizer]
         return text.pad(text.encode(tokenizer, texts, end=end), text.pad_id(tokenizer))
 

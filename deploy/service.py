@@ -36,7 +36,7 @@ from deploy.events import event_stream
 from deploy.runtime import Predictor, load
 from deploy.sequences import SequenceStore, keeps_state
 from deploy.serving import Limits, MicroBatcher, ServedModel, task_api
-from zoo import allocator
+from zoo.common import allocator
 
 log = logging.getLogger(__name__)
 

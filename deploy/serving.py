@@ -25,9 +25,9 @@ from pydantic import BaseModel, Field
 
 from deploy.runtime import Cancelled, Predictor, cancellable
 from deploy.sequences import Sequence, SequenceStore
-from zoo import tasks
-from zoo.predict import TOKEN_BEAMS, TooLarge, options_for
-from zoo.text import check_texts
+from zoo.common import tasks
+from zoo.common.predict import TOKEN_BEAMS, TooLarge, options_for
+from zoo.common.text import check_texts
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class TextsRequest(BaseModel):
 
 @dataclass
 class TaskAPI:
-    """How one task is served (``zoo.tasks`` names it): its request schema and which field holds the
-    items; the other fields are the task's options (``zoo.predict``). Every task answers
+    """How one task is served (``zoo.common.tasks`` names it): its request schema and which field holds the
+    items; the other fields are the task's options (``zoo.common.predict``). Every task answers
     ``{"model", "predictions"}``, the records ``predictor.predict`` gives at every entry point."""
 
     request: type[BaseModel]

@@ -21,7 +21,7 @@ TAGGER_OUTPUTS = [EMISSIONS, TAGS]
 SOURCE, ATTENTION = "source", "attention"
 ENCODER_INPUTS = [SOURCE, LENGTHS]
 # What the decoder step reads from the encoded source, by how the decoder sees it (``Seq2Seq.context``):
-# the ``zoo.seq2seq.Memory`` field and the graph tensor it becomes.
+# the ``zoo.networks.seq2seq.Memory`` field and the graph tensor it becomes.
 MEMORY = {
     "initial": {},
     "every_step": {"summary": "summary"},

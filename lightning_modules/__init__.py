@@ -1,10 +1,10 @@
-"""LightningModules (one per task, see ``zoo.tasks``) and the ``rnnzoo`` command.
+"""LightningModules (one per task, see ``zoo.common.tasks``) and the ``rnnzoo`` command.
 
 The tasks are imported on first use, so that ``rnnzoo serve`` (``lightning_modules.cli``) runs
 without torch.
 """
 
-from zoo import tasks
+from zoo.common import tasks
 
 __all__ = [task.lightning_module_name for task in tasks.TASKS.values()]
 

@@ -11,8 +11,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
 from lightning_modules.transfer import transfer_from
-from zoo import text
-from zoo.classifier import SequenceClassifier
+from zoo.common import text
+from zoo.networks.classifier import SequenceClassifier
 
 
 class ClassificationTask(TaskModule):
@@ -100,12 +100,12 @@ class ClassificationTask(TaskModule):
         return self.predict(batch["texts"])
 
     def classify(self, texts: list[str]) -> list[dict]:
-        """Label and probabilities of raw texts (``zoo.predict.Classification``)."""
+        """Label and probabilities of raw texts (``zoo.common.predict.Classification``)."""
         return self.predict(texts)
 
     @torch.no_grad()
     def logits(self, texts: list[str]) -> np.ndarray:
-        """``(B, classes)`` for raw texts, encoded by ``zoo.text`` as at every entry point."""
+        """``(B, classes)`` for raw texts, encoded by ``zoo.common.text`` as at every entry point."""
         ids, lengths = text.pad(text.encode(self.tokenizer, texts), text.pad_id(self.tokenizer))
         return self(torch.from_numpy(ids).to(self.device), torch.from_numpy(lengths)).float().cpu().numpy()
 

@@ -17,7 +17,7 @@ TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "safetensors
 def generate_main(argv: list[str]) -> None:
     from lightning_modules.language_model import LanguageModelTask
     from lightning_modules.option_flags import add_option_flags, options_from_flags
-    from zoo.predict import GenerationOptions
+    from zoo.common.predict import GenerationOptions
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo generate",
@@ -42,7 +42,7 @@ def generate_main(argv: list[str]) -> None:
 def translate_main(argv: list[str]) -> None:
     from lightning_modules.option_flags import add_option_flags, options_from_flags
     from lightning_modules.translation import TranslationTask
-    from zoo.predict import TranslationOptions
+    from zoo.common.predict import TranslationOptions
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo translate", description="Translate sentences: one JSON line {source, translation} each."
@@ -96,7 +96,7 @@ def forecast_main(argv: list[str]) -> None:
 
 def distill_data_main(argv: list[str]) -> None:
     from lightning_modules.distillation_data import sequence_level_data
-    from zoo.hub import ZooError
+    from zoo.storage.hub import ZooError
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo distill-data",
@@ -124,7 +124,7 @@ def distill_data_main(argv: list[str]) -> None:
 def load_task_or_exit(parser: argparse.ArgumentParser, source: str, expected):
     """The task in ``source`` (.ckpt, zoo entry, pretrained folder or URL), or a usage error."""
     from lightning_modules.task_io import load_task
-    from zoo.hub import ZooError
+    from zoo.storage.hub import ZooError
 
     try:
         return load_task(source, expected)
@@ -141,7 +141,7 @@ def zoo_main(argv: list[str]) -> None:
 def export_main(argv: list[str]) -> None:
     from deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, export
     from lightning_modules.task_io import as_pretrained_folder
-    from zoo.hub import ZooError, resolve
+    from zoo.storage.hub import ZooError, resolve
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo export", description="Export a checkpoint or pretrained folder to ONNX, verified against PyTorch."
@@ -183,8 +183,8 @@ def parity_rows(folder, data_dir: str):
     """The held-out rows of ``data_dir`` that export's parity check reads for the pretrained ``folder``,
     in the task's schema: the test split's rows (``test.parquet``), or a forecaster's test windows."""
     from datamodules.loading import load_splits
-    from zoo import tasks
-    from zoo.formats import read_pretrained_config
+    from zoo.common import tasks
+    from zoo.common.formats import read_pretrained_config
 
     config = read_pretrained_config(folder)
     datamodule = tasks.get(config.task).load("datamodule")

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.task_io import load_task
-from zoo import tasks
-from zoo.hub import ZooError
-from zoo.text import vocabulary_difference
+from zoo.common import tasks
+from zoo.common.text import vocabulary_difference
+from zoo.storage.hub import ZooError
 
 
 def soft_target_loss(

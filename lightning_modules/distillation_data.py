@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from lightning_modules.task_io import load_task
 from lightning_modules.translation import TranslationTask
-from zoo.pretrained import check_replaceable, staged_folder
+from zoo.storage.pretrained import check_replaceable, staged_folder
 
 
 def sequence_level_data(

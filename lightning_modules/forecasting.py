@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from lightning_modules.task_module import TaskModule
-from zoo.forecaster import Forecaster
+from zoo.networks.forecaster import Forecaster
 
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss}
 

@@ -11,7 +11,7 @@ from datamodules.loading import DataError
 from lightning_modules.distillation import TeacherError
 from lightning_modules.task_module import NonFiniteLoss
 from lightning_modules.transfer import TransferError
-from zoo import tasks
+from zoo.common import tasks
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -78,8 +78,8 @@ class RnnzooCLI(LightningCLI):
     def _use_pretrained_tokenizers(self, config, path: str) -> None:
         """A ``--ckpt_path`` naming a pretrained folder, zoo entry or URL (not a ``.ckpt``): the data uses
         its tokenizers, so the vocabulary matches the weights loaded before the run."""
-        from zoo.formats import read_pretrained_config
-        from zoo.hub import ZooError, resolve
+        from zoo.common.formats import read_pretrained_config
+        from zoo.storage.hub import ZooError, resolve
 
         try:
             self._pretrained_folder = resolve(path)
@@ -119,7 +119,7 @@ class RnnzooCLI(LightningCLI):
         if self._pretrained_folder is None:
             return False
         from lightning_modules.task_io import load_pretrained_weights
-        from zoo.ensemble import Ensemble
+        from zoo.networks.ensemble import Ensemble
 
         try:
             load_pretrained_weights(self.model, self._pretrained_folder)

@@ -1,4 +1,4 @@
-"""Command-line flags for the options of ``zoo.predict``: one flag per field of an options class,
+"""Command-line flags for the options of ``zoo.common.predict``: one flag per field of an options class,
 named after it, so that ``rnnzoo generate``, ``translate`` and ``zoo predict`` take what the Python
 and HTTP entry points take, with the same defaults (an unset flag leaves the class's default)."""
 

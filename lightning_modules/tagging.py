@@ -11,8 +11,8 @@ from datamodules.conll import CoNLLDataModule
 from lightning_modules.distillation import distillation_from, kl_per_position
 from lightning_modules.task_module import TaskModule
 from lightning_modules.transfer import transfer_from
-from zoo import text
-from zoo.tagger import SequenceTagger
+from zoo.common import text
+from zoo.networks.tagger import SequenceTagger
 
 
 def is_iob2(labels: list[str]) -> bool:
@@ -153,12 +153,12 @@ class TaggingTask(TaskModule):
         return self.predict(batch["words"])
 
     def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
-        """Tags of raw sentences, a string split on whitespace (``zoo.predict.Tagging``)."""
+        """Tags of raw sentences, a string split on whitespace (``zoo.common.predict.Tagging``)."""
         return self.predict(sentences)
 
     @torch.no_grad()
     def tag_ids(self, sentences: list[list[str]]) -> list[list[int]]:
-        """Each sentence's tag ids, its words encoded by ``zoo.text`` as at every entry point."""
+        """Each sentence's tag ids, its words encoded by ``zoo.common.text`` as at every entry point."""
         chars = self.get_tokenizer("char_tokenizer") if "char_tokenizer" in self.tokenizer_jsons else None
         encoded = text.encode_words(self.tokenizer, chars, sentences)
         batch = CoNLLDataModule.collate([(ids, word_chars, [0] * len(ids)) for ids, word_chars in encoded])

@@ -1,4 +1,4 @@
-"""Convert between Lightning checkpoints and the zoo's pretrained folders (``zoo.pretrained``)."""
+"""Convert between Lightning checkpoints and the zoo's pretrained folders (``zoo.storage.pretrained``)."""
 
 import os
 import tempfile
@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from lightning_modules.task_module import TaskModule
-from zoo import tasks
-from zoo.checkpoint import read_checkpoint
-from zoo.ensemble import Ensemble
-from zoo.hub import resolve, sha256_of
-from zoo.pretrained import load_pretrained, save_pretrained
-from zoo.text import vocabulary_difference
+from zoo.common import tasks
+from zoo.common.text import vocabulary_difference
+from zoo.networks.ensemble import Ensemble
+from zoo.storage.checkpoint import read_checkpoint
+from zoo.storage.hub import resolve, sha256_of
+from zoo.storage.pretrained import load_pretrained, save_pretrained
 
 
 def task_of_checkpoint(checkpoint: dict, ckpt_path) -> tasks.Task:
@@ -89,7 +89,7 @@ def load_task(source: str | os.PathLike, expected: type[TaskModule] | None = Non
 
 
 def task_from_pretrained(directory: str | os.PathLike) -> TaskModule:
-    """The Lightning task of a pretrained folder (or zoo entry name, URL, ``hf://``; see ``zoo.hub``),
+    """The Lightning task of a pretrained folder (or zoo entry name, URL, ``hf://``; see ``zoo.storage.hub``),
     ready to predict, test or fine-tune."""
     directory = resolve(directory)
     pretrained = load_pretrained(directory)
@@ -126,7 +126,7 @@ def load_pretrained_weights(task: TaskModule, directory: str | os.PathLike) -> N
 
 def write_ensemble(sources: list[str], out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """A pretrained folder that predicts with the average of ``sources`` (``.ckpt`` files, folders,
-    zoo entries; see ``zoo.ensemble``), which must be models of one task, vocabulary and label set;
+    zoo entries; see ``zoo.networks.ensemble``), which must be models of one task, vocabulary and label set;
     weights stored in ``dtype`` as ``publish`` does."""
     members = _same_task_and_data([load_task(source) for source in sources], sources)
     nested = [source for source, task in zip(sources, members, strict=True) if isinstance(task.net, Ensemble)]

@@ -7,10 +7,10 @@ import lightning as L
 import torch
 from tokenizers import Tokenizer
 
-from zoo import tasks, text
-from zoo.formats import DecodingSpec
-from zoo.predict import predict
-from zoo.text import vocabulary_difference
+from zoo.common import tasks, text
+from zoo.common.formats import DecodingSpec
+from zoo.common.predict import predict
+from zoo.common.text import vocabulary_difference
 
 
 class NonFiniteLoss(RuntimeError):
@@ -19,7 +19,7 @@ class NonFiniteLoss(RuntimeError):
 
 class TaskModule(L.LightningModule):
     """Base for tasks: copies the datamodule's tokenizers, saves them with the task's name
-    (``zoo.tasks``), restores and checks them.
+    (``zoo.common.tasks``), restores and checks them.
 
     The task's ``tokenizers`` are datamodule attributes (and checkpoint keys); a tagger also has a
     ``char_tokenizer``, a translator a ``source_tokenizer`` and a ``target_tokenizer``.
@@ -40,7 +40,7 @@ class TaskModule(L.LightningModule):
 
     @property
     def task(self) -> str:
-        """The ``zoo.tasks`` name."""
+        """The ``zoo.common.tasks`` name."""
         return tasks.of_class(type(self)).name
 
     @property
@@ -53,7 +53,7 @@ class TaskModule(L.LightningModule):
 
     @torch.no_grad()
     def predict(self, items: list, options=None) -> list[dict]:
-        """The task's records for raw ``items`` (``zoo.predict``: the same at every entry point, the
+        """The task's records for raw ``items`` (``zoo.common.predict``: the same at every entry point, the
         exported model's included)."""
         self.eval()
         return predict(self, items, options)

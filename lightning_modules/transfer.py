@@ -12,10 +12,10 @@ from torch import nn
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
 from lightning_modules.task_io import load_task
-from zoo import tasks
-from zoo.embeddings import EmbeddingFileError, read_aligned_embeddings
-from zoo.hub import ZooError
-from zoo.text import vocabulary_difference
+from zoo.common import tasks
+from zoo.common.text import vocabulary_difference
+from zoo.networks.embeddings import EmbeddingFileError, read_aligned_embeddings
+from zoo.storage.hub import ZooError
 
 
 class TransferError(ValueError):
@@ -34,7 +34,7 @@ class Transfer:
             a backward direction, the character features) start fresh.
             The data must use the language model's tokenizer (``rnnzoo fit`` sets ``tokenizer_from``).
         pretrained_embeddings: a word2vec/GloVe/fastText text file or ``.npy`` + ``.vocab``
-            (``zoo.embeddings``) whose vectors initialise the rows of the tokens it has.
+            (``zoo.networks.embeddings``) whose vectors initialise the rows of the tokens it has.
         freeze_embeddings: keep the word embedding fixed while the rest trains.
     """
 

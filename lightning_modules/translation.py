@@ -13,9 +13,9 @@ from torchmetrics import MeanMetric
 
 from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
-from zoo import decoding, text
-from zoo.predict import TranslationOptions
-from zoo.seq2seq import Seq2Seq, translate_ids
+from zoo.common import decoding, text
+from zoo.common.predict import TranslationOptions
+from zoo.networks.seq2seq import Seq2Seq, translate_ids
 
 
 class TranslationTask(TaskModule):
@@ -161,14 +161,14 @@ class TranslationTask(TaskModule):
 
     # -- inference outside the trainer ------------------------------------------------------------
     def encode_sources(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded source ids ``(B, S)`` ending in ``<eos>`` and their lengths (``zoo.text``)."""
+        """Padded source ids ``(B, S)`` ending in ``<eos>`` and their lengths (``zoo.common.text``)."""
         tokenizer = self.get_tokenizer("source_tokenizer")
         source, lengths = text.pad(text.encode(tokenizer, texts, end=text.EOS), text.pad_id(tokenizer))
         return torch.from_numpy(source).to(self.device), torch.from_numpy(lengths)
 
     def translate(self, texts: list[str], beam_size: int | None = None) -> list[str]:
         """Translations of raw sentences (``beam_size`` defaults to the task's); ``predict`` gives the
-        records (``zoo.predict.Translation``)."""
+        records (``zoo.common.predict.Translation``)."""
         return [record["translation"] for record in self.predict(texts, TranslationOptions(beam_size=beam_size))]
 
     def require_attention(self) -> None:
@@ -181,7 +181,7 @@ class TranslationTask(TaskModule):
 
     @torch.no_grad()
     def translate_ids(self, sources: list[list[int]], beam_size: int, max_new_tokens: int) -> list[list[int]]:
-        """Target ids of source ids ending in ``<eos>`` (``zoo.seq2seq.translate_ids``)."""
+        """Target ids of source ids ending in ``<eos>`` (``zoo.networks.seq2seq.translate_ids``)."""
         bos, eos = self._special_ids
         source, lengths = self._padded(sources)
         hp = self.hparams

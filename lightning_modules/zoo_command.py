@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from lightning_modules.option_flags import add_option_flags, given_options
-from zoo import tasks
-from zoo.formats import EntryInfo, Manifest, parse, read_json, write_json
-from zoo.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
+from zoo.common import tasks
+from zoo.common.formats import EntryInfo, Manifest, parse, read_json, write_json
+from zoo.storage.hub import PACKAGE_DIR, ZooError, entry_info, load_manifest, resolve, write_entry
 
-TASK_OPTIONS = tuple(task.load("options") for task in tasks.TASKS.values())  # ``zoo.predict``'s
+TASK_OPTIONS = tuple(task.load("options") for task in tasks.TASKS.values())  # ``zoo.common.predict``'s
 DTYPE = {
     "choices": ["float32", "float16", "int8"],
     "default": "float32",
@@ -100,10 +100,10 @@ def json_windows(value: str) -> list:
 
 
 def predict_texts(source: str, items: list, **options) -> list[dict]:
-    """The records of the entry's task for raw texts (or a forecaster's windows; ``zoo.predict``), with
+    """The records of the entry's task for raw texts (or a forecaster's windows; ``zoo.common.predict``), with
     the task's ``options``."""
     from lightning_modules.task_io import task_from_pretrained
-    from zoo.predict import options_for
+    from zoo.common.predict import options_for
 
     task = task_from_pretrained(source)
     return task.predict(items, options_for(task.task, **options))
@@ -125,8 +125,8 @@ def publish_checkpoint(args, parser: argparse.ArgumentParser) -> None:
     import torch
 
     from lightning_modules.task_io import publish
-    from zoo.formats import read_pretrained_config
-    from zoo.pretrained import load_pretrained
+    from zoo.common.formats import read_pretrained_config
+    from zoo.storage.pretrained import load_pretrained
 
     try:
         values = dict(metric.split("=", 1) for metric in args.metric)

@@ -89,7 +89,7 @@ def tokenizer_json() -> str:
 
 def pretrained_folder(path, network, arguments, task_arguments=None):
     """A pretrained folder for ``network`` (a language model or classifier) with ``word_tokenizer()``."""
-    from zoo.pretrained import save_pretrained
+    from zoo.storage.pretrained import save_pretrained
 
     return save_pretrained(
         path,

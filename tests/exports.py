@@ -23,8 +23,8 @@ def export_fixtures(root: Path) -> dict[str, Path]:
     from deploy.export import export
     from tests.conftest import WORDS, pretrained_folder, translation_tokenizer, word_tokenizer
     from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
-    from zoo.forecaster import Forecaster
-    from zoo.pretrained import save_pretrained
+    from zoo.networks.forecaster import Forecaster
+    from zoo.storage.pretrained import save_pretrained
 
     root = Path(root)
     folders = {name: root / name for name in NAMES}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.char_cnn import CharCNN, Highway
-from zoo.language_model import RNNLanguageModel
-from zoo.text import WORD_BEGIN, WORD_END, WORD_PAD, word_bytes
+from zoo.common.text import WORD_BEGIN, WORD_END, WORD_PAD, word_bytes
+from zoo.networks.char_cnn import CharCNN, Highway
+from zoo.networks.language_model import RNNLanguageModel
 
 
 def test_word_bytes_marks_each_word_and_pads_it():

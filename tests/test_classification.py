@@ -10,7 +10,7 @@ from datamodules.batching import BucketedBatches, bucket_batches
 from lightning_modules import ClassificationTask
 from lightning_modules.task_io import publish, task_from_pretrained
 from zoo import SequenceClassifier
-from zoo.pooling import POOLINGS, AttentionPooling, pool, valid_mask
+from zoo.networks.pooling import POOLINGS, AttentionPooling, pool, valid_mask
 
 LABELS = ["neg", "pos"]
 

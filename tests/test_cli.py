@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tests.conftest import PTB_CONFIG, QUICK, REPO, rnnzoo, shared_dataset
-from zoo.pretrained import load_pretrained
+from zoo.storage.pretrained import load_pretrained
 
 
 def global_step(checkpoint: Path) -> int:

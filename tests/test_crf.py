@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from zoo.crf import CRF, bio_constraints
+from zoo.networks.crf import CRF, bio_constraints
 
 NUM_TAGS = 3
 LENGTHS = [4, 2, 3]

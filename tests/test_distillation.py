@@ -14,10 +14,10 @@ from lightning_modules.task_io import task_from_pretrained
 from tests.test_classification import synthetic_reviews
 from tests.test_tagging import synthetic_ner
 from tests.test_translation import synthetic_pairs
-from zoo import tasks
-from zoo.crf import CRF
-from zoo.pretrained import save_pretrained
-from zoo.text import IGNORE_INDEX
+from zoo.common import tasks
+from zoo.common.text import IGNORE_INDEX
+from zoo.networks.crf import CRF
+from zoo.storage.pretrained import save_pretrained
 
 
 def by_hand(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Pretrained word vectors aligned to a vocabulary (``zoo.embeddings``), on tiny files written here."""
+"""Pretrained word vectors aligned to a vocabulary (``zoo.networks.embeddings``), on tiny files written here."""
 
 import gzip
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.embeddings import EmbeddingFileError, read_aligned_embeddings
+from zoo.networks.embeddings import EmbeddingFileError, read_aligned_embeddings
 
 VOCABULARY = {"<pad>": 0, "<unk>": 1, "the": 2, "cat": 3, "sat": 4}
 GLOVE = "cat 0.5 -1 2\nthe 1 2 3\ndog 9 9 9\nsat 0.25 0 -0.5\n"  # out of vocabulary order, with a word not needed

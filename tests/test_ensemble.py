@@ -7,9 +7,9 @@ import torch
 from lightning_modules.task_io import average_checkpoints, task_from_pretrained, write_ensemble
 from tests.conftest import rnnzoo
 from tests.test_distillation import CASES, classification_case, tagging_case, teacher_folder
-from zoo.crf import viterbi
-from zoo.ensemble import Ensemble
-from zoo.pretrained import load_pretrained
+from zoo.networks.crf import viterbi
+from zoo.networks.ensemble import Ensemble
+from zoo.storage.pretrained import load_pretrained
 
 PREDICT = {
     "classification": lambda task: task.classify(["A movie. It was good", "It was bad filler filler"]),

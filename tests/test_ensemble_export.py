@@ -1,4 +1,5 @@
-"""Ensemble pretrained folders (``zoo.ensemble``) exported and run without torch like their PyTorch ensembles."""
+"""Ensemble pretrained folders (``zoo.networks.ensemble``) exported and run without torch like their PyTorch
+ensembles."""
 
 import json
 
@@ -14,11 +15,11 @@ from deploy.export import ExportError, export
 from deploy.parity import task_parity
 from tests.conftest import WORDS, translation_tokenizer, word_tokenizer
 from zoo import Seq2Seq
-from zoo.decoding import softmax
-from zoo.ensemble import ClassifierEnsemble, LanguageModelEnsemble, Seq2SeqEnsemble, TaggerEnsemble
-from zoo.formats import StateSpec
-from zoo.pretrained import save_pretrained
-from zoo.seq2seq import translate_ids
+from zoo.common.decoding import softmax
+from zoo.common.formats import StateSpec
+from zoo.networks.ensemble import ClassifierEnsemble, LanguageModelEnsemble, Seq2SeqEnsemble, TaggerEnsemble
+from zoo.networks.seq2seq import translate_ids
+from zoo.storage.pretrained import save_pretrained
 
 TRANSLATION = {"beam_size": 5, "length_penalty": 1.0, "max_new_tokens": 12, "language_pair": "de-en"}
 TRANSLATION_TOKENIZERS = {"source_tokenizer": translation_tokenizer(), "target_tokenizer": translation_tokenizer()}

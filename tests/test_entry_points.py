@@ -1,6 +1,6 @@
 """Every entry point treats the same input the same way: `rnnzoo predict`, `rnnzoo zoo predict`, `rnnzoo
 translate`/`generate`, the task's ``predict`` in Python, the onnxruntime predictor's and HTTP's ``/v1`` give the
-same ids and the same records (``zoo.predict``) for the shipped entries, over-long inputs included."""
+same ids and the same records (``zoo.common.predict``) for the shipped entries, over-long inputs included."""
 
 import json
 
@@ -14,8 +14,8 @@ from deploy.service import create_app
 from lightning_modules.cli import main as rnnzoo
 from lightning_modules.task_io import task_from_pretrained
 from tests.conftest import REPO, shared_dataset
-from zoo import text
-from zoo.predict import GenerationOptions
+from zoo.common import text
+from zoo.common.predict import GenerationOptions
 
 LONG_REVIEW = " ".join(["a fine film , but far too long ."] * 80)  # 720 tokens: over imdb-bilstm's 400
 LONG_SENTENCE = " ".join(["Peter", "lives", "in", "Berlin", "."] * 50)  # 250 words: over CoNLL's max_length 200

@@ -9,7 +9,7 @@ import torch
 from datamodules.ett import ETTDataModule, split_rows
 from datamodules.loading import DataError
 from tests.conftest import shared_dataset
-from zoo.forecaster import Forecaster
+from zoo.networks.forecaster import Forecaster
 
 ROWS = 14_500  # the benchmark reads the first 14,400
 
@@ -140,8 +140,8 @@ def test_dlinear_splits_each_column_into_a_centred_moving_average_and_the_rest()
 def test_an_ensemble_forecasts_the_mean_of_its_members_and_exports_as_one_graph(tmp_path):
     import deploy
     from deploy.export import export
-    from zoo.ensemble import ForecasterEnsemble
-    from zoo.pretrained import save_pretrained
+    from zoo.networks.ensemble import ForecasterEnsemble
+    from zoo.storage.pretrained import save_pretrained
 
     torch.manual_seed(0)
     sizes = {"input_length": 8, "horizon": 4, "channels": 2, "hidden_size": 4, "segment_length": 4}
@@ -208,7 +208,7 @@ def test_a_model_with_nothing_to_train_says_so(ett_dir):
 @pytest.fixture(scope="module")
 def forecaster_export(tmp_path_factory):
     from deploy.export import export
-    from zoo.pretrained import save_pretrained
+    from zoo.storage.pretrained import save_pretrained
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("forecast")

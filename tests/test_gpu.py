@@ -13,9 +13,9 @@ import torch
 
 from tests.conftest import PTB_CONFIG, rnnzoo, shared_dataset
 from tests.test_distillation import CASES
-from zoo.attention import Attention
-from zoo.crf import CRF
-from zoo.recurrent import CELLS, RecurrentStack
+from zoo.cells.recurrent import CELLS, RecurrentStack
+from zoo.networks.attention import Attention
+from zoo.networks.crf import CRF
 
 DEVICE = os.environ.get("RNNZOO_TEST_DEVICE", "cuda")
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"

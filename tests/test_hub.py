@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO, tokenizer_json
-from zoo import SequenceClassifier, hub
-from zoo.hub import ZooError, from_pretrained, write_entry
-from zoo.pretrained import save_pretrained
+from zoo import SequenceClassifier
+from zoo.storage import hub
+from zoo.storage.hub import ZooError, from_pretrained, write_entry
+from zoo.storage.pretrained import save_pretrained
 
 ARGUMENTS = {"vocab_size": 20, "num_classes": 2, "embedding_dim": 8, "hidden_size": 6}
 
@@ -91,7 +92,7 @@ def test_corrupted_download_is_refused_and_leaves_nothing(published):
 
 def test_two_processes_download_one_valid_copy(published):
     CountingHandler.delay = 0.3  # every response is slow, so the two downloads overlap
-    script = "from zoo.hub import from_pretrained; from_pretrained('tiny-clf')"
+    script = "from zoo.storage.hub import from_pretrained; from_pretrained('tiny-clf')"
     env = {**os.environ, "RNNZOO_CACHE": str(published["cache"].parent)}
     processes = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in processes] == [0, 0]

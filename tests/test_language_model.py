@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from zoo import RNNLanguageModel, create_model, generate, list_models
-from zoo.decoding import sample
+from zoo.common.decoding import sample
 
 V = 50
 

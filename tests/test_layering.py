@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.tasks import TASKS, Task
+from zoo.common.tasks import TASKS, Task
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("zoo", "datamodules", "lightning_modules", "deploy")
@@ -30,10 +30,8 @@ TORCH_FREE = (
     "deploy.service",
     "deploy.open_inference",
     "deploy.signatures",
-    "zoo.tasks",
-    "zoo.text",
-    "zoo.formats",
-    "zoo.predict",
+    # the zoo's torch-free folder, every module of it
+    *(f"zoo.common.{path.stem}" for path in sorted((REPO / "zoo" / "common").glob("*.py")) if path.stem != "__init__"),
     # each task's serving module (``deploy.tasks``)
     *sorted({getattr(task, part).rpartition(".")[0] for task in TASKS.values() for part in ("predictor", "api")}),
 )
@@ -77,7 +75,7 @@ IMPORTS = {name: imports(path) for name, path in SOURCES.items()}
 
 
 def project_modules(names: set[str]) -> set[str]:
-    """The project modules among imported names (``from zoo import text`` names ``zoo.text``)."""
+    """The project modules among imported names (``from zoo import text`` names ``zoo.common.text``)."""
     return {name for name in names if name in SOURCES}
 
 
@@ -93,6 +91,18 @@ def test_each_package_imports_only_the_layers_below_it(layer):
         if package(name) == layer
         for imported in project_modules(everywhere)
         if package(imported) not in ALLOWED[layer] | {layer}
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_the_zoos_torch_free_folder_imports_nothing_else_of_the_zoo():
+    """``zoo.common`` is all the runtime and service take from the zoo."""
+    wrong = {
+        f"{name} imports {imported}"
+        for name, (_, everywhere) in IMPORTS.items()
+        if name.startswith("zoo.common")
+        for imported in project_modules(everywhere)
+        if package(imported) == "zoo" and imported.split(".")[:2] != ["zoo", "common"] and imported != "zoo"
     }
     assert not wrong, sorted(wrong)
 

@@ -1,4 +1,4 @@
-"""minGRU and minLSTM (zoo.minimal): the log-space scan against the step-by-step recurrence, the
+"""minGRU and minLSTM (zoo.cells.minimal): the log-space scan against the step-by-step recurrence, the
 stack around them, and their ONNX export (an ONNX Loop) against PyTorch."""
 
 import numpy as np
@@ -11,9 +11,9 @@ from deploy.export import export
 from tests.conftest import pretrained_folder
 from tests.test_deploy import check_classifier_parity
 from zoo import RecurrentStack, RNNLanguageModel, SequenceClassifier, SequenceTagger
-from zoo.cells import reverse_padded
-from zoo.formats import StateSpec
-from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence, g, log_g
+from zoo.cells.loop import reverse_padded
+from zoo.cells.minimal import MINIMAL_CELLS, MinimalRecurrence, g, log_g
+from zoo.common.formats import StateSpec
 
 CELLS = list(MINIMAL_CELLS)
 

@@ -1,4 +1,4 @@
-"""Today's recurrences (zoo.modern: mlstm, slstm, mamba2, rglru) and the residual MLP block.
+"""Today's recurrences (zoo.cells.modern: mlstm, slstm, mamba2, rglru) and the residual MLP block.
 
 The parallel (chunkwise) training forms against the step-by-step recurrences; each cell against a
 literal transcription of its paper's equations, written here; state carried across calls, variable
@@ -20,8 +20,8 @@ from tests.conftest import PTB_CONFIG, QUICK, pretrained_folder, rnnzoo
 from tests.test_deploy import check_classifier_parity
 from tests.test_minimal import recurrent_ops
 from zoo import RecurrentStack, RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
-from zoo.modern import MODERN_CELLS, ModernRecurrence
-from zoo.xlstm import MLSTMCell, SLSTMCell
+from zoo.cells.modern import MODERN_CELLS, ModernRecurrence
+from zoo.cells.xlstm import MLSTMCell, SLSTMCell
 
 CELLS = list(MODERN_CELLS)
 PARALLEL = ["mlstm", "mamba2", "rglru"]  # the sLSTM reads h_{t-1} in its gates: it has only the loop

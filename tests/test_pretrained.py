@@ -6,7 +6,7 @@ from safetensors import safe_open
 
 from tests.conftest import tokenizer_json
 from zoo import RNNLanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
-from zoo.pretrained import WEIGHTS_FILE, load_pretrained, save_pretrained
+from zoo.storage.pretrained import WEIGHTS_FILE, load_pretrained, save_pretrained
 
 TINY = {
     RNNLanguageModel: {"vocab_size": 20, "embedding_dim": 8, "hidden_size": 8, "tie_weights": True},

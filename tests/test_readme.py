@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from zoo.zoo_table import END, MANIFEST, START, read_manifest, zoo_table
+from zoo.storage.zoo_table import END, MANIFEST, START, read_manifest, zoo_table
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -64,14 +64,15 @@ def relative_links(path: Path) -> list[str]:
 
 def table_block(text: str) -> str:
     start, end = text.find(START), text.find(END)
-    assert start >= 0 and end > start, f"README.md has no {START} ... {END} block: run `python -m zoo.zoo_table`"
+    missing = f"README.md has no {START} ... {END} block: run `python -m zoo.storage.zoo_table`"
+    assert start >= 0 and end > start, missing
     return text[start + len(START) : end].strip("\n")
 
 
 def test_zoo_table_is_generated_from_the_manifest():
     block = table_block(README.read_text(encoding="utf-8"))
     assert block == zoo_table(read_manifest()).strip("\n"), (
-        "README.md's zoo table differs from zoo/pretrained_models/manifest.json: run `python -m zoo.zoo_table`"
+        "README.md's zoo table differs from zoo/pretrained_models/manifest.json: run `python -m zoo.storage.zoo_table`"
     )
 
 

@@ -4,8 +4,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo import CELLS, GatedCell, JordanCell, LockedDropout, RecurrentStack
-from zoo.cells import reverse_padded
-from zoo.fused import FusedBidirectional, SingleStep, prepare_for_onnx_export, run_to_lengths
+from zoo.cells.fused import FusedBidirectional, SingleStep, prepare_for_onnx_export, run_to_lengths
+from zoo.cells.loop import reverse_padded
 
 B, T, F, H = 3, 7, 5, 4
 
@@ -202,11 +202,11 @@ def test_single_step_equations_match_the_fused_kernel(rnn):
 
 def test_every_model_passes_its_stack_options_to_its_stack():
     """The models build their stacks from one ``StackConfig`` picked from their own arguments."""
-    from zoo.classifier import SequenceClassifier
-    from zoo.language_model import RNNLanguageModel
-    from zoo.recurrent import StackConfig
-    from zoo.seq2seq import Seq2Seq
-    from zoo.tagger import SequenceTagger
+    from zoo.cells.recurrent import StackConfig
+    from zoo.networks.classifier import SequenceClassifier
+    from zoo.networks.language_model import RNNLanguageModel
+    from zoo.networks.seq2seq import Seq2Seq
+    from zoo.networks.tagger import SequenceTagger
 
     options = {"num_layers": 2, "cell": "gru", "dropout": 0.3, "recurrent_init": "orthogonal"}
     words = {"locked_dropout": True, "residual": True, **options}

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 from zoo import CELLS, RecurrentStack
-from zoo.classifier import SequenceClassifier
-from zoo.fused import prepare_for_onnx_export
-from zoo.language_model import RNNLanguageModel
-from zoo.recurrent import recurrences
-from zoo.seq2seq import Seq2Seq
-from zoo.tagger import SequenceTagger
+from zoo.cells.fused import prepare_for_onnx_export
+from zoo.cells.recurrent import recurrences
+from zoo.networks.classifier import SequenceClassifier
+from zoo.networks.language_model import RNNLanguageModel
+from zoo.networks.seq2seq import Seq2Seq
+from zoo.networks.tagger import SequenceTagger
 
 F, H = 5, 6
 

@@ -15,7 +15,7 @@ from xlstm.blocks.slstm.src.vanilla import slstm_forward
 from xlstm.blocks.slstm.src.vanilla.slstm import slstm_forward_pointwise
 
 from tests.test_modern import small_chunks
-from zoo.modern import ModernRecurrence
+from zoo.cells.modern import ModernRecurrence
 
 BATCH, TIME, FEATURES, HIDDEN, HEADS = 3, 11, 5, 8, 2
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoo import decoding
-from zoo.attention import Attention
-from zoo.seq2seq import Seq2Seq, translate_ids
+from zoo.common import decoding
+from zoo.networks.attention import Attention
+from zoo.networks.seq2seq import Seq2Seq, translate_ids
 
 BOS, EOS = 2, 3
 VOCAB = 11

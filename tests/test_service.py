@@ -31,9 +31,9 @@ from deploy.runtime import Cancelled, load, sub_batches
 from deploy.tasks.language_model import LanguageModelPredictor
 from tests.conftest import REPO, WORDS
 from tests.exports import exported_models
-from zoo.decoding import PROMPT_CHUNK
-from zoo.predict import TooLarge, TranslationOptions
-from zoo.text import MAX_WORD_CHARACTERS
+from zoo.common.decoding import PROMPT_CHUNK
+from zoo.common.predict import TooLarge, TranslationOptions
+from zoo.common.text import MAX_WORD_CHARACTERS
 
 SENTIMENT = "/v1/models/sentiment/predict"
 # How long a test waits for what must happen before it fails instead of hanging (a guard, never a measure).

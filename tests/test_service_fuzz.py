@@ -14,7 +14,7 @@ from deploy.service import create_app
 from deploy.serving import Limits
 from tests.exports import exported_models
 from tests.test_service import SlowCallbacks, loop_in_debug_mode
-from zoo import tasks
+from zoo.common import tasks
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WORDS = [f"w{i}" for i in range(20)]

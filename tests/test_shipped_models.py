@@ -1,7 +1,7 @@
 """The zoo entries shipped inside the package: they load offline, predict what they should, export.
 
 The entries come from the manifest itself, so an entry added there is tested here without editing a
-list; a check that depends on the task looks the entry's task up (``zoo.tasks``). Only the outputs
+list; a check that depends on the task looks the entry's task up (``zoo.common.tasks``). Only the outputs
 that are facts about one entry's trained weights (a language model's greedy continuation) are kept
 by name, and an entry without one is still checked for what every entry of its task must do.
 """
@@ -18,8 +18,8 @@ import pytest
 import deploy
 from deploy.export import DEFAULT_TOLERANCE, export
 from lightning_modules.task_io import task_from_pretrained
-from zoo import tasks
-from zoo.hub import MANIFEST, PACKAGE_DIR, load_manifest
+from zoo.common import tasks
+from zoo.storage.hub import MANIFEST, PACKAGE_DIR, load_manifest
 
 
 def packaged_manifest() -> dict:
@@ -135,7 +135,7 @@ def test_ptb_language_models_continue_a_sentence_greedily(name):
 
 def synthetic_windows(name: str, count: int = 2) -> list:
     """Windows of the entry's shape made here (no data is shipped): daily waves around the train mean."""
-    from zoo.formats import read_pretrained_config
+    from zoo.common.formats import read_pretrained_config
 
     hparams = read_pretrained_config(PACKAGE_DIR / ENTRIES[name].local).task_arguments
     mean, std = np.array(hparams["mean"]), np.array(hparams["std"])

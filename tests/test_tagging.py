@@ -11,7 +11,7 @@ from lightning_modules import TaggingTask
 from lightning_modules.tagging import is_iob2
 from tests.conftest import shared_dataset
 from zoo import SequenceTagger
-from zoo.tagger import CharConvWordEncoder
+from zoo.networks.tagger import CharConvWordEncoder
 
 NER = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -124,7 +124,7 @@ def synthetic_ner(folder, n=160, seed=0):
 
 def test_a_language_model_on_the_sentences_reads_the_taggers_words_and_lends_it_its_vocabulary(tmp_path):
     from zoo import RNNLanguageModel
-    from zoo.pretrained import save_pretrained
+    from zoo.storage.pretrained import save_pretrained
 
     folder = synthetic_ner(tmp_path / "ner")
     sentences = datasets.Dataset.from_parquet(str(folder / "train.parquet"))

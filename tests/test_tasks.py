@@ -12,7 +12,7 @@ from deploy.open_inference import Tensors
 from deploy.runtime import Predictor
 from deploy.serving import TaskAPI
 from lightning_modules.task_module import TaskModule
-from zoo import tasks
+from zoo.common import tasks
 
 
 def part_checks() -> dict:

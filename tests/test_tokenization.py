@@ -138,9 +138,9 @@ def test_pretrained_tokenizers_are_read_from_a_pretrained_folder(tmp_path):
     ids=["word", "char", "bpe", "reversible"],
 )
 def test_a_streamed_text_adds_up_to_the_decoded_text(fit):
-    """A stream sends the text a piece per token (``zoo.text.pieces``): with every kind of tokenizer
+    """A stream sends the text a piece per token (``zoo.common.text.pieces``): with every kind of tokenizer
     rnnzoo trains, the pieces put together are the whole decoded text, one piece at most per token."""
-    from zoo.text import pieces
+    from zoo.common.text import pieces
 
     corpus = ["the cat sat on the mat .", "a dog , the dogs ; unbelievable cats sat", "naïve café über"] * 20
     tokenizer = fit(corpus, ["<pad>", "<eos>"])
@@ -157,7 +157,7 @@ def test_a_streamed_byte_level_text_holds_back_half_a_character():
     for the character's last byte instead of sending a replacement character."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from zoo.text import pieces
+    from zoo.common.text import pieces
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()

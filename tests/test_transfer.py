@@ -38,7 +38,7 @@ def classifier(**architecture) -> ClassificationTask:
 
 
 def lm_state(folder) -> dict[str, torch.Tensor]:
-    from zoo.pretrained import load_pretrained
+    from zoo.storage.pretrained import load_pretrained
 
     return load_pretrained(folder).network.state_dict()
 

@@ -12,7 +12,7 @@ import torch
 from deploy.export import export
 from tests.conftest import PTB_CONFIG, REPO, pretrained_folder, rnnzoo, shared_dataset
 from zoo import SequenceClassifier
-from zoo.pretrained import save_pretrained
+from zoo.storage.pretrained import save_pretrained
 
 ARGUMENTS = {"vocab_size": 23, "num_classes": 2, "embedding_dim": 8, "hidden_size": 8}
 
@@ -170,7 +170,7 @@ def with_external_weights(model_path, location: str, nested: bool = False) -> No
 )
 def test_onnx_external_data_is_refused_before_onnxruntime_reads_it(exported_classifier, tmp_path, location, nested):
     import deploy
-    from zoo.formats import FormatError
+    from zoo.common.formats import FormatError
 
     folder = tmp_path / "crafted"
     shutil.copytree(exported_classifier, folder)
@@ -212,7 +212,7 @@ def test_external_data_behind_overlong_field_tags_is_refused(exported_classifier
     from onnx import numpy_helper
 
     import deploy
-    from zoo.formats import FormatError
+    from zoo.common.formats import FormatError
 
     folder = tmp_path / "crafted"
     shutil.copytree(exported_classifier, folder)
@@ -241,8 +241,8 @@ def test_external_data_behind_overlong_field_tags_is_refused(exported_classifier
 
 def test_a_symlinked_file_in_a_folder_is_refused(exported_classifier, tmp_path):
     import deploy
-    from zoo.formats import FormatError
-    from zoo.pretrained import load_pretrained
+    from zoo.common.formats import FormatError
+    from zoo.storage.pretrained import load_pretrained
 
     folder = tmp_path / "linked"
     shutil.copytree(exported_classifier, folder)
@@ -261,8 +261,8 @@ def test_a_symlinked_file_in_a_folder_is_refused(exported_classifier, tmp_path):
 def test_symlinked_json_files_of_a_folder_are_refused(exported_classifier, tmp_path):
     """config.json, entry.json and metrics.json go through the same check as the weights and tokenizers."""
     import deploy
-    from zoo.formats import FormatError
-    from zoo.hub import from_pretrained, write_entry
+    from zoo.common.formats import FormatError
+    from zoo.storage.hub import from_pretrained, write_entry
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -288,8 +288,8 @@ def test_symlinked_json_files_of_a_folder_are_refused(exported_classifier, tmp_p
 
 def test_a_tokenizer_file_cannot_pad_or_hang_or_exhaust_the_reader(exported_classifier, tmp_path):
     import deploy
-    from zoo.formats import MAX_JSON_BYTES, FormatError
-    from zoo.pretrained import load_pretrained
+    from zoo.common.formats import MAX_JSON_BYTES, FormatError
+    from zoo.storage.pretrained import load_pretrained
 
     folder = tmp_path / "padded"
     shutil.copytree(exported_classifier, folder)
@@ -321,7 +321,7 @@ def test_a_tokenizer_file_cannot_pad_or_hang_or_exhaust_the_reader(exported_clas
 
 def test_sizes_in_config_json_are_checked_against_the_weights_before_allocating(tmp_path):
     """vocab_size 1,000,000 x embedding_dim 2,048 would take 8 GB before a single weight is read."""
-    from zoo.pretrained import load_pretrained
+    from zoo.storage.pretrained import load_pretrained
 
     source = pretrained_folder(tmp_path / "pretrained", SequenceClassifier(**ARGUMENTS), ARGUMENTS)
     config = json.loads((source / "config.json").read_text())

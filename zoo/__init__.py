@@ -1,31 +1,31 @@
 """rnnzoo's model zoo: recurrent architectures in pure PyTorch and their registry.
 
-Names are imported on first use, so that the torch-free parts (``zoo.tasks``, ``zoo.text``,
-``zoo.decoding``) load without torch in the runtime's base install.
+Names are imported on first use, so that the torch-free parts (``zoo.common.tasks``, ``zoo.common.text``,
+``zoo.common.decoding``) load without torch in the runtime's base install.
 """
 
 import importlib
 
 _MODULE_OF = {
-    "GatedCell": "zoo.cells",
-    "JordanCell": "zoo.cells",
-    "SequenceClassifier": "zoo.classifier",
-    "CRF": "zoo.crf",
-    "bio_constraints": "zoo.crf",
-    "LockedDropout": "zoo.dropout",
-    "from_pretrained": "zoo.hub",
-    "RNNLanguageModel": "zoo.language_model",
-    "generate": "zoo.language_model",
-    "MinGRUCell": "zoo.minimal",
-    "MinLSTMCell": "zoo.minimal",
-    "CELLS": "zoo.recurrent",
-    "RecurrentStack": "zoo.recurrent",
-    "detach_state": "zoo.recurrent",
-    "create_model": "zoo.registry",
-    "list_models": "zoo.registry",
-    "model_config": "zoo.registry",
-    "Seq2Seq": "zoo.seq2seq",
-    "SequenceTagger": "zoo.tagger",
+    "GatedCell": "zoo.cells.loop",
+    "JordanCell": "zoo.cells.loop",
+    "SequenceClassifier": "zoo.networks.classifier",
+    "CRF": "zoo.networks.crf",
+    "bio_constraints": "zoo.networks.crf",
+    "LockedDropout": "zoo.networks.dropout",
+    "from_pretrained": "zoo.storage.hub",
+    "RNNLanguageModel": "zoo.networks.language_model",
+    "generate": "zoo.networks.language_model",
+    "MinGRUCell": "zoo.cells.minimal",
+    "MinLSTMCell": "zoo.cells.minimal",
+    "CELLS": "zoo.cells.recurrent",
+    "RecurrentStack": "zoo.cells.recurrent",
+    "detach_state": "zoo.cells.recurrent",
+    "create_model": "zoo.storage.registry",
+    "list_models": "zoo.storage.registry",
+    "model_config": "zoo.storage.registry",
+    "Seq2Seq": "zoo.networks.seq2seq",
+    "SequenceTagger": "zoo.networks.tagger",
 }
 __all__ = sorted(_MODULE_OF)
 

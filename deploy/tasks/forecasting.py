@@ -10,7 +10,7 @@ from deploy import signatures as names
 from deploy.open_inference import Output, Tensors, values_of
 from deploy.runtime import Predictor
 from deploy.serving import TaskAPI
-from zoo.formats import CONFIG_FILE, ExportConfig, FormatError
+from zoo.common.formats import CONFIG_FILE, ExportConfig, FormatError
 
 # Windows per onnxruntime call (a 720 x 7 window is 20 KB).
 WINDOWS = 256
@@ -36,7 +36,7 @@ class ForecasterPredictor(Predictor):
         return {"columns": self.columns, "input_length": self.input_length, "horizon": self.horizon}
 
     def forecast(self, series: list, budget: int = WINDOWS) -> list[dict]:
-        """``[{"columns", "forecast"}]`` per window (``zoo.predict.Forecast``); a window is ``input_length``
+        """``[{"columns", "forecast"}]`` per window (``zoo.common.predict.Forecast``); a window is ``input_length``
         rows of one number per column, in the data's units."""
         return self.predict(series, budget=budget)
 

@@ -7,7 +7,7 @@ from deploy import signatures as names
 from deploy.open_inference import Output, Tensors, joined_values_of
 from deploy.runtime import Predictor, sub_batches
 from deploy.serving import TaskAPI
-from zoo import text
+from zoo.common import text
 
 # Padded cells (sentences x words x characters per word) per onnxruntime call.
 CHARACTERS = 32_768
@@ -17,7 +17,7 @@ class TaggerPredictor(Predictor):
     needs_labels = True
 
     def tag(self, sentences: list[str] | list[list[str]], budget: int = CHARACTERS) -> list[dict]:
-        """``[{"words", "tags"}]`` per sentence (``zoo.predict.Tagging``); a sentence is a string (split on
+        """``[{"words", "tags"}]`` per sentence (``zoo.common.predict.Tagging``); a sentence is a string (split on
         whitespace) or its words."""
         return self.predict(sentences, budget=budget)
 

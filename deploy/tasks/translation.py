@@ -12,13 +12,13 @@ from deploy import signatures as names
 from deploy.open_inference import Output, Tensors, values_of
 from deploy.runtime import Predictor, check_cancelled, sub_batches
 from deploy.serving import Limits, TaskAPI, TextsRequest
-from zoo import decoding, text
-from zoo.formats import CONFIG_FILE, ExportConfig, FormatError
-from zoo.predict import TOKEN_BEAMS, TooLarge, TranslationOptions, options_for, target_budget
+from zoo.common import decoding, text
+from zoo.common.formats import CONFIG_FILE, ExportConfig, FormatError
+from zoo.common.predict import TOKEN_BEAMS, TooLarge, TranslationOptions, options_for, target_budget
 
 
 class TranslatorPredictor(Predictor):
-    """Greedy and beam search (``zoo.decoding``) over the encoder graph and the decoder-step graph,
+    """Greedy and beam search (``zoo.common.decoding``) over the encoder graph and the decoder-step graph,
     or over every member's pair for an ensemble, whose next-word probabilities each step averages."""
 
     def __init__(self, folder: Path, config: ExportConfig, threads: int | None = None, memory_arena: bool = True):
@@ -71,7 +71,7 @@ class TranslatorPredictor(Predictor):
         return outputs, tuple(next_state)
 
     def step(self, tokens: np.ndarray, state: tuple, memory: tuple) -> tuple[np.ndarray, tuple]:
-        """Next-word logits: one network's own, an ensemble's log mean probabilities (as ``zoo.ensemble``)."""
+        """Next-word logits: one network's own, an ensemble's log mean probabilities (as ``zoo.networks.ensemble``)."""
         logits, state = self.run_decoders(names.LOGITS, tokens, state, memory)
         return (logits[0] if len(logits) == 1 else decoding.log_mean_probabilities(logits)), state
 
@@ -84,7 +84,7 @@ class TranslatorPredictor(Predictor):
         attention: bool = False,
     ) -> list[str] | list[dict]:
         """Translations of raw sentences; ``beam_size`` 1 is greedy (default: the model's). With
-        ``attention``, the records of ``zoo.predict.Translation`` with the tokens and weights."""
+        ``attention``, the records of ``zoo.common.predict.Translation`` with the tokens and weights."""
         records = self.predict(texts, TranslationOptions(beam_size, max_new_tokens, attention), budget=budget)
         return records if attention else [record["translation"] for record in records]
 
@@ -148,7 +148,7 @@ class TranslatorPredictor(Predictor):
         return weights
 
     def decode(self, source: np.ndarray, lengths: np.ndarray, beam_size: int, max_new_tokens: int) -> list[list[int]]:
-        """Target ids of padded sources, as ``zoo.seq2seq.translate_ids`` decodes them in PyTorch."""
+        """Target ids of padded sources, as ``zoo.networks.seq2seq.translate_ids`` decodes them in PyTorch."""
         memory, state = self.encode_graph(source, lengths)
         batch = len(source)
         if beam_size == 1:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Task:
     name: str  # stored in checkpoints (``"task"``), pretrained folders and exports (``config.json``)
-    predict: str  # ``zoo.predict``: items and options in, result records out, at every entry point
-    options: str  # ``zoo.predict``: the options ``predict`` takes, with their defaults
+    predict: str  # ``zoo.common.predict``: items and options in, result records out, at every entry point
+    options: str  # ``zoo.common.predict``: the options ``predict`` takes, with their defaults
     architecture: str  # the zoo network (``torch.nn.Module``)
-    ensemble: str  # ``zoo.ensemble``: several trained networks that predict as one
+    ensemble: str  # ``zoo.networks.ensemble``: several trained networks that predict as one
     lightning_module: str  # trains, evaluates and predicts with the network
     datamodule: str  # the default data
     graphs: str  # ``deploy.graphs``: the network -> the ONNX graphs to write
@@ -46,10 +46,10 @@ TASKS: dict[str, Task] = {
     for task in (
         Task(
             "language_model",
-            predict="zoo.predict.generate",
-            options="zoo.predict.GenerationOptions",
-            architecture="zoo.language_model.RNNLanguageModel",
-            ensemble="zoo.ensemble.LanguageModelEnsemble",
+            predict="zoo.common.predict.generate",
+            options="zoo.common.predict.GenerationOptions",
+            architecture="zoo.networks.language_model.RNNLanguageModel",
+            ensemble="zoo.networks.ensemble.LanguageModelEnsemble",
             lightning_module="lightning_modules.language_model.LanguageModelTask",
             datamodule="datamodules.ptb.PTBDataModule",
             graphs="deploy.graphs.language_model_graphs",
@@ -61,10 +61,10 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "classification",
-            predict="zoo.predict.classify",
-            options="zoo.predict.ClassificationOptions",
-            architecture="zoo.classifier.SequenceClassifier",
-            ensemble="zoo.ensemble.ClassifierEnsemble",
+            predict="zoo.common.predict.classify",
+            options="zoo.common.predict.ClassificationOptions",
+            architecture="zoo.networks.classifier.SequenceClassifier",
+            ensemble="zoo.networks.ensemble.ClassifierEnsemble",
             lightning_module="lightning_modules.classification.ClassificationTask",
             datamodule="datamodules.text_classification.IMDBDataModule",
             graphs="deploy.graphs.classifier_graphs",
@@ -76,10 +76,10 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "tagging",
-            predict="zoo.predict.tag",
-            options="zoo.predict.TaggingOptions",
-            architecture="zoo.tagger.SequenceTagger",
-            ensemble="zoo.ensemble.TaggerEnsemble",
+            predict="zoo.common.predict.tag",
+            options="zoo.common.predict.TaggingOptions",
+            architecture="zoo.networks.tagger.SequenceTagger",
+            ensemble="zoo.networks.ensemble.TaggerEnsemble",
             lightning_module="lightning_modules.tagging.TaggingTask",
             datamodule="datamodules.conll.CoNLLDataModule",
             graphs="deploy.graphs.tagger_graphs",
@@ -92,10 +92,10 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "translation",
-            predict="zoo.predict.translate",
-            options="zoo.predict.TranslationOptions",
-            architecture="zoo.seq2seq.Seq2Seq",
-            ensemble="zoo.ensemble.Seq2SeqEnsemble",
+            predict="zoo.common.predict.translate",
+            options="zoo.common.predict.TranslationOptions",
+            architecture="zoo.networks.seq2seq.Seq2Seq",
+            ensemble="zoo.networks.ensemble.Seq2SeqEnsemble",
             lightning_module="lightning_modules.translation.TranslationTask",
             datamodule="datamodules.translation.TranslationDataModule",
             graphs="deploy.graphs.seq2seq_graphs",
@@ -108,10 +108,10 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "forecasting",
-            predict="zoo.predict.forecast",
-            options="zoo.predict.ForecastOptions",
-            architecture="zoo.forecaster.Forecaster",
-            ensemble="zoo.ensemble.ForecasterEnsemble",
+            predict="zoo.common.predict.forecast",
+            options="zoo.common.predict.ForecastOptions",
+            architecture="zoo.networks.forecaster.Forecaster",
+            ensemble="zoo.networks.ensemble.ForecasterEnsemble",
             lightning_module="lightning_modules.forecasting.ForecastingTask",
             datamodule="datamodules.ett.ETTDataModule",
             graphs="deploy.graphs.forecaster_graphs",

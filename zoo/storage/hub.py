@@ -34,7 +34,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from zoo.formats import (
+from zoo.common.formats import (
     ENTRY_FILE,
     EntryInfo,
     FileInfo,
@@ -45,9 +45,9 @@ from zoo.formats import (
     parse,
     write_json,
 )
-from zoo.pretrained import Pretrained, load_pretrained
+from zoo.storage.pretrained import Pretrained, load_pretrained
 
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = Path(__file__).parents[1]  # zoo/
 MANIFEST = PACKAGE_DIR / "pretrained_models" / "manifest.json"
 MAX_ENTRY_BYTES = 1 << 20  # an entry.json lists a few files: anything larger is not one
 
@@ -184,7 +184,8 @@ def _read_entry(data: bytes, source: str) -> EntryInfo:
 
 
 def _checked_entry(entry: dict, where: str) -> EntryInfo:
-    """``entry`` typed: every size an integer under ``zoo.formats.MAX_FILE_BYTES``, every sha256 64 hex digits."""
+    """``entry`` typed: every size an integer under ``zoo.common.formats.MAX_FILE_BYTES``, every sha256 64
+    hex digits."""
     try:
         return parse(EntryInfo, entry, where)
     except FormatError as err:

@@ -2,7 +2,7 @@
 
 A loop only sees a ``step`` function (token ids and a state -> numpy logits and the next state) and,
 for beam search, a ``select`` function (a state -> the state of some of its rows); the network
-behind them is a ``zoo`` module (``zoo.seq2seq.translate_ids``, ``zoo.language_model.generate``) or
+behind them is a ``zoo`` module (``zoo.networks.seq2seq.translate_ids``, ``zoo.networks.language_model.generate``) or
 an ONNX graph (``deploy.runtime``). One loop means one set of defaults and one result for a model
 whichever way it runs.
 """
@@ -185,7 +185,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def log_mean_probabilities(logits: list[np.ndarray]) -> np.ndarray:
     """log of the mean over members of softmax(logits), along the last axis: an ensemble's next-token
-    scores (``zoo.ensemble.log_mean_probabilities`` in numpy)."""
+    scores (``zoo.networks.ensemble.log_mean_probabilities`` in numpy)."""
     log_probabilities = np.stack([log_softmax(member.astype(np.float32)) for member in logits])
     peak = log_probabilities.max(0)  # a log-sum-exp over the members, shifted so that exp cannot overflow
     return peak + np.log(np.exp(log_probabilities - peak).sum(0)) - np.float32(math.log(len(logits)))

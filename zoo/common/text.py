@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from zoo.formats import MAX_JSON_BYTES, folder_file
+from zoo.common.formats import MAX_JSON_BYTES, folder_file
 
 log = logging.getLogger("rnnzoo")
 
@@ -27,7 +27,7 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def read_tokenizer(folder: Path, file_name: str, listed: set[str] | None = None) -> Tokenizer:
-    """A folder's tokenizer file (checked by ``zoo.formats.folder_file``) with its padding turned off:
+    """A folder's tokenizer file (checked by ``zoo.common.formats.folder_file``) with its padding turned off:
     batches are padded by ``pad``, never by the tokenizer, and a file's own padding (``"Fixed": 20000000``)
     would make every text that long."""
     path = folder_file(folder, file_name, listed, MAX_JSON_BYTES)
@@ -120,7 +120,7 @@ def split_words(sentences: list[str] | list[list[str]]) -> list[list[str]]:
     return sentences
 
 
-# A character-aware language model reads a word as its UTF-8 bytes between two markers (zoo.char_cnn).
+# A character-aware language model reads a word as its UTF-8 bytes between two markers (zoo.networks.char_cnn).
 WORD_PAD, WORD_BEGIN, WORD_END = 0, 1, 2
 BYTE_VOCAB_SIZE = 256 + 3  # the bytes, shifted past the three markers
 

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from zoo import tasks
-from zoo.formats import (
+from zoo.common import tasks
+from zoo.common.formats import (
     CONFIG_FILE,
     MAX_JSON_BYTES,
     METRICS_FILE,
@@ -35,7 +35,7 @@ from zoo.formats import (
     read_written_config,
     write_json,
 )
-from zoo.text import read_tokenizer
+from zoo.common.text import read_tokenizer
 
 INT8_SCALE, INT8_MIN_ELEMENTS = ".int8_row_scale", 1 << 20
 
@@ -63,7 +63,7 @@ def save_pretrained(
     """Write ``network`` as a pretrained folder; returns its path.
 
     ``arguments`` rebuild the network (``architecture(**arguments)``); ``task_arguments`` rebuild the
-    LightningModule of its task (``zoo.tasks``, stored by name); ``tokenizers`` maps a
+    LightningModule of its task (``zoo.common.tasks``, stored by name); ``tokenizers`` maps a
     name (``tokenizer``, ``source_tokenizer``...) to a ``tokenizers`` JSON string; ``dtype`` (e.g.
     ``torch.float16``) stores the floating-point weights in that type; ``torch.int8`` stores the
     large matrices (embeddings, vocabulary projections) as per-row int8 and the rest as float16.

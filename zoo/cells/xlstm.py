@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.chunked import causal_log_weights, split_chunks
-from zoo.packed_state import StateLayout, split_heads
+from zoo.cells.chunked import causal_log_weights, split_chunks
+from zoo.cells.packed_state import StateLayout, split_heads
 
 
 def log_sigmoid(x: torch.Tensor) -> torch.Tensor:

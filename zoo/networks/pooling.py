@@ -24,7 +24,7 @@ def last_layer_state(state, num_directions: int, hidden_size: int | None = None)
 
     For a bidirectional layer the backward direction's final state is the one at position 0,
     so "last" pooling sees the whole sequence from both ends. A modern cell's packed state starts with
-    its last output (``zoo.modern``): ``hidden_size`` keeps those columns.
+    its last output (``zoo.cells.modern``): ``hidden_size`` keeps those columns.
     """
     h = state[0] if isinstance(state, tuple) else state
     return h[-num_directions:, :, :hidden_size].transpose(0, 1).flatten(1)  # (D, B, H) -> (B, D*H), forward first

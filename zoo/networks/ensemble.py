@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.classifier import SequenceClassifier
-from zoo.crf import CRF
-from zoo.forecaster import Forecaster
-from zoo.language_model import RNNLanguageModel
-from zoo.seq2seq import DecoderState, Memory, Seq2Seq
-from zoo.tagger import SequenceTagger
+from zoo.networks.classifier import SequenceClassifier
+from zoo.networks.crf import CRF
+from zoo.networks.forecaster import Forecaster
+from zoo.networks.language_model import RNNLanguageModel
+from zoo.networks.seq2seq import DecoderState, Memory, Seq2Seq
+from zoo.networks.tagger import SequenceTagger
 
 
 def log_mean_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -153,7 +153,7 @@ class ForecasterEnsemble(Ensemble):
             sizes = (member.input_length, member.horizon, member.channels)
             if sizes != (first.input_length, first.horizon, first.channels):
                 raise ValueError("forecaster ensemble members must read and forecast the same rows and columns")
-        # From the arguments, not the buffers: the network may be built on the meta device (``zoo.pretrained``).
+        # From the arguments, not the buffers: the network may be built on the meta device (``zoo.storage.pretrained``).
         if len({(tuple(m.get("mean") or ()), tuple(m.get("std") or ())) for m in members}) > 1:
             raise ValueError("forecaster ensemble members must be trained on the same data (the same scaling)")
         self.input_length, self.horizon, self.channels = first.input_length, first.horizon, first.channels

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.blocks import RMSNorm
-from zoo.chunked import decay_matrix, split_chunks
-from zoo.packed_state import StateLayout, causal_conv, split_heads
+from zoo.cells.blocks import RMSNorm
+from zoo.cells.chunked import decay_matrix, split_chunks
+from zoo.cells.packed_state import StateLayout, causal_conv, split_heads
 
 
 @torch.jit.script

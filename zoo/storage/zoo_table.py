@@ -1,21 +1,21 @@
 """The README's table of pretrained zoo entries, rendered from ``zoo/pretrained_models/manifest.json``.
 
 The manifest is the one record of what each entry is and what it reached; the README's table is
-generated from it, so the two cannot drift apart. ``python -m zoo.zoo_table`` rewrites the block
+generated from it, so the two cannot drift apart. ``python -m zoo.storage.zoo_table`` rewrites the block
 between the markers in ``README.md``; ``tests/test_readme.py`` fails when the block is stale.
 
-Torch-free: it reads the manifest with ``zoo.formats``.
+Torch-free: it reads the manifest with ``zoo.common.formats``.
 """
 
 import os
 import tempfile
 from pathlib import Path
 
-from zoo import tasks
-from zoo.formats import EntryInfo, Manifest, parse, read_json
+from zoo.common import tasks
+from zoo.common.formats import EntryInfo, Manifest, parse, read_json
 
-MANIFEST = Path(__file__).parent / "pretrained_models" / "manifest.json"
-README = Path(__file__).parent.parent / "README.md"
+MANIFEST = Path(__file__).parents[1] / "pretrained_models" / "manifest.json"
+README = Path(__file__).parents[2] / "README.md"
 START = "<!-- zoo-table:start -->"
 END = "<!-- zoo-table:end -->"
 
@@ -104,7 +104,7 @@ def replace_block(text: str, table: str) -> str:
 
 def main() -> None:
     if not README.is_file():
-        raise SystemExit(f"{README} not found: run `python -m zoo.zoo_table` in a source checkout of rnnzoo")
+        raise SystemExit(f"{README} not found: run `python -m zoo.storage.zoo_table` in a source checkout of rnnzoo")
     manifest = read_manifest()
     text = README.read_text(encoding="utf-8")
     try:

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo import decoding
-from zoo.attention import Attention, AttentionType
-from zoo.modern import MODERN_CELLS
-from zoo.pooling import last_layer_state, valid_mask
-from zoo.recurrent import CELLS, CellType, Nonlinearity, RecurrentInit, StackConfig, State, map_state
+from zoo.cells.modern import MODERN_CELLS
+from zoo.cells.recurrent import CELLS, CellType, Nonlinearity, RecurrentInit, StackConfig, State, map_state
+from zoo.common import decoding
+from zoo.networks.attention import Attention, AttentionType
+from zoo.networks.pooling import last_layer_state, valid_mask
 
 Context = Literal["initial", "every_step", "attention"]
 CONTEXTS = ("initial", "every_step", "attention")
@@ -211,7 +211,7 @@ def translate_ids(
     length_penalty: float = decoding.LENGTH_PENALTY,
     attention: list[np.ndarray] | None = None,
 ) -> list[list[int]]:
-    """Target ids of padded sources ``(B, S)`` by ``zoo.decoding``'s greedy (``beam_size`` 1) or beam
+    """Target ids of padded sources ``(B, S)`` by ``zoo.common.decoding``'s greedy (``beam_size`` 1) or beam
     search, without ``<bos>``/``<eos>``; ``max_new_tokens`` None: ``decoding.default_max_new_tokens``.
     Greedy decoding appends each step's attention weights ``(B, S)`` to ``attention`` when given."""
     max_new_tokens = max_new_tokens or decoding.default_max_new_tokens(lengths.tolist())

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.crf import CRF, bio_constraints
-from zoo.dropout import make_dropout
-from zoo.pooling import last_layer_state
-from zoo.recurrent import Block, CellType, Nonlinearity, RecurrentInit, RecurrentStack, StackConfig
-from zoo.text import IGNORE_INDEX
+from zoo.cells.recurrent import Block, CellType, Nonlinearity, RecurrentInit, RecurrentStack, StackConfig
+from zoo.common.text import IGNORE_INDEX
+from zoo.networks.crf import CRF, bio_constraints
+from zoo.networks.dropout import make_dropout
+from zoo.networks.pooling import last_layer_state
 
 
 class CharWordEncoder(nn.Module):

@@ -15,10 +15,10 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zoo import decoding, tasks
+from zoo.common import decoding, tasks
 
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
-ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha256 (``zoo.hub``)
+ENTRY_FILE = "entry.json"  # a published folder's file list with sizes and sha256 (``zoo.storage.hub``)
 # The largest file an entry may list (``RNNZOO_MAX_FILE_BYTES`` overrides it): the biggest shipped
 # entry is 10 MB, so 4 GiB leaves room for large models and still refuses a crafted ``10**15``.
 MAX_FILE_BYTES = int(os.environ.get("RNNZOO_MAX_FILE_BYTES", 4 * 2**30))
@@ -43,10 +43,10 @@ class Schema(BaseModel):
 
 
 class PretrainedConfig(Schema):
-    """``config.json`` of a pretrained folder (``zoo.pretrained``): enough to rebuild the network
+    """``config.json`` of a pretrained folder (``zoo.storage.pretrained``): enough to rebuild the network
     (``architecture(**arguments)``) and its Lightning task (``task_arguments``)."""
 
-    FORMAT_VERSION: ClassVar[int] = 2  # 2: ``task`` is a ``zoo.tasks`` name; 1 is read as 2
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: ``task`` is a ``zoo.common.tasks`` name; 1 is read as 2
     READS: ClassVar[tuple[int, ...]] = (1, 2)
     # Version 1 arguments under their old names.
     RENAMED_ARGUMENTS: ClassVar[dict[str, str]] = {
@@ -57,7 +57,7 @@ class PretrainedConfig(Schema):
     format_version: int = FORMAT_VERSION
     architecture: str  # the zoo class (``SequenceClassifier``) or its task's ensemble class
     arguments: dict  # the architecture's keyword arguments
-    task: str  # a ``zoo.tasks`` name
+    task: str  # a ``zoo.common.tasks`` name
     task_arguments: dict  # the LightningModule's hyperparameters
     tokenizers: dict[str, str] = {}  # tokenizer name -> file
     weights_dtype: str = "float32"  # how the weights are stored (``int8``: per-row int8 matrices)
@@ -125,7 +125,7 @@ class ExportConfig(Schema):
     READS: ClassVar[tuple[int, ...]] = (2,)
 
     format_version: int = FORMAT_VERSION
-    task: str  # a ``zoo.tasks`` name
+    task: str  # a ``zoo.common.tasks`` name
     architecture: str  # the zoo network it was exported from
     labels: list[str] | None = None  # classifier and tagger
     language_pair: str | None = None  # translator: ``de-en``

@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from zoo.dropout import make_dropout
-from zoo.pooling import POOLINGS, AttentionPooling, Pooling, pool, pooled_size
-from zoo.recurrent import Block, CellType, Nonlinearity, RecurrentInit, StackConfig
+from zoo.cells.recurrent import Block, CellType, Nonlinearity, RecurrentInit, StackConfig
+from zoo.networks.dropout import make_dropout
+from zoo.networks.pooling import POOLINGS, AttentionPooling, Pooling, pool, pooled_size
 
 
 class SequenceClassifier(nn.Module):

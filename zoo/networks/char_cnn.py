@@ -2,7 +2,7 @@
 Models"): each word is read as its characters, through convolutions of several widths with max-over-time
 pooling and highway layers, in place of a word embedding.
 
-Characters are the word's UTF-8 bytes (``zoo.text.word_bytes``), so the character inventory is fixed
+Characters are the word's UTF-8 bytes (``zoo.common.text.word_bytes``), so the character inventory is fixed
 (256 bytes and three markers) and needs no vocabulary of its own.
 """
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.text import BYTE_VOCAB_SIZE
+from zoo.common.text import BYTE_VOCAB_SIZE
 
 KIM_SMALL_FILTERS = [25, 50, 75, 100, 125, 150]  # filters of width 1..6: 25 x width (LSTM-Char-Small)
 

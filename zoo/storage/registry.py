@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from zoo import tasks
+from zoo.common import tasks
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
 
 def list_models() -> list[str]:

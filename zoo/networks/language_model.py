@@ -6,11 +6,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from zoo import decoding
-from zoo.char_cnn import CharCNN
-from zoo.dropout import make_dropout
-from zoo.recurrent import Block, CellType, Nonlinearity, RecurrentInit, StackConfig, State
-from zoo.text import word_bytes
+from zoo.cells.recurrent import Block, CellType, Nonlinearity, RecurrentInit, StackConfig, State
+from zoo.common import decoding
+from zoo.common.text import word_bytes
+from zoo.networks.char_cnn import CharCNN
+from zoo.networks.dropout import make_dropout
 
 
 class RNNLanguageModel(nn.Module):
@@ -144,7 +144,7 @@ def generate(
     eos_id: int | None = None,
     seed: int | None = None,
 ) -> list[int]:
-    """Continue ``prompt_ids`` one token at a time, carrying the recurrent state (``zoo.decoding``:
+    """Continue ``prompt_ids`` one token at a time, carrying the recurrent state (``zoo.common.decoding``:
     ``temperature`` 0 is greedy; ``seed`` fixes the draws). Stops after ``max_new_tokens`` or when
     ``eos_id`` is drawn (it is not included in the result)."""
     was_training = model.training

@@ -1,9 +1,9 @@
 """The configurable recurrent stack every zoo model is built on.
 
 Cells ``rnn`` (Elman, tanh or ReLU), ``lstm`` and ``gru`` run on the fused ``nn.RNN``/``nn.LSTM``/``nn.GRU``
-kernels (cuDNN on GPU, oneDNN on CPU); ``gated`` and ``jordan`` are explicit loops (see ``zoo.cells``);
-``mingru`` and ``minlstm`` (Feng et al. 2024) train with a log-space parallel scan (see ``zoo.minimal``);
-``mlstm``, ``slstm`` (xLSTM), ``mamba2`` and ``rglru`` (Hawk) are today's recurrences (see ``zoo.modern``).
+kernels (cuDNN on GPU, oneDNN on CPU); ``gated`` and ``jordan`` are explicit loops (see ``zoo.cells.loop``);
+``mingru`` and ``minlstm`` (Feng et al. 2024) train with a log-space parallel scan (see ``zoo.cells.minimal``);
+``mlstm``, ``slstm`` (xLSTM), ``mamba2`` and ``rglru`` (Hawk) are today's recurrences (see ``zoo.cells.modern``).
 Layers are kept as separate modules so that dropout (standard or locked) and residual connections
 can sit between them.
 """
@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.blocks import BLOCKS, Block, ResidualMLPBlock, RMSNorm
-from zoo.cells import LOOP_CELLS, LoopRecurrence
-from zoo.dropout import make_dropout
-from zoo.fused import FusedBidirectional, run_to_lengths
-from zoo.minimal import MINIMAL_CELLS, MinimalRecurrence
-from zoo.modern import MODERN_CELLS, ModernRecurrence
+from zoo.cells.blocks import BLOCKS, Block, ResidualMLPBlock, RMSNorm
+from zoo.cells.fused import FusedBidirectional, run_to_lengths
+from zoo.cells.loop import LOOP_CELLS, LoopRecurrence
+from zoo.cells.minimal import MINIMAL_CELLS, MinimalRecurrence
+from zoo.cells.modern import MODERN_CELLS, ModernRecurrence
+from zoo.networks.dropout import make_dropout
 
 FUSED_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CELLS = tuple(FUSED_CELLS) + tuple(LOOP_CELLS) + tuple(MINIMAL_CELLS) + tuple(MODERN_CELLS)
@@ -34,7 +34,7 @@ Nonlinearity = Literal["tanh", "relu"]
 
 # An LSTM state is (h, c); every other cell carries one tensor. Shapes follow torch:
 # (num_layers * num_directions, batch, state_size), where state_size is hidden_size but for the
-# modern cells, which pack more than a vector (zoo.packed_state).
+# modern cells, which pack more than a vector (zoo.cells.packed_state).
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -115,7 +115,7 @@ class RecurrentStack(nn.Module):
         nonlinearity: ``tanh`` or ``relu``, of the ``rnn`` cell only.
         heads: heads of the ``mlstm``, ``slstm`` and ``mamba2`` cells.
         block: ``none`` (bare layers) or ``residual_mlp``: each layer in a pre-norm residual block with
-            a gated MLP, and a final RMSNorm (``zoo.blocks``), as xLSTM, Griffin and minGRU stack them.
+            a gated MLP, and a final RMSNorm (``zoo.cells.blocks``), as xLSTM, Griffin and minGRU stack them.
         slstm_at: with ``cell="mlstm"``, the layers (from 0) that are ``slstm`` instead: xLSTM's mixed
             ``[m:s]`` stacks (Beck et al. 2024), named as in their ``xLSTMBlockStackConfig``. The layers'
             states differ in size; each is stored in the first columns of the stack's widest.
@@ -161,7 +161,7 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"slstm_at={slstm_at} names layers outside 0..{num_layers - 1}")
         self.cell = cell
         # The tensors of the state it carries: an LSTM's hidden and cell state, one tensor for every
-        # other cell (the modern cells pack theirs into it, ``zoo.packed_state``).
+        # other cell (the modern cells pack theirs into it, ``zoo.cells.packed_state``).
         self.state_names = ("h", "c") if FUSED_CELLS.get(cell) is nn.LSTM else ("h",)
         self.layer_cells = ["slstm" if i in slstm_at else cell for i in range(num_layers)]
         self.nonlinearity = nonlinearity

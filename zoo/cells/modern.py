@@ -1,8 +1,8 @@
 """Today's recurrent layers (``mlstm``, ``slstm``, ``mamba2``, ``rglru``) behind one calling convention.
 
 ``forward(x (B, T, F), state (D, B, S), lengths (B,) or None) -> (output (B, T, D*H), state)``, as
-``zoo.cells.LoopRecurrence``. Each direction's state is packed into ``S`` columns
-(``zoo.packed_state``): first its last output (``H``, what "last state" pooling reads, as an LSTM's
+``zoo.cells.loop.LoopRecurrence``. Each direction's state is packed into ``S`` columns
+(``zoo.cells.packed_state``): first its last output (``H``, what "last state" pooling reads, as an LSTM's
 ``h``), then the cell's own parts. Steps past a sequence's length leave the state unchanged and output
 zeros. With gradients each cell runs its parallel (chunkwise) form; without them (evaluation,
 generation, ``torch.onnx.export``) its exact step-by-step recurrence.
@@ -13,12 +13,12 @@ from functools import partial
 import torch
 from torch import nn
 
-from zoo.cells import run_directions
-from zoo.mamba2 import Mamba2Mixer
-from zoo.packed_state import StateLayout
-from zoo.pooling import valid_mask
-from zoo.rglru import RGLRUBlock
-from zoo.xlstm import MLSTMCell, SLSTMCell
+from zoo.cells.loop import run_directions
+from zoo.cells.mamba2 import Mamba2Mixer
+from zoo.cells.packed_state import StateLayout
+from zoo.cells.rglru import RGLRUBlock
+from zoo.cells.xlstm import MLSTMCell, SLSTMCell
+from zoo.networks.pooling import valid_mask
 
 MODERN_CELLS = {"mlstm": MLSTMCell, "slstm": SLSTMCell, "mamba2": Mamba2Mixer, "rglru": RGLRUBlock}
 HEADED_WIDTH = {"mlstm": 1, "slstm": 1, "mamba2": 2}  # the width split into heads, in units of H

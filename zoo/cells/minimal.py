@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.cells import run_directions
-from zoo.pooling import valid_mask
+from zoo.cells.loop import run_directions
+from zoo.networks.pooling import valid_mask
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torc
 
 
 class MinimalRecurrence(nn.Module):
-    """One minGRU or minLSTM layer with the calling convention of ``zoo.cells.LoopRecurrence``.
+    """One minGRU or minLSTM layer with the calling convention of ``zoo.cells.loop.LoopRecurrence``.
 
     ``forward(x (B, T, F), state (D, B, H), lengths (B,) or None) -> (output (B, T, D*H), state)``.
     Steps past a sequence's length leave its state unchanged and output zeros. With gradients the whole

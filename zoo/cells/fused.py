@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from zoo.cells import reverse_padded
+from zoo.cells.loop import reverse_padded
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -107,7 +107,7 @@ class FusedBidirectional(nn.Module):
     def forward(self, x, state=None, lengths=None):
         if torch.onnx.is_in_onnx_export():
             if self.merged is None:
-                raise RuntimeError("export a copy made by zoo.fused.prepare_for_onnx_export(network)")
+                raise RuntimeError("export a copy made by zoo.cells.fused.prepare_for_onnx_export(network)")
             return self.merged(x, state) if lengths is None else run_packed(self.merged, x, state, lengths)
         forward_state = _direction(state, 0)
         backward_state = _direction(state, 1)

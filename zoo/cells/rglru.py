@@ -10,17 +10,17 @@ branch, and a linear map -> a short causal convolution -> the RG-LRU
 
 whose output, times the gate branch, is projected back to the layer's width. The paper's gates are
 block-diagonal; here they are dense (one ``(H, 2H)`` map), which costs ``H * H`` parameters per layer more.
-``a_t`` depends on the input alone, so training runs a parallel scan (``zoo.chunked.diagonal_scan``)
-and inference the exact step-by-step recurrence (``zoo.minimal.linear_recurrence``, an ONNX Loop).
+``a_t`` depends on the input alone, so training runs a parallel scan (``zoo.cells.chunked.diagonal_scan``)
+and inference the exact step-by-step recurrence (``zoo.cells.minimal.linear_recurrence``, an ONNX Loop).
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.chunked import diagonal_scan
-from zoo.minimal import linear_recurrence
-from zoo.packed_state import StateLayout, causal_conv
+from zoo.cells.chunked import diagonal_scan
+from zoo.cells.minimal import linear_recurrence
+from zoo.cells.packed_state import StateLayout, causal_conv
 
 GATE_SCALE = 8.0  # the paper's c
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.recurrent import CellType, RecurrentStack
+from zoo.cells.recurrent import CellType, RecurrentStack
 
 ForecastModel = Literal["segrnn", "rnn", "dlinear", "repeat_last"]
 FORECAST_MODELS = ("segrnn", "rnn", "dlinear", "repeat_last")

@@ -7,7 +7,7 @@ onnxruntime predictors (``deploy.load(folder).predict``), the HTTP service, ``rn
 from (the records below, which are plain dicts and so JSON as they are).
 
 A function sees the model only through a few primitives, which the PyTorch task and the exported
-folder each implement under the same names: ``labels``, ``decoding`` (a ``zoo.formats.DecodingSpec``),
+folder each implement under the same names: ``labels``, ``decoding`` (a ``zoo.common.formats.DecodingSpec``),
 ``get_tokenizer(name)``, and per task ``logits(texts)`` (classifier), ``tag_ids(sentences)``
 (tagger), ``translate_ids(sources, beam_size, max_new_tokens)``, ``require_attention()`` and
 ``attention_weights(sources, targets)`` (translator, on source ids ending in ``<eos>``), and
@@ -20,7 +20,7 @@ from typing import NotRequired, TypedDict
 
 import numpy as np
 
-from zoo import decoding, tasks, text
+from zoo.common import decoding, tasks, text
 
 # -- result records --------------------------------------------------------------------------------------------
 
@@ -119,7 +119,7 @@ Options = ClassificationOptions | TaggingOptions | TranslationOptions | Generati
 
 
 def options_for(task: str, **values) -> Options:
-    """The options of ``task`` (a ``zoo.tasks`` name) from keyword values, unknown names refused."""
+    """The options of ``task`` (a ``zoo.common.tasks`` name) from keyword values, unknown names refused."""
     options = tasks.get(task).load("options")
     known = {field.name for field in fields(options)}
     unknown = sorted(set(values) - known)
@@ -130,7 +130,7 @@ def options_for(task: str, **values) -> Options:
 
 
 def predict(model, items: list, options: Options | None = None, **limits) -> list[dict]:
-    """``model``'s answer for each item, by its task (``model.task``, a ``zoo.tasks`` name); ``limits``
+    """``model``'s answer for each item, by its task (``model.task``, a ``zoo.common.tasks`` name); ``limits``
     go to the model's primitive (the exported predictors' ``budget`` of padded cells per call)."""
     task = tasks.get(model.task)
     options = task.load("options")() if options is None else options
