@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 from deploy.runtime import Cancelled, Predictor, cancellable
 from deploy.sequences import Sequence, SequenceStore
 from zoo.common import tasks
-from zoo.common.predict import TOKEN_BEAMS, TooLarge, options_for
+from zoo.common.predict import TooLarge, options_for
+from zoo.common.predict.translation import TOKEN_BEAMS
 from zoo.common.text import check_texts
 
 log = logging.getLogger(__name__)

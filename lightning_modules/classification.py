@@ -100,7 +100,7 @@ class ClassificationTask(TaskModule):
         return self.predict(batch["texts"])
 
     def classify(self, texts: list[str]) -> list[dict]:
-        """Label and probabilities of raw texts (``zoo.common.predict.Classification``)."""
+        """Label and probabilities of raw texts (``zoo.common.predict.classification.Classification``)."""
         return self.predict(texts)
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ TRAINING_STACK = ("torch", "lightning", "jsonargparse", "datasets", "safetensors
 def generate_main(argv: list[str]) -> None:
     from lightning_modules.language_model import LanguageModelTask
     from lightning_modules.option_flags import add_option_flags, options_from_flags
-    from zoo.common.predict import GenerationOptions
+    from zoo.common.predict.language_model import GenerationOptions
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo generate",
@@ -42,7 +42,7 @@ def generate_main(argv: list[str]) -> None:
 def translate_main(argv: list[str]) -> None:
     from lightning_modules.option_flags import add_option_flags, options_from_flags
     from lightning_modules.translation import TranslationTask
-    from zoo.common.predict import TranslationOptions
+    from zoo.common.predict.translation import TranslationOptions
 
     parser = argparse.ArgumentParser(
         prog="rnnzoo translate", description="Translate sentences: one JSON line {source, translation} each."

@@ -13,7 +13,7 @@ from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
 from zoo.cells.recurrent import detach_state
 from zoo.common import allocator, decoding, text
-from zoo.common.predict import GenerationOptions
+from zoo.common.predict.language_model import GenerationOptions
 from zoo.common.text import IGNORE_INDEX
 from zoo.networks.language_model import RNNLanguageModel
 from zoo.networks.language_model import generate as generate_ids
@@ -187,7 +187,7 @@ class LanguageModelTask(TaskModule):
         seed: int | None = None,
     ) -> str:
         """``prompt`` and its continuation (a new sentence when empty): stops at ``<eos>`` or after
-        ``max_new_tokens``; ``predict`` gives the records (``zoo.common.predict.Continuation``)."""
+        ``max_new_tokens``; ``predict`` gives the records (``zoo.common.predict.language_model.Continuation``)."""
         (record,) = self.predict([prompt], GenerationOptions(max_new_tokens, temperature, top_k, seed))
         return record["continuation"]
 

@@ -153,7 +153,7 @@ class TaggingTask(TaskModule):
         return self.predict(batch["words"])
 
     def tag(self, sentences: list[str] | list[list[str]]) -> list[dict]:
-        """Tags of raw sentences, a string split on whitespace (``zoo.common.predict.Tagging``)."""
+        """Tags of raw sentences, a string split on whitespace (``zoo.common.predict.tagging.Tagging``)."""
         return self.predict(sentences)
 
     @torch.no_grad()

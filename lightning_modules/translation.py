@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from lightning_modules.distillation import distillation_from
 from lightning_modules.task_module import TaskModule
 from zoo.common import decoding, text
-from zoo.common.predict import TranslationOptions
+from zoo.common.predict.translation import TranslationOptions
 from zoo.networks.seq2seq import Seq2Seq, translate_ids
 
 
@@ -168,7 +168,7 @@ class TranslationTask(TaskModule):
 
     def translate(self, texts: list[str], beam_size: int | None = None) -> list[str]:
         """Translations of raw sentences (``beam_size`` defaults to the task's); ``predict`` gives the
-        records (``zoo.common.predict.Translation``)."""
+        records (``zoo.common.predict.translation.Translation``)."""
         return [record["translation"] for record in self.predict(texts, TranslationOptions(beam_size=beam_size))]
 
     def require_attention(self) -> None:

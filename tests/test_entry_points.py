@@ -15,7 +15,7 @@ from lightning_modules.cli import main as rnnzoo
 from lightning_modules.task_io import task_from_pretrained
 from tests.conftest import REPO, shared_dataset
 from zoo.common import text
-from zoo.common.predict import GenerationOptions
+from zoo.common.predict.language_model import GenerationOptions
 
 LONG_REVIEW = " ".join(["a fine film , but far too long ."] * 80)  # 720 tokens: over imdb-bilstm's 400
 LONG_SENTENCE = " ".join(["Peter", "lives", "in", "Berlin", "."] * 50)  # 250 words: over CoNLL's max_length 200

@@ -31,7 +31,8 @@ TORCH_FREE = (
     "deploy.open_inference",
     "deploy.signatures",
     # the zoo's torch-free folder, every module of it
-    *(f"zoo.common.{path.stem}" for path in sorted((REPO / "zoo" / "common").glob("*.py")) if path.stem != "__init__"),
+    *(".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+      for path in sorted((REPO / "zoo" / "common").rglob("*.py"))),
     # each task's serving module (``deploy.tasks``)
     *sorted({getattr(task, part).rpartition(".")[0] for task in TASKS.values() for part in ("predictor", "api")}),
 )

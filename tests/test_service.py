@@ -32,7 +32,8 @@ from deploy.tasks.language_model import LanguageModelPredictor
 from tests.conftest import REPO, WORDS
 from tests.exports import exported_models
 from zoo.common.decoding import PROMPT_CHUNK
-from zoo.common.predict import TooLarge, TranslationOptions
+from zoo.common.predict import TooLarge
+from zoo.common.predict.translation import TranslationOptions
 from zoo.common.text import MAX_WORD_CHARACTERS
 
 SENTIMENT = "/v1/models/sentiment/predict"

@@ -27,7 +27,8 @@ class ClassifierPredictor(Predictor):
         return np.stack(logits)
 
     def classify(self, texts: list[str], budget: int = TOKENS) -> list[dict]:
-        """``[{"text", "label", "probability", "probabilities"}]`` per text (``zoo.common.predict.Classification``)."""
+        """``[{"text", "label", "probability", "probabilities"}]`` per text
+        (``zoo.common.predict.classification.Classification``)."""
         return self.predict(texts, budget=budget)
 
 

@@ -36,8 +36,8 @@ class ForecasterPredictor(Predictor):
         return {"columns": self.columns, "input_length": self.input_length, "horizon": self.horizon}
 
     def forecast(self, series: list, budget: int = WINDOWS) -> list[dict]:
-        """``[{"columns", "forecast"}]`` per window (``zoo.common.predict.Forecast``); a window is ``input_length``
-        rows of one number per column, in the data's units."""
+        """``[{"columns", "forecast"}]`` per window (``zoo.common.predict.forecasting.Forecast``); a window is
+        ``input_length`` rows of one number per column, in the data's units."""
         return self.predict(series, budget=budget)
 
     def forecast_values(self, windows: np.ndarray, budget: int = WINDOWS) -> np.ndarray:

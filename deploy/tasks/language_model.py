@@ -13,7 +13,8 @@ from deploy.open_inference import Output, Tensors, values_of
 from deploy.runtime import Predictor, check_cancelled
 from deploy.serving import TaskAPI
 from zoo.common import decoding, text
-from zoo.common.predict import GenerationOptions, options_for
+from zoo.common.predict import options_for
+from zoo.common.predict.language_model import GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class LanguageModelPredictor(Predictor):
     ) -> tuple[dict, Carried]:
         """A sequence of requests as one text: ``prompt`` is read after what ``carried`` holds (None: the
         sequence starts, as ``predict`` starts a prompt) and continued from there. Returns the record of
-        ``zoo.common.predict.Continuation`` (this ``prompt`` and its continuation) and what to carry into the
-        sequence's next request: the state after ``prompt``, not after the continuation, so the next
+        ``zoo.common.predict.language_model.Continuation`` (this ``prompt`` and its continuation) and what to
+        carry into the sequence's next request: the state after ``prompt``, not after the continuation, so the next
         chunk follows the client's text. Chunks split between words continue as their whole text does."""
         options = options or GenerationOptions()
         tokenizer = self.tokenizers["tokenizer"]
@@ -92,14 +93,15 @@ class LanguageModelPredictor(Predictor):
         top_k: int | None = None,
         seed: int | None = None,
     ) -> str:
-        """``prompt`` and its continuation (``zoo.common.predict.generate``), to ``<eos>`` or ``max_new_tokens``."""
+        """``prompt`` and its continuation (``zoo.common.predict.language_model.generate``), to ``<eos>`` or
+        ``max_new_tokens``."""
         options = GenerationOptions(max_new_tokens, temperature, top_k, seed)
         (record,) = self.predict([prompt], options)
         return record["continuation"]
 
 
 class GenerateRequest(BaseModel):
-    # Defaults are ``zoo.common.predict.GenerationOptions``', as at every entry point.
+    # Defaults are ``zoo.common.predict.language_model.GenerationOptions``', as at every entry point.
     prompts: list[str] = Field(min_length=1, description="texts to continue (may be empty strings)")
     max_new_tokens: int | None = Field(
         None, ge=1, le=1000, validation_alias=AliasChoices("max_new_tokens", "max_tokens"),

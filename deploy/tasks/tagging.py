@@ -17,8 +17,8 @@ class TaggerPredictor(Predictor):
     needs_labels = True
 
     def tag(self, sentences: list[str] | list[list[str]], budget: int = CHARACTERS) -> list[dict]:
-        """``[{"words", "tags"}]`` per sentence (``zoo.common.predict.Tagging``); a sentence is a string (split on
-        whitespace) or its words."""
+        """``[{"words", "tags"}]`` per sentence (``zoo.common.predict.tagging.Tagging``); a sentence is a string
+        (split on whitespace) or its words."""
         return self.predict(sentences, budget=budget)
 
     def tag_ids(self, sentences: list[list[str]], budget: int = CHARACTERS) -> list[list[int]]:

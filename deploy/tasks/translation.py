@@ -14,7 +14,8 @@ from deploy.runtime import Predictor, check_cancelled, sub_batches
 from deploy.serving import Limits, TaskAPI, TextsRequest
 from zoo.common import decoding, text
 from zoo.common.formats import CONFIG_FILE, ExportConfig, FormatError
-from zoo.common.predict import TOKEN_BEAMS, TooLarge, TranslationOptions, options_for, target_budget
+from zoo.common.predict import TooLarge, options_for
+from zoo.common.predict.translation import TOKEN_BEAMS, TranslationOptions, target_budget
 
 
 class TranslatorPredictor(Predictor):
@@ -84,7 +85,7 @@ class TranslatorPredictor(Predictor):
         attention: bool = False,
     ) -> list[str] | list[dict]:
         """Translations of raw sentences; ``beam_size`` 1 is greedy (default: the model's). With
-        ``attention``, the records of ``zoo.common.predict.Translation`` with the tokens and weights."""
+        ``attention``, the records of ``zoo.common.predict.translation.Translation`` with the tokens and weights."""
         records = self.predict(texts, TranslationOptions(beam_size, max_new_tokens, attention), budget=budget)
         return records if attention else [record["translation"] for record in records]
 

@@ -46,8 +46,8 @@ TASKS: dict[str, Task] = {
     for task in (
         Task(
             "language_model",
-            predict="zoo.common.predict.generate",
-            options="zoo.common.predict.GenerationOptions",
+            predict="zoo.common.predict.language_model.generate",
+            options="zoo.common.predict.language_model.GenerationOptions",
             architecture="zoo.networks.language_model.RNNLanguageModel",
             ensemble="zoo.networks.ensemble.LanguageModelEnsemble",
             lightning_module="lightning_modules.language_model.LanguageModelTask",
@@ -61,8 +61,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "classification",
-            predict="zoo.common.predict.classify",
-            options="zoo.common.predict.ClassificationOptions",
+            predict="zoo.common.predict.classification.classify",
+            options="zoo.common.predict.classification.ClassificationOptions",
             architecture="zoo.networks.classifier.SequenceClassifier",
             ensemble="zoo.networks.ensemble.ClassifierEnsemble",
             lightning_module="lightning_modules.classification.ClassificationTask",
@@ -76,8 +76,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "tagging",
-            predict="zoo.common.predict.tag",
-            options="zoo.common.predict.TaggingOptions",
+            predict="zoo.common.predict.tagging.tag",
+            options="zoo.common.predict.tagging.TaggingOptions",
             architecture="zoo.networks.tagger.SequenceTagger",
             ensemble="zoo.networks.ensemble.TaggerEnsemble",
             lightning_module="lightning_modules.tagging.TaggingTask",
@@ -92,8 +92,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "translation",
-            predict="zoo.common.predict.translate",
-            options="zoo.common.predict.TranslationOptions",
+            predict="zoo.common.predict.translation.translate",
+            options="zoo.common.predict.translation.TranslationOptions",
             architecture="zoo.networks.seq2seq.Seq2Seq",
             ensemble="zoo.networks.ensemble.Seq2SeqEnsemble",
             lightning_module="lightning_modules.translation.TranslationTask",
@@ -108,8 +108,8 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "forecasting",
-            predict="zoo.common.predict.forecast",
-            options="zoo.common.predict.ForecastOptions",
+            predict="zoo.common.predict.forecasting.forecast",
+            options="zoo.common.predict.forecasting.ForecastOptions",
             architecture="zoo.networks.forecaster.Forecaster",
             ensemble="zoo.networks.ensemble.ForecasterEnsemble",
             lightning_module="lightning_modules.forecasting.ForecastingTask",
