@@ -33,13 +33,19 @@ def refusal(status: int, reason: str, detail: str) -> bytes:
     return head.encode() + body
 
 
+async def answer(send, status: int, detail: str, close: bool = False) -> None:
+    """An ASGI answer ``{"detail": detail}`` (the service's own refusals, before or beside its app)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def answer_too_large(scope, receive, send) -> None:
     """The ASGI answer to a head over ``MAX_HEAD_BYTES`` that arrived whole; the connection closes after it."""
-    body = json.dumps({"detail": HEAD_TOO_LARGE}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": 431, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await answer(send, 431, HEAD_TOO_LARGE, close=True)
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[HttpToolsProtocol]:

@@ -17,7 +17,6 @@ Each model is answered through ``deploy.serving`` (limits, micro-batching) by it
 """
 
 import asyncio
-import json
 import logging
 import os
 import resource
@@ -32,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from deploy import connections, open_inference
+from deploy.connections import answer
 from deploy.events import event_stream
 from deploy.runtime import Predictor, load
 from deploy.sequences import SequenceStore, keeps_state
@@ -264,15 +264,6 @@ class TransportLimits:
         finally:
             watch.cancel()
             app.cancel()
-
-
-async def answer(send, status: int, detail: str, close: bool = False) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8000, **options) -> None:

@@ -13,23 +13,25 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-def _mallopt(parameter: int, value: int) -> None:
+def _mallopt(*settings: tuple[int, int]) -> None:
+    """``mallopt(parameter, value)`` for each ``(parameter, value)``; nothing without glibc."""
     if sys.platform != "linux":
         return
     try:
-        ctypes.CDLL("libc.so.6").mallopt(parameter, value)
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc
         return
+    for parameter, value in settings:
+        mallopt(parameter, value)
 
 
 def keep_freed_memory() -> None:
     """Training: buffers of up to 32 MB (glibc's ceiling for the mmap threshold) stay on the heap when
     freed, and up to 1 GB of free heap is kept, for the next step. Process-wide, for good."""
-    _mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    _mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    _mallopt((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30))
 
 
 def return_freed_memory() -> None:
     """Serving: glibc raises its mmap threshold as large blocks are freed and then serves them from heaps
     it seldom trims; a fixed threshold maps every block over 64 KB and unmaps it when freed."""
-    _mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    _mallopt((M_MMAP_THRESHOLD, 64 * 1024))

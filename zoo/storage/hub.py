@@ -267,9 +267,11 @@ class _TokenStaysOnItsHost(urllib.request.HTTPRedirectHandler):
         return new
 
 
+_OPENER = urllib.request.build_opener(_TokenStaysOnItsHost)
+
+
 def _open(url: str, headers: dict[str, str] | None = None):
-    request = urllib.request.Request(url, headers=headers or {})
-    return urllib.request.build_opener(_TokenStaysOnItsHost).open(request, timeout=60)
+    return _OPENER.open(urllib.request.Request(url, headers=headers or {}), timeout=60)
 
 
 def _fetch_bytes(url: str, limit: int) -> bytes:
